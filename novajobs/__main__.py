@@ -1,0 +1,3 @@
+from novajobs.cli import main
+
+main()

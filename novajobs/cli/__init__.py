@@ -1,0 +1,77 @@
+"""The `novajobs` command: a thin click adapter over the registry and plain functions.
+
+This package is the only place that imports click, and ``main`` is the only place that
+turns an error into a process exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from novajobs import __version__
+from novajobs.cli import admin
+from novajobs.cli.jobs import job_command
+from novajobs.errors import ExitCode, NovajobsError
+from novajobs.registry import JOBS
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # Jobs in registry order first, then the commands around them.
+        jobs = [spec.name for spec in JOBS]
+        return jobs + sorted(name for name in self.commands if name not in jobs)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="novajobs")
+def cli() -> None:
+    """Periodic back-office jobs, one idempotent subcommand each.
+
+    Every job takes a Redis lock, runs once, records the run and exits with a
+    documented status code (see README). Scheduling is cron's or Kubernetes' job.
+
+    Shell completion: eval "$(_NOVAJOBS_COMPLETE=bash_source novajobs)"
+
+    Example:
+
+    \b
+      novajobs refresh-trending
+      novajobs status
+    """
+
+
+for _spec in JOBS:
+    cli.add_command(job_command(_spec))
+admin.register(cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (tests call this)."""
+    try:
+        result: Any = cli.main(args=argv, prog_name="novajobs", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("novajobs: aborted", err=True)
+        return int(ExitCode.INTERRUPTED)
+    except NovajobsError as exc:
+        click.echo(f"novajobs: {exc}", err=True)
+        return int(exc.exit_code)
+    except Exception as exc:
+        from novajobs.retry import describe_error, is_transient
+
+        if is_transient(exc):
+            click.echo(f"novajobs: store unreachable: {describe_error(exc)}", err=True)
+            return int(ExitCode.UNAVAILABLE)
+        raise
+    return result if isinstance(result, int) else 0

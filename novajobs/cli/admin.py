@@ -1,0 +1,277 @@
+"""Commands around the jobs: status, history, locks, schedule, config."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import click
+
+from novajobs.cli.options import JSON_OPTION, SETTINGS_OPTIONS, settings_from, with_options
+from novajobs.errors import ExitCode, UsageError
+from novajobs.output import JobLog, print_json, print_line, print_table
+from novajobs.registry import JOBS, get_job
+from novajobs.settings import env_names, setting_names
+
+if TYPE_CHECKING:
+    import redis
+
+    from novajobs.settings import Settings
+
+
+def register(group: click.Group) -> None:
+    for command in (status, history, locks, schedule, config):
+        group.add_command(command)
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    from novajobs.connections import Connections
+
+    return Connections(settings, JobLog()).redis
+
+
+@click.command()
+@with_options(*SETTINGS_OPTIONS, JSON_OPTION)
+def status(as_json: bool, **kw: Any) -> None:
+    """Show the last run of every job (and shard) from Redis.
+
+    Example:
+
+    \b
+      novajobs status --json | jq '.[] | select(.outcome != "success")'
+    """
+    from novajobs.records import read_statuses
+
+    settings = settings_from(kw)
+    rows = read_statuses(_redis(settings), settings.redis_prefix)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        print_line("no runs recorded yet")
+        return
+    print_table(
+        "job status",
+        ("job", "outcome", "started", "duration", "last success", "host", "counters", "error"),
+        [
+            (
+                r["unit"],
+                r.get("outcome"),
+                r.get("started_at"),
+                _duration(r.get("duration_ms")),
+                r.get("last_success_at"),
+                r.get("host"),
+                r["counters"],
+                r.get("error") or r.get("message"),
+            )
+            for r in rows
+        ],
+    )
+
+
+@click.command()
+@click.argument("job")
+@click.option("--shard", metavar="I/N", help="The history of one shard of a sharded job.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, help="Runs to show.")
+@with_options(*SETTINGS_OPTIONS, JSON_OPTION)
+def history(job: str, shard: str | None, limit: int, as_json: bool, **kw: Any) -> None:
+    """Show the latest runs of JOB, newest first.
+
+    Example:
+
+    \b
+      novajobs history refresh-trending -n 5
+    """
+    from novajobs.records import read_history
+
+    settings = settings_from(kw)
+    unit = _unit(job, shard)
+    rows = read_history(_redis(settings), settings.redis_prefix, unit, limit)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        f"history of {unit}",
+        ("started", "outcome", "exit", "duration", "host", "run id", "counters", "error"),
+        [
+            (
+                r["started_at"],
+                r["outcome"],
+                r["exit_code"],
+                _duration(r["duration_ms"]),
+                r["host"],
+                r["run_id"],
+                r["counters"],
+                r["error"] or r["message"],
+            )
+            for r in rows
+        ],
+    )
+
+
+@click.group(invoke_without_command=True)
+@with_options(*SETTINGS_OPTIONS, JSON_OPTION)
+@click.pass_context
+def locks(ctx: click.Context, as_json: bool, **kw: Any) -> None:
+    """List the job locks held now (job, host, pid, age, TTL).
+
+    Example:
+
+    \b
+      novajobs locks
+      novajobs locks release refresh-suggestions --force
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from novajobs.lock import read_holder
+
+    settings = settings_from(kw)
+    r = _redis(settings)
+    prefix = f"{settings.redis_prefix}job:lock:"
+    holders = [h for key in r.scan_iter(match=prefix + "*", count=500) if (h := read_holder(r, key))]
+    rows = [
+        {
+            "job": _s(h.key)[len(prefix) :],
+            "host": h.info.get("host"),
+            "pid": h.info.get("pid"),
+            "run_id": h.info.get("run_id"),
+            "age_sec": round(h.age_sec, 1) if h.age_sec is not None else None,
+            "ttl_sec": round(h.ttl_ms / 1000, 1),
+        }
+        for h in holders
+    ]
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        print_line("no locks held")
+    else:
+        print_table("locks", list(rows[0]), [list(row.values()) for row in rows])
+
+
+@locks.command("release")
+@click.argument("job")
+@click.option("--shard", metavar="I/N", help="The lock of one shard.")
+@click.option("--force", is_flag=True, help="Release without asking (required when not a terminal).")
+@with_options(*SETTINGS_OPTIONS)
+def release(job: str, shard: str | None, force: bool, **kw: Any) -> int:
+    """Release JOB's lock held by another run (e.g. a host that died).
+
+    The run that held it finds out at its next safe point and stops.
+
+    Example:
+
+    \b
+      novajobs locks release refresh-suggestions --force
+    """
+    from novajobs.lock import force_release, lock_key, read_holder
+
+    settings = settings_from(kw)
+    r = _redis(settings)
+    key = lock_key(settings.redis_prefix, *_unit(job, shard).split(":", 1))
+    holder = read_holder(r, key)
+    if holder is None:
+        print_line(f"{key} is not held")
+        return int(ExitCode.OK)
+    if not force:
+        if not sys.stdin.isatty():
+            raise UsageError(f"{key} is held by {holder.describe()}; add --force to release it")
+        click.confirm(f"{key} is held by {holder.describe()}. Release it?", abort=True)
+    if force_release(r, holder):
+        print_line(f"released {key} (was held by {holder.describe()})")
+        return int(ExitCode.OK)
+    print_line(f"{key} changed hands meanwhile; nothing released")
+    return int(ExitCode.FAILED)
+
+
+@click.command()
+@click.option("-n", "--count", type=click.IntRange(min=1), default=3, help="Next runs to show.")
+@with_options(*SETTINGS_OPTIONS, JSON_OPTION)
+def schedule(count: int, as_json: bool, **kw: Any) -> None:
+    """Show every job's schedule and its next run times (in the configured time zone).
+
+    Example:
+
+    \b
+      novajobs schedule -n 5
+    """
+    from cronsim import CronSim
+
+    settings = settings_from(kw)
+    now = datetime.now(ZoneInfo(settings.timezone))
+    rows = []
+    for spec in JOBS:
+        it = CronSim(spec.schedule, now)
+        rows.append(
+            {
+                "job": spec.name,
+                "schedule": spec.schedule,
+                "timezone": settings.timezone,
+                "next_runs": [next(it).isoformat(timespec="minutes") for _ in range(count)],
+                "timeout_sec": spec.timeout_sec,
+                "lock_ttl_sec": spec.lock_ttl_sec,
+                "sharded": spec.shardable,
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        f"schedule ({settings.timezone})",
+        ("job", "cron", "next runs", "timeout", "lock TTL", "sharded"),
+        [
+            (r["job"], r["schedule"], ", ".join(r["next_runs"]), f"{r['timeout_sec']} s",
+             f"{r['lock_ttl_sec']} s", "yes" if r["sharded"] else "")
+            for r in rows
+        ],
+    )
+
+
+@click.command()
+@with_options(*SETTINGS_OPTIONS, JSON_OPTION)
+def config(as_json: bool, **kw: Any) -> None:
+    """Show the effective settings, where each came from, and their environment names.
+
+    Secrets (passwords in URLs, keys) are redacted.
+
+    Example:
+
+    \b
+      REDIS_URL=redis://cache:6379/1 novajobs config --config /etc/novajobs.toml
+    """
+    settings = settings_from(kw)
+    rows = [
+        {
+            "name": name,
+            "value": settings.redacted(name),
+            "source": settings.sources[name],
+            "env": env_names(name)[-1],
+        }
+        for name in setting_names()
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    print_table("settings", ("name", "value", "source", "env"), [list(r.values()) for r in rows])
+
+
+def _unit(job: str, shard: str | None) -> str:
+    name = get_job(job).name
+    if not shard:
+        return name
+    from novajobs.context import Shard
+
+    parsed = Shard.parse(shard, completion_index=None, shard_count=0)
+    return f"{name}:{parsed.label}"
+
+
+def _duration(ms: Any) -> str:
+    try:
+        return f"{int(ms) / 1000:.2f} s"
+    except (TypeError, ValueError):
+        return ""
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,106 @@
+"""Lazily created clients, one set per run, closed together.
+
+Each driver is imported only when its store is first used: `novajobs --help` and a run
+skipped because the lock is held never pay for (or touch) ClickHouse, PostgreSQL...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from novajobs.retry import call_with_retry
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis
+
+    from novajobs.output import JobLog
+    from novajobs.settings import Settings
+
+T = TypeVar("T")
+
+
+class Connections:
+    def __init__(
+        self,
+        settings: Settings,
+        log: JobLog,
+        remaining: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.remaining = remaining
+        self._closers: list[Callable[[], Any]] = []
+
+    def retry(self, fn: Callable[[], T], what: str) -> T:
+        return call_with_retry(
+            fn, what=what, settings=self.settings, log=self.log, remaining=self.remaining
+        )
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        import redis
+
+        s = self.settings
+        client = redis.Redis.from_url(
+            s.redis_url,
+            max_connections=s.redis_pool_size,
+            socket_timeout=s.redis_timeout_sec,
+            socket_connect_timeout=s.connect_timeout_sec,
+            health_check_interval=30,
+        )
+        self._closers.append(client.close)
+        return client
+
+    @cached_property
+    def clickhouse(self) -> Any:
+        client = self.retry(lambda: clickhouse_client(self.settings), "connect to ClickHouse")
+        self._closers.append(client.close)
+        return client
+
+    @cached_property
+    def pg(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        timeout = max(1, round(self.settings.connect_timeout_sec))
+        conn = self.retry(
+            lambda: psycopg.connect(
+                self.settings.database_url, connect_timeout=timeout, application_name="novajobs"
+            ),
+            "connect to PostgreSQL",
+        )
+        self._closers.append(conn.close)
+        return conn
+
+    def close(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception as exc:  # closing must never mask the run's own outcome
+                self.log.debug("closing a connection failed", error=str(exc))
+
+
+def clickhouse_client(settings: Settings) -> Any:
+    """A clickhouse-connect client for ``http(s)://user:pass@host:port/db`` or
+    ``chdb:///path?database=db`` (embedded ClickHouse, same client API)."""
+    import clickhouse_connect
+
+    url = urlsplit(settings.clickhouse_url)
+    timeout_sec = settings.ch_timeout_ms / 1000
+    if url.scheme == "chdb":
+        database = parse_qs(url.query).get("database", [None])[0]
+        return clickhouse_connect.get_client(interface="chdb", path=url.path, database=database)
+    return clickhouse_connect.get_client(
+        interface=url.scheme,
+        host=url.hostname,
+        port=url.port or (8443 if url.scheme == "https" else 8123),
+        username=unquote(url.username) if url.username else None,
+        password=unquote(url.password) if url.password else "",
+        database=url.path.strip("/") or None,
+        connect_timeout=settings.connect_timeout_sec,
+        send_receive_timeout=timeout_sec,
+    )

@@ -1,0 +1,1 @@
+"""One module per job; each exposes ``run(ctx, **params) -> Result`` and imports no click."""

@@ -1,0 +1,164 @@
+"""The job lock: ``SET key value NX PX ttl``, renewed by a heartbeat, released by its owner.
+
+The value is a JSON document naming the holder (job, host, pid, run id, since) plus a
+random token; renew and release are compare-and-act Lua scripts on that exact value,
+so a run can never extend or delete a lock another run holds.
+
+Besides the heartbeat, the owner checks its *lease* locally before each write: the
+time since the last successful renewal, on the monotonic clock. A process that was
+paused past the TTL (GC, SIGSTOP, a frozen VM) sees at once that its lease ran out,
+even before the heartbeat thread has had a chance to notice the key is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+
+# KEYS[1] lock key; ARGV[1] the value we set; ARGV[2] ttl ms
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def lock_key(prefix: str, job: str, shard_label: str | None = None) -> str:
+    return f"{prefix}job:lock:{job}" + (f":{shard_label}" if shard_label else "")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock, as read back from Redis."""
+
+    key: str
+    info: dict[str, Any]
+    ttl_ms: int
+    raw: str
+
+    @property
+    def age_sec(self) -> float | None:
+        since = self.info.get("since")
+        return time.time() - since if isinstance(since, int | float) else None
+
+    def describe(self) -> str:
+        i = self.info
+        return (
+            f"host {i.get('host', '?')} pid {i.get('pid', '?')} run {i.get('run_id', '?')}"
+            f" (expires in {self.ttl_ms / 1000:.1f} s)"
+        )
+
+
+def read_holder(r: redis.Redis, key: str) -> Holder | None:
+    pipe = r.pipeline(transaction=True)
+    pipe.get(key)
+    pipe.pttl(key)
+    raw, ttl = pipe.execute()
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        info = json.loads(text)
+        info = info if isinstance(info, dict) else {}
+    except ValueError:  # a lock written by something else: show it, don't crash
+        info = {}
+    return Holder(key=key, info=info, ttl_ms=max(int(ttl), 0), raw=text)
+
+
+def force_release(r: redis.Redis, holder: Holder) -> bool:
+    """Delete a lock only if it still has the value that was shown to the operator."""
+    return bool(r.eval(_RELEASE, 1, holder.key, holder.raw))
+
+
+class JobLock:
+    def __init__(self, r: redis.Redis, key: str, ttl_sec: float, holder: dict[str, Any]) -> None:
+        self.redis = r
+        self.key = key
+        self.ttl_ms = max(int(ttl_sec * 1000), 1000)
+        self.value = json.dumps({**holder, "since": time.time(), "token": secrets.token_hex(16)})
+        self._renewed_at: float | None = None  # monotonic time a successful SET/PEXPIRE was sent
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- acquire / release -------------------------------------------------------------
+    def acquire(self, wait_sec: float = 0.0) -> bool:
+        """Try to take the lock, polling for up to ``wait_sec`` seconds."""
+        give_up = time.monotonic() + wait_sec
+        delay = 0.05
+        while True:
+            sent = time.monotonic()
+            if self.redis.set(self.key, self.value, nx=True, px=self.ttl_ms):
+                self._renewed_at = sent
+                return True
+            if time.monotonic() + delay > give_up:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def release(self) -> bool:
+        """Delete the lock if it is still ours. Safe to call more than once."""
+        self.stop_heartbeat()
+        if self._renewed_at is None:
+            return False
+        self._renewed_at = None
+        return bool(self.redis.eval(_RELEASE, 1, self.key, self.value))
+
+    def renew(self) -> bool:
+        sent = time.monotonic()
+        if self.redis.eval(_RENEW, 1, self.key, self.value, self.ttl_ms):
+            self._renewed_at = sent
+            return True
+        self._lost.set()
+        return False
+
+    # -- lease -------------------------------------------------------------------------
+    def lease_remaining(self) -> float:
+        """Seconds the lock is certainly still ours, judged on the local monotonic clock."""
+        if self._renewed_at is None or self._lost.is_set():
+            return 0.0
+        return self.ttl_ms / 1000 - (time.monotonic() - self._renewed_at)
+
+    def lease_ok(self) -> bool:
+        # The heartbeat renews every TTL/3, so a healthy lease never drops below 2/3 of
+        # the TTL; below 1/3 at least one renewal was missed and a write is not safe.
+        return self.lease_remaining() > self.ttl_ms / 3000
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    # -- heartbeat ---------------------------------------------------------------------
+    def start_heartbeat(self, on_error: Callable[[Exception], None]) -> None:
+        def beat() -> None:
+            interval = self.ttl_ms / 3000
+            while not self._stop.wait(interval):
+                try:
+                    if not self.renew():
+                        return
+                except Exception as exc:  # a network blip: the lease check covers us
+                    on_error(exc)
+
+        self._thread = threading.Thread(target=beat, name=f"heartbeat {self.key}", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None

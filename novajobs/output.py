@@ -1,0 +1,186 @@
+"""Everything the user sees: log lines, tables, JSON, progress bars.
+
+The only module that imports rich, and only when a terminal is being written to:
+JSON mode (cron, Kubernetes) never pays for it.
+
+Logs go to stderr: rich lines on a terminal, otherwise one JSON object per line with
+``ts``, ``level``, ``job``, ``run_id``, ``message`` and the line's fields. Results
+(tables, ``--json``) go to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+_LOGGER = logging.getLogger("novajobs")
+_state = {"format": "json"}
+
+
+def resolve_format(requested: str, stream: Any = None) -> str:
+    if requested != "auto":
+        return requested
+    stream = stream or sys.stderr
+    return "rich" if hasattr(stream, "isatty") and stream.isatty() else "json"
+
+
+def setup_logging(log_format: str = "auto", level: str = "info") -> str:
+    """Configure the ``novajobs`` logger; returns the format chosen ("rich" or "json")."""
+    fmt = resolve_format(log_format)
+    _state["format"] = fmt
+    for handler in list(_LOGGER.handlers):
+        _LOGGER.removeHandler(handler)
+    handler: logging.Handler
+    if fmt == "rich":
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=_console(stderr=True), show_path=False, markup=False)
+        handler.setFormatter(_RichFieldsFormatter())
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    _LOGGER.addHandler(handler)
+    _LOGGER.setLevel(level.upper())
+    _LOGGER.propagate = False
+    return fmt
+
+
+def is_rich() -> bool:
+    return _state["format"] == "rich"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        data.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+class _RichFieldsFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = dict(getattr(record, "fields", {}))
+        fields.pop("run_id", None)  # noise on a terminal; it is in the JSON and the record
+        job = fields.pop("job", None)
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        head = f"[{job}] " if job else ""
+        return f"{head}{record.getMessage()}" + (f"  {extra}" if extra else "")
+
+
+class JobLog:
+    """A logger with bound fields: ``log.info("cache refreshed", redis_key=k, ttl_sec=90)``."""
+
+    def __init__(self, **bound: Any) -> None:
+        self.bound = bound
+
+    def bind(self, **more: Any) -> JobLog:
+        return JobLog(**self.bound, **more)
+
+    def _log(self, level: int, message: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if _LOGGER.isEnabledFor(level):
+            merged = {k: v for k, v in {**self.bound, **fields}.items() if v is not None}
+            _LOGGER.log(level, message, exc_info=exc_info, extra={"fields": merged})
+
+    def debug(self, message: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, message, False, fields)
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._log(logging.INFO, message, False, fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self._log(logging.WARNING, message, False, fields)
+
+    def error(self, message: str, exc_info: bool = False, **fields: Any) -> None:
+        self._log(logging.ERROR, message, exc_info, fields)
+
+
+class Progress:
+    """Advance by items done. A bar on a terminal; a log line every 10 s otherwise."""
+
+    def __init__(self, log: JobLog, description: str, total: int | None) -> None:
+        self.log, self.description, self.total = log, description, total
+        self.done = 0
+        self._bar: Any = None
+        self._task: Any = None
+        self._last_log = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)
+        elif time.monotonic() - self._last_log >= 10:
+            self._last_log = time.monotonic()
+            self.log.info(f"{self.description}: progress", done=self.done, total=self.total)
+
+
+@contextmanager
+def progress(log: JobLog, description: str, total: int | None = None) -> Iterator[Progress]:
+    bar = Progress(log, description, total)
+    if not is_rich():
+        yield bar
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.progress import Progress as RichProgress
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with RichProgress(*columns, console=_console(stderr=True), transient=True) as rich_bar:
+        bar._bar, bar._task = rich_bar, rich_bar.add_task(description, total=total)
+        yield bar
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table on stdout: rich on a terminal, plain tab-separated text otherwise."""
+    if not sys.stdout.isatty():
+        sys.stdout.write("\t".join(columns) + "\n")
+        for row in rows:
+            sys.stdout.write("\t".join(_cell(c) for c in row) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(c) for c in row))
+    _console(stderr=False).print(table)
+
+
+def print_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def _console(stderr: bool) -> Any:
+    from rich.console import Console
+
+    # rich honours NO_COLOR itself; say so explicitly for terminals that lie about colour.
+    return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")) or None)

@@ -1,0 +1,340 @@
+"""Settings: one typed, frozen object built from defaults < TOML file < environment < flags.
+
+Each field names its environment variables (``NOVAJOBS_<NAME>`` always works; the
+seed's names such as ``JOB_TRENDING_TOPK`` are aliases) and how it is checked. The
+whole object is validated once, before any connection is made; the first problem
+becomes a ``ConfigError`` naming the setting and where its value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from novajobs.errors import ConfigError
+
+Check = Callable[[Any], str | None]  # returns a complaint, or None when the value is fine
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def url_with_scheme(*schemes: str) -> Check:
+    def check(value: Any) -> str | None:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError on a malformed port
+        except ValueError as exc:
+            return f"is not a valid URL ({exc})"
+        if parts.scheme not in schemes:
+            return f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+        if parts.scheme not in ("unix", "chdb") and not parts.hostname:
+            return "has no host"
+        return None
+
+    return check
+
+
+def host_port(value: Any) -> str | None:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or "/" in value or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be host:port (no scheme), e.g. 127.0.0.1:9000"
+    return None
+
+
+def timezone_name(value: Any) -> str | None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "is not a known IANA time zone (e.g. UTC, Europe/Berlin)"
+    return None
+
+
+def setting(
+    default: Any,
+    *,
+    env: tuple[str, ...] = (),
+    secret: bool = False,
+    check: Check | None = None,
+    help: str = "",
+) -> Any:
+    meta = {"env": env, "secret": secret, "check": check, "help": help}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- connections (SPEC §3) ----------------------------------------------------
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        env=("REDIS_URL",),
+        check=url_with_scheme("redis", "rediss", "unix"),
+        help="Redis for locks, run records and the caches",
+    )
+    redis_prefix: str = setting(
+        "", help="prepended to every Redis key novajobs reads or writes (multi-tenant, tests)"
+    )
+    redis_pool_size: int = setting(10, env=("JOB_REDIS_POOL_SIZE",), check=positive)
+    redis_timeout_sec: float = setting(5.0, check=positive, help="socket timeout per command")
+    connect_timeout_sec: float = setting(5.0, check=positive, help="to open any connection")
+    database_url: str = setting(
+        "postgresql://127.0.0.1:5432/postgres",
+        env=("DATABASE_URL",),
+        check=url_with_scheme("postgresql", "postgres"),
+        help="PostgreSQL (libpq URI)",
+    )
+    clickhouse_url: str = setting(
+        "http://localhost:8123",
+        env=("CLICKHOUSE_URL",),
+        check=url_with_scheme("http", "https", "chdb"),
+        help="http(s)://user:pass@host:port/db, or chdb:///path?database=db (embedded)",
+    )
+    ch_timeout_ms: int = setting(30_000, env=("JOB_CH_TIMEOUT_MS",), check=positive)
+    minio_endpoint: str = setting("127.0.0.1:9000", env=("MINIO_ENDPOINT",), check=host_port)
+    minio_access_key: str = setting("", env=("MINIO_ACCESS_KEY",), secret=True)
+    minio_secret_key: str = setting("", env=("MINIO_SECRET_KEY",), secret=True)
+    minio_secure: bool = setting(False, env=("MINIO_SECURE",))
+    minio_region: str = setting("us-east-1", env=("MINIO_REGION",))
+    neo4j_uri: str = setting(
+        "bolt://127.0.0.1:7687",
+        env=("NEO4J_URI",),
+        check=url_with_scheme("bolt", "neo4j", "bolt+s", "neo4j+s", "bolt+ssc", "neo4j+ssc"),
+    )
+    neo4j_username: str = setting("neo4j", env=("NEO4J_USERNAME",))
+    neo4j_password: str = setting("", env=("NEO4J_PASSWORD",), secret=True)
+    elasticsearch_url: str = setting(
+        "http://127.0.0.1:9200",
+        env=("ELASTICSEARCH_URL",),
+        check=url_with_scheme("http", "https"),
+    )
+    elasticsearch_api_key: str = setting("", env=("ELASTICSEARCH_API_KEY",), secret=True)
+
+    # --- the run contract ---------------------------------------------------------
+    timezone: str = setting("UTC", check=timezone_name, help="for dates, days and schedules")
+    log_format: str = setting("auto", check=one_of("auto", "rich", "json"))
+    log_level: str = setting("info", check=one_of("debug", "info", "warning", "error"))
+    history_size: int = setting(100, check=positive, help="run records kept per job")
+    retry_attempts: int = setting(
+        3, check=positive, help="tries for a transient connection error"
+    )
+    retry_max_wait_sec: float = setting(5.0, check=positive, help="cap of the retry backoff")
+    shard_count: int = setting(
+        0, check=non_negative, help="shards of a sharded job under --shard auto"
+    )
+
+    # --- refresh-trending (seed 000) ----------------------------------------------
+    trending_interval_sec: int = setting(
+        60, env=("JOB_TRENDING_INTERVAL_SEC",), check=positive, help="TTL is 1.5x this"
+    )
+    trending_window_hours: int = setting(1, env=("JOB_TRENDING_WINDOW_HOURS",), check=positive)
+    trending_topk: int = setting(50, env=("JOB_TRENDING_TOPK",), check=positive)
+
+    # --- refresh-suggestions (seed 000) -------------------------------------------
+    suggestion_interval_sec: int = setting(
+        600, env=("JOB_SUGGESTION_INTERVAL_SEC",), check=positive, help="TTL is 2x this"
+    )
+    suggestion_batch_size: int = setting(
+        100,
+        env=("JOB_SUGGESTION_BATCH_SIZE",),
+        check=non_negative,
+        help="active users refreshed per run; 0 = all of them",
+    )
+    suggestions_per_user: int = setting(20, env=("JOB_SUGGESTIONS_PER_USER",), check=positive)
+    suggestion_active_days: int = setting(
+        7, env=("JOB_SUGGESTION_ACTIVE_DAYS",), check=positive
+    )
+    suggestion_chunk_size: int = setting(
+        1000, check=positive, help="users per ClickHouse query and Redis pipeline"
+    )
+
+    # Where each value came from ("default", "file:...", "env:NAME", "flag").
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def redacted(self, name: str) -> str:
+        """The value of a setting as it may be shown or logged."""
+        value = getattr(self, name)
+        if _field(name).metadata["secret"]:
+            return "****" if value else ""
+        return redact_url(value) if isinstance(value, str) else str(value)
+
+
+def redact_url(value: str) -> str:
+    """Hide the password of a URL (``redis://:s3cret@host`` -> ``redis://:****@host``)."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
+    if not parts.password:
+        return value
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{hostinfo}"))
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in _settings_fields()]
+
+
+def env_names(name: str) -> tuple[str, ...]:
+    """Environment variables that set ``name``, the canonical one first."""
+    return (f"NOVAJOBS_{name.upper()}", *_field(name).metadata["env"])
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build and validate the settings. Raises ConfigError with one line on the first problem.
+
+    ``config_file`` falls back to ``$NOVAJOBS_CONFIG``; ``overrides`` are the flags.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    path = config_file or environ.get("NOVAJOBS_CONFIG")
+    if path:
+        for name, value in _read_toml(Path(path)).items():
+            values[name] = _coerce(name, value, f"file:{path}")
+            sources[name] = f"file:{path}"
+    for name in setting_names():
+        for var in env_names(name):
+            if var in environ:
+                values[name] = _coerce(name, environ[var], f"env:{var}")
+                sources[name] = f"env:{var}"
+                break
+    for name, value in (overrides or {}).items():
+        _known(name, "flag")
+        values[name] = _coerce(name, value, "flag")
+        sources[name] = "flag"
+    for f in _settings_fields():
+        sources.setdefault(f.name, "default")
+        check = f.metadata["check"]
+        value = values.get(f.name, f.default)
+        complaint = check(value) if check else None
+        if complaint:
+            raise ConfigError(f"setting {f.name} ({_origin(f.name, sources)}) {complaint}")
+    return Settings(**values, sources=sources)
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``--set name=value`` -> (name, value)."""
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_").lower()
+    if not sep or not name:
+        raise ConfigError(f"--set {text!r}: expected NAME=VALUE, e.g. --set trending_topk=20")
+    _known(name, "flag --set")
+    return name, value
+
+
+def _origin(name: str, sources: Mapping[str, str]) -> str:
+    source = sources[name]
+    return {"default": "the default", "flag": "a flag"}.get(source, source.replace(":", " ", 1))
+
+
+def _settings_fields() -> Iterator[dataclasses.Field[Any]]:
+    return (f for f in dataclasses.fields(Settings) if f.name != "sources")
+
+
+def _field(name: str) -> dataclasses.Field[Any]:
+    return Settings.__dataclass_fields__[name]
+
+
+def _known(name: str, where: str) -> None:
+    if name not in Settings.__dataclass_fields__ or name == "sources":
+        close = difflib.get_close_matches(name, setting_names(), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown setting {name!r} in {where}{hint}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """Read the config file; tables flatten with '_' ([trending] topk -> trending_topk)."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, table: Mapping[str, Any]) -> None:
+        for key, value in table.items():
+            name = f"{prefix}{key}".replace("-", "_").lower()
+            if isinstance(value, dict):
+                walk(name + "_", value)
+            else:
+                _known(name, f"config file {path}")
+                flat[name] = value
+
+    walk("", data)
+    return flat
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a raw value (a string from env/flags, or a TOML value) into the field's type."""
+    kind = _field_type(name)
+    where = f"setting {name} ({source.replace(':', ' ', 1)})"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{where}: {value!r} is not a boolean (true/false)")
+    if kind in (int, float):
+        if isinstance(value, bool) or (isinstance(value, float) and kind is int):
+            raise ConfigError(f"{where}: {value!r} is not {_article(kind)}")
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {value!r} is not {_article(kind)}") from None
+    if kind is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return tuple(i.strip() for i in items if i.strip())
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {value!r} is not a string")
+    return value
+
+
+def _article(kind: type) -> str:
+    return "an integer" if kind is int else "a number"
+
+
+def _field_type(name: str) -> type:
+    hint = typing.get_type_hints(Settings)[name]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint  # type: ignore[no-any-return]
