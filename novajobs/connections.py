@@ -75,6 +75,54 @@ class Connections:
         self._closers.append(conn.close)
         return conn
 
+    @cached_property
+    def minio(self) -> Any:
+        """A MinIO/S3 client. Its own urllib3 retries are off: ours are logged and capped."""
+        import urllib3
+        from minio import Minio
+
+        s = self.settings
+        timeout = urllib3.Timeout(connect=s.connect_timeout_sec, read=s.redis_timeout_sec * 6)
+        http = urllib3.PoolManager(timeout=timeout, maxsize=10, retries=False)
+        self._closers.append(http.clear)
+        return Minio(
+            s.minio_endpoint,
+            access_key=s.minio_access_key,
+            secret_key=s.minio_secret_key,
+            secure=s.minio_secure,
+            region=s.minio_region,
+            http_client=http,
+        )
+
+    @cached_property
+    def neo4j(self) -> Any:
+        import neo4j
+
+        s = self.settings
+        driver = neo4j.GraphDatabase.driver(
+            s.neo4j_uri,
+            auth=(s.neo4j_username, s.neo4j_password),
+            connection_timeout=s.connect_timeout_sec,
+            connection_acquisition_timeout=s.connect_timeout_sec * 2,
+            max_connection_pool_size=4,
+        )
+        self._closers.append(driver.close)
+        return driver
+
+    @cached_property
+    def elasticsearch(self) -> Any:
+        from elasticsearch import Elasticsearch
+
+        s = self.settings
+        client = Elasticsearch(
+            s.elasticsearch_url,
+            api_key=s.elasticsearch_api_key or None,
+            request_timeout=s.redis_timeout_sec * 6,
+            max_retries=0,  # our retry policy logs and respects the run's budget
+        )
+        self._closers.append(client.close)
+        return client
+
     def close(self) -> None:
         while self._closers:
             closer = self._closers.pop()

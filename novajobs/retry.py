@@ -92,7 +92,8 @@ def call_with_retry(
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
         stop=tenacity.stop_after_attempt(settings.retry_attempts) | fits_in_budget,
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=settings.retry_max_wait_sec),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=settings.retry_max_wait_sec)
+        + tenacity.wait_random(0, 0.2),
         before_sleep=log_retry,
         sleep=time.sleep,
         reraise=True,

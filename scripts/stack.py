@@ -92,6 +92,8 @@ class Stack:
     def __init__(self, directory: str | Path, base_port: int = 16000) -> None:
         self.dir = Path(directory).resolve()
         self.base = base_port
+        # Children we started, kept so they are reaped (not garbage-collected while running).
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- ports and settings -----------------------------------------------------------
     @property
@@ -136,7 +138,11 @@ class Stack:
                 continue
             pidfile = self.dir / f"{name}.pid"
             if pidfile.exists():
-                self._kill(int(pidfile.read_text()))
+                pid = int(pidfile.read_text())
+                self._kill(pid)
+                proc = self._procs.pop(pid, None)
+                if proc is not None:
+                    proc.wait()
                 pidfile.unlink()
 
     def _running(self, name: str) -> bool:
@@ -151,6 +157,7 @@ class Stack:
         with log.open("ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,  # noqa: S603
                                     stdin=subprocess.DEVNULL, start_new_session=True, **kw)  # type: ignore[call-overload]
+        self._procs[proc.pid] = proc
         (self.dir / f"{name}.pid").write_text(str(proc.pid))
         return log
 

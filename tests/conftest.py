@@ -1,0 +1,215 @@
+"""Real servers for the tests, started by the suite itself on loopback (scripts/stack.py).
+
+Each test gets its own Redis key prefix, PostgreSQL schema, ClickHouse database and
+(where used) bucket, so tests never see each other's data. A server that cannot start
+fails the tests that need it; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from novajobs.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+stack_module = _load_script("stack")
+demo_data = _load_script("demo_data")
+
+
+def _ports_free(base: int) -> bool:
+    for port in [*range(base, base + 40), *range(base + 10_000, base + 10_040)]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Any]:
+    directory = tempfile.mkdtemp(prefix="novajobs-test-stack-")
+    os.chmod(directory, 0o755)  # the postgres user must reach its data dir
+    rng = random.Random()
+    base = next(b for b in (rng.randrange(20_000, 50_000, 100) for _ in range(50)) if _ports_free(b))
+    the_stack = stack_module.Stack(directory, base)
+    yield the_stack
+    the_stack.down()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack: Any) -> dict[str, str]:
+    return dict(stack.env())
+
+
+def _service(stack: Any, name: str) -> None:
+    stack.up((name,))
+
+
+@pytest.fixture(scope="session")
+def redis_server(stack: Any) -> None:
+    _service(stack, "redis")
+
+
+@pytest.fixture(scope="session")
+def pg_server(stack: Any) -> None:
+    _service(stack, "postgres")
+
+
+@pytest.fixture(scope="session")
+def s3_server(stack: Any) -> None:
+    _service(stack, "s3")
+
+
+@pytest.fixture(scope="session")
+def neo4j_server(stack: Any) -> None:
+    _service(stack, "neo4j")
+
+
+@pytest.fixture(scope="session")
+def es_server(stack: Any) -> None:
+    _service(stack, "es")
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """This test's own namespace in every store."""
+    tag = uuid.uuid4().hex[:10]
+    return {"prefix": f"t{tag}:", "schema": f"t_{tag}", "database": f"t_{tag}",
+            "bucket": f"t-{tag}"}
+
+
+@pytest.fixture
+def env(stack: Any, names: dict[str, str]) -> dict[str, str]:
+    """Environment variables that point novajobs at this test's namespace."""
+    e = dict(stack.env())
+    e["NOVAJOBS_REDIS_PREFIX"] = names["prefix"]
+    e["DATABASE_URL"] += f"?options=-csearch_path%3D{names['schema']}"
+    e["CLICKHOUSE_URL"] = e["CLICKHOUSE_URL"].replace("database=default",
+                                                      f"database={names['database']}")
+    return e
+
+
+@pytest.fixture
+def make_settings(env: dict[str, str]) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return load_settings(environ=env, overrides=overrides)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def redis_client(redis_server: None, stack: Any) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(stack.env()["REDIS_URL"])
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pg(pg_server: None, stack: Any, names: dict[str, str]) -> Iterator[Any]:
+    """An autocommit connection whose search_path is this test's fresh schema."""
+    import psycopg
+    from psycopg import sql
+
+    conn = psycopg.connect(stack.env()["DATABASE_URL"], autocommit=True)
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(names["schema"])))
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(names["schema"])))
+    yield conn
+    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(names["schema"])))
+    conn.close()
+
+
+class ClickHouse:
+    """The test's ClickHouse database, through an in-process chdb client.
+
+    chdb lets only one process use the data path at a time: call ``release()`` before a
+    subprocess (e.g. the CLI) needs ClickHouse; the next query reopens the client.
+    """
+
+    def __init__(self, url: str, database: str) -> None:
+        self.url, self.database = url, database
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import clickhouse_connect
+
+            path = self.url.split("://", 1)[1].split("?", 1)[0]
+            admin = clickhouse_connect.get_client(interface="chdb", path=path)
+            admin.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            admin.close()
+            self._client = clickhouse_connect.get_client(interface="chdb", path=path,
+                                                         database=self.database)
+        return self._client
+
+    def command(self, sql: str, **kw: Any) -> Any:
+        return self.client.command(sql, **kw)
+
+    def insert(self, table: str, rows: list[list[Any]], columns: list[str]) -> None:
+        self.client.insert(table, rows, column_names=columns)
+
+    def query(self, sql: str, **kw: Any) -> list[tuple[Any, ...]]:
+        return list(self.client.query(sql, **kw).result_rows)
+
+    def release(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+@pytest.fixture
+def ch(stack: Any, names: dict[str, str]) -> Iterator[ClickHouse]:
+    (stack.dir / "clickhouse").mkdir(parents=True, exist_ok=True)
+    db = ClickHouse(stack.env()["CLICKHOUSE_URL"], names["database"])
+    for ddl in demo_data.CLICKHOUSE_DDL:
+        db.command(ddl)
+    yield db
+    db.command(f"DROP DATABASE IF EXISTS {names['database']}")
+    db.release()
+
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `novajobs ARGS...` as a real process in this test's namespace."""
+
+    def run(*args: str, extra_env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **env, **(extra_env or {})}
+        full_env.pop("NOVAJOBS_CONFIG", None)
+        return subprocess.run([sys.executable, "-m", "novajobs", *args], env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
