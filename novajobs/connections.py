@@ -82,7 +82,7 @@ class Connections:
         from minio import Minio
 
         s = self.settings
-        timeout = urllib3.Timeout(connect=s.connect_timeout_sec, read=s.redis_timeout_sec * 6)
+        timeout = urllib3.Timeout(connect=s.connect_timeout_sec, read=s.http_timeout_sec)
         http = urllib3.PoolManager(timeout=timeout, maxsize=10, retries=False)
         self._closers.append(http.clear)
         return Minio(
@@ -117,7 +117,7 @@ class Connections:
         client = Elasticsearch(
             s.elasticsearch_url,
             api_key=s.elasticsearch_api_key or None,
-            request_timeout=s.redis_timeout_sec * 6,
+            request_timeout=s.http_timeout_sec,
             max_retries=0,  # our retry policy logs and respects the run's budget
         )
         self._closers.append(client.close)

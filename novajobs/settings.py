@@ -99,6 +99,9 @@ class Settings:
     redis_pool_size: int = setting(10, env=("JOB_REDIS_POOL_SIZE",), check=positive)
     redis_timeout_sec: float = setting(5.0, check=positive, help="socket timeout per command")
     connect_timeout_sec: float = setting(5.0, check=positive, help="to open any connection")
+    http_timeout_sec: float = setting(
+        30.0, check=positive, help="per request to S3 and Elasticsearch"
+    )
     database_url: str = setting(
         "postgresql://127.0.0.1:5432/postgres",
         env=("DATABASE_URL",),
