@@ -40,6 +40,49 @@ CLICKHOUSE_DDL = (
     """,
 )
 
+# PostgreSQL tables other services own, as novajobs reads them (SPEC §3). The demo and
+# the tests create them; novajobs never does.
+POSTGRES_DDL = {
+    "users": """
+        CREATE TABLE IF NOT EXISTS users (
+            id bigint PRIMARY KEY,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    "chat_messages": """
+        CREATE TABLE IF NOT EXISTS chat_messages (
+            id bigint NOT NULL,
+            channel_id bigint NOT NULL,
+            sender_id bigint NOT NULL,
+            seq bigint NOT NULL,
+            created_at timestamptz NOT NULL
+        ) PARTITION BY RANGE (created_at)""",
+    "chat_inbox": """
+        CREATE TABLE IF NOT EXISTS chat_inbox (
+            user_id bigint NOT NULL,
+            message_id bigint NOT NULL,
+            created_at timestamptz NOT NULL
+        ) PARTITION BY RANGE (created_at)""",
+    "audit_logs": """
+        CREATE TABLE IF NOT EXISTS audit_logs (
+            id bigserial PRIMARY KEY,
+            user_id bigint,
+            action text,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    "file_metadata": """
+        CREATE TABLE IF NOT EXISTS file_metadata (
+            id bigserial PRIMARY KEY,
+            file_hash text UNIQUE,
+            bucket text NOT NULL,
+            path text NOT NULL,
+            size bigint NOT NULL DEFAULT 0,
+            ref_count int NOT NULL DEFAULT 0,
+            status smallint NOT NULL DEFAULT 0,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )""",
+}
+
 POST_EVENTS_SQL = """
 INSERT INTO post_events
 SELECT

@@ -213,3 +213,14 @@ def cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def pg_tables(pg: Any) -> Callable[..., None]:
+    """Create contract tables (scripts/demo_data.POSTGRES_DDL) in the test's schema."""
+
+    def create(*tables: str) -> None:
+        for table in tables or tuple(demo_data.POSTGRES_DDL):
+            pg.execute(demo_data.POSTGRES_DDL[table])
+
+    return create
