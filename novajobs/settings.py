@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import tomllib
 import types
@@ -333,8 +334,13 @@ def _article(kind: type) -> str:
     return "an integer" if kind is int else "a number"
 
 
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
 def _field_type(name: str) -> type:
-    hint = typing.get_type_hints(Settings)[name]
+    hint = _type_hints()[name]
     origin = typing.get_origin(hint)
     if origin is tuple:
         return tuple
