@@ -109,7 +109,7 @@ def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> J
     """Take the job's lock and start its heartbeat; None (and a skip record) when held."""
     key = lock_key(ctx.settings.redis_prefix, spec.name, rec.shard)
     holder = {"job": rec.unit, "host": rec.host, "pid": rec.pid, "run_id": rec.run_id}
-    lock = JobLock(ctx.redis, key, spec.lock_ttl_sec, holder)
+    lock = JobLock(ctx.redis, key, ctx.settings.lock_ttl_sec or spec.lock_ttl_sec, holder)
     if ctx.retry(lambda: lock.acquire(wait), "acquire the lock"):
         ctx.guard.lock = lock
         lock.start_heartbeat(

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from novajobs.errors import ConfigError
+from novajobs.errors import ConfigError, UsageError
 
 Check = Callable[[Any], str | None]  # returns a complaint, or None when the value is fine
 
@@ -147,6 +147,9 @@ class Settings:
     shard_count: int = setting(
         0, check=non_negative, help="shards of a sharded job under --shard auto"
     )
+    lock_ttl_sec: float = setting(
+        0.0, check=non_negative, help="lock TTL for every job; 0 = each job's own (registry)"
+    )
 
     # --- refresh-trending (seed 000) ----------------------------------------------
     trending_interval_sec: int = setting(
@@ -231,8 +234,11 @@ def load_settings(
                 sources[name] = f"env:{var}"
                 break
     for name, value in (overrides or {}).items():
-        _known(name, "flag")
-        values[name] = _coerce(name, value, "flag")
+        try:  # a bad value given on the command line is a usage error (exit 2)
+            _known(name, "flag")
+            values[name] = _coerce(name, value, "flag")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
         sources[name] = "flag"
     for f in _settings_fields():
         sources.setdefault(f.name, "default")
@@ -240,7 +246,8 @@ def load_settings(
         value = values.get(f.name, f.default)
         complaint = check(value) if check else None
         if complaint:
-            raise ConfigError(f"setting {f.name} ({_origin(f.name, sources)}) {complaint}")
+            error = UsageError if sources[f.name] == "flag" else ConfigError
+            raise error(f"setting {f.name} ({_origin(f.name, sources)}) {complaint}")
     return Settings(**values, sources=sources)
 
 
