@@ -1,0 +1,228 @@
+"""The run contract (SPEC §1) end to end: lock, skip, lost lock, signals, timeout, records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from novajobs.errors import Outcome
+from novajobs.lock import JobLock
+from novajobs.runner import RunOptions, run_job
+
+# Children import everything, then wait for the barrier file, then race for the lock.
+RACER = """
+import os, sys, time
+from novajobs.cli import run_cli
+import novajobs.runner, redis  # warm imports so the race starts at the barrier
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.001)
+sys.exit(run_cli(sys.argv[2:]))
+"""
+
+
+def many_users(ch: Any, n: int) -> None:
+    """n active users following each other in a ring (each has one suggestion)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    ch.insert("user_relationships", [[u, u % n + 1, now] for u in range(1, n + 1)],
+              ["follower_id", "followee_id", "created_at"])
+    ch.insert("post_events", [[now, 1, u, "view"] for u in range(1, n + 1)],
+              ["event_time", "post_id", "user_id", "event_type"])
+
+
+def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "novajobs", *args],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> None:
+    assert proc.stderr is not None
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        line = proc.stderr.readline()
+        if needle in line:
+            return
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"{needle!r} never logged")
+
+
+def suggestion_keys(redis_client: Any, names: dict[str, str]) -> int:
+    return sum(1 for _ in redis_client.scan_iter(f"{names['prefix']}nova:cache:suggested_users:*"))
+
+
+def test_twenty_racing_processes_exactly_one_runs(ch, redis_client, env, names, tmp_path):
+    many_users(ch, 3000)
+    ch.release()
+    barrier = tmp_path / "go"
+    args = ["refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=50"]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACER, str(barrier), *args,
+                          *(["--skip-ok"] if i % 2 else [])],
+                         env={**os.environ, **env}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(20)
+    ]
+    time.sleep(3)  # every child imported and polling
+    barrier.touch()
+    results = [(p.wait(timeout=120), i % 2 == 1) for i, p in enumerate(procs)]
+    for p in procs:
+        p.communicate()
+
+    codes = sorted(code for code, _ in results)
+    assert codes.count(0) >= 1
+    ran = [code for code, skip_ok in results if code == 0 and not skip_ok]
+    skipped = [code for code, skip_ok in results if not skip_ok and code == 75]
+    history = [json.loads(h) for h in redis_client.lrange(f"{names['prefix']}job:history:refresh-suggestions", 0, -1)]
+    outcomes = sorted(h["outcome"] for h in history)
+    assert outcomes == ["skipped"] * 19 + ["success"]
+    # Without --skip-ok a skipped run exits 75; with it, 0.
+    assert len(ran) + len(skipped) == 10
+    assert all(code in (0, 75) for code, _ in results)
+    assert all(code == 0 for code, skip_ok in results if skip_ok)
+    assert suggestion_keys(redis_client, names) == 3000
+
+
+def test_a_held_lock_skips_and_names_the_holder(redis_client, settings, names, cli):
+    holder = JobLock(redis_client, f"{names['prefix']}job:lock:refresh-trending", 30,
+                     {"job": "refresh-trending", "host": "elsewhere", "pid": 4242, "run_id": "abc"})
+    assert holder.acquire()
+
+    result = cli("refresh-trending")
+    skip_ok = cli("refresh-trending", "--skip-ok")
+
+    assert result.returncode == 75
+    last = json.loads(result.stderr.strip().splitlines()[-1])
+    assert "held by host elsewhere pid 4242 run abc" in last["message"]
+    assert last["outcome"] == "skipped"
+    assert skip_ok.returncode == 0
+    assert holder.release()
+
+
+def test_wait_takes_the_lock_once_it_is_released(ch, redis_client, settings, names):
+    holder = JobLock(redis_client, f"{names['prefix']}job:lock:refresh-trending", 2,
+                     {"job": "x", "host": "h", "pid": 1, "run_id": "r"})
+    assert holder.acquire()  # no heartbeat: expires after 2 s
+
+    started = time.monotonic()
+    rec = run_job("refresh-trending", settings, RunOptions(wait_sec=10))
+
+    assert rec.outcome is Outcome.SUCCESS
+    assert 1.0 < time.monotonic() - started < 9
+
+
+def test_release_never_removes_a_lock_another_run_holds(redis_client, names):
+    key = f"{names['prefix']}job:lock:demo"
+    first = JobLock(redis_client, key, 1, {"run_id": "first"})
+    assert first.acquire()
+    time.sleep(1.1)  # first's lease ran out; the key expired
+    second = JobLock(redis_client, key, 30, {"run_id": "second"})
+    assert second.acquire()
+
+    assert not first.lease_ok()
+    assert first.renew() is False
+    assert first.release() is False
+    assert json.loads(redis_client.get(key))["run_id"] == "second"
+    assert second.release() is True
+    assert redis_client.get(key) is None
+
+
+def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_client, env, names):
+    many_users(ch, 400)
+    ch.release()
+    proc = spawn(env, "refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1",
+                 "-s", "lock_ttl_sec=1.5")
+    wait_for_line(proc, "run started")
+    time.sleep(0.3)
+    redis_client.delete(f"{names['prefix']}job:lock:refresh-suggestions")
+    code = proc.wait(timeout=60)
+    proc.communicate()
+
+    assert code == 4
+    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    assert status[b"outcome"] == b"lock_lost"
+    written = json.loads(status[b"counters"])["keys_written"]
+    assert 0 < written < 400
+    assert suggestion_keys(redis_client, names) == written  # nothing after the stop
+
+
+def test_a_process_paused_past_its_ttl_never_writes_after_waking(ch, redis_client, env, names):
+    many_users(ch, 400)
+    ch.release()
+    proc = spawn(env, "refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1",
+                 "-s", "lock_ttl_sec=1.5")
+    wait_for_line(proc, "run started")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.2)
+    before = suggestion_keys(redis_client, names)
+    time.sleep(2.0)  # past the TTL: the key expires and another run could take it
+    assert redis_client.get(f"{names['prefix']}job:lock:refresh-suggestions") is None
+    proc.send_signal(signal.SIGCONT)
+    code = proc.wait(timeout=60)
+    proc.communicate()
+
+    assert code == 4
+    assert suggestion_keys(redis_client, names) == before
+
+
+def test_sigterm_stops_at_a_safe_point_releases_and_records_interrupted(ch, redis_client, env, names):
+    many_users(ch, 400)
+    ch.release()
+    proc = spawn(env, "refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1")
+    wait_for_line(proc, "run started")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    _, stderr = proc.communicate()
+
+    assert code == 130
+    assert redis_client.get(f"{names['prefix']}job:lock:refresh-suggestions") is None
+    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    assert status[b"outcome"] == b"interrupted"
+    written = json.loads(status[b"counters"])["keys_written"]
+    assert 0 < written < 400 and suggestion_keys(redis_client, names) == written
+
+
+def test_timeout_ends_the_run_with_its_exit_code(ch, redis_client, cli, names):
+    many_users(ch, 2000)
+    ch.release()
+
+    started = time.monotonic()
+    result = cli("refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1",
+                 "--timeout", "1")
+
+    assert result.returncode == 124
+    assert time.monotonic() - started < 15
+    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    assert status[b"outcome"] == b"timeout"
+    assert redis_client.get(f"{names['prefix']}job:lock:refresh-suggestions") is None
+
+
+def test_status_and_history_show_the_runs(ch, redis_client, settings, cli, tmp_path: Path):
+    ch.release()
+    for _ in range(3):
+        assert cli("refresh-trending").returncode == 0
+
+    status = json.loads(cli("status", "--json").stdout)
+    history = json.loads(cli("history", "refresh-trending", "--json", "-n", "2").stdout)
+
+    assert [s["unit"] for s in status] == ["refresh-trending"]
+    assert status[0]["outcome"] == "success" and status[0]["counters"] == {"posts": 0, "keys_written": 1}
+    assert status[0]["last_success_at"] == status[0]["ended_at"]
+    assert len(history) == 2 and all(h["outcome"] == "success" for h in history)
+    assert history[0]["started_at"] > history[1]["started_at"]
+
+
+def test_history_is_capped(ch, redis_client, make_settings, names):
+    settings = make_settings(history_size=3)
+    for _ in range(5):
+        run_job("refresh-trending", settings)
+    assert redis_client.llen(f"{names['prefix']}job:history:refresh-trending") == 3
