@@ -256,8 +256,11 @@ def parse_assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     name = name.strip().replace("-", "_").lower()
     if not sep or not name:
-        raise ConfigError(f"--set {text!r}: expected NAME=VALUE, e.g. --set trending_topk=20")
-    _known(name, "flag --set")
+        raise UsageError(f"--set {text!r}: expected NAME=VALUE, e.g. --set trending_topk=20")
+    try:
+        _known(name, "flag --set")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     return name, value
 
 
