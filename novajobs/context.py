@@ -146,7 +146,9 @@ class JobContext:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
 
-    def progress(self, description: str, total: int | None = None) -> AbstractContextManager[Progress]:
+    def progress(
+        self, description: str, total: int | None = None
+    ) -> AbstractContextManager[Progress]:
         return progress(self.log, description, total)
 
     def close(self) -> None:

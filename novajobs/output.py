@@ -139,8 +139,12 @@ def progress(log: JobLog, description: str, total: int | None = None) -> Iterato
     )
     from rich.progress import Progress as RichProgress
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with RichProgress(*columns, console=_console(stderr=True), transient=True) as rich_bar:
         bar._bar, bar._task = rich_bar, rich_bar.add_task(description, total=total)
         yield bar

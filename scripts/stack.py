@@ -22,6 +22,7 @@ own directory and ports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -65,7 +66,9 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait(what: str, ready: Callable[[], bool], timeout: float = 30.0, log: Path | None = None) -> None:
+def _wait(
+    what: str, ready: Callable[[], bool], timeout: float = 30.0, log: Path | None = None
+) -> None:
     give_up = time.monotonic() + timeout
     while time.monotonic() < give_up:
         try:
@@ -99,8 +102,14 @@ class Stack:
     @property
     def ports(self) -> dict[str, int]:
         b = self.base
-        return {"redis": b + 1, "postgres": b + 2, "s3": b + 13, "neo4j_redis": b + 20,
-                "bolt": b + 21, "es": b + 30}
+        return {
+            "redis": b + 1,
+            "postgres": b + 2,
+            "s3": b + 13,
+            "neo4j_redis": b + 20,
+            "bolt": b + 21,
+            "es": b + 30,
+        }
 
     def env(self) -> dict[str, str]:
         p = self.ports
@@ -155,8 +164,14 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], **kw: object) -> Path:
         log = self.dir / f"{name}.log"
         with log.open("ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,  # noqa: S603
-                                    stdin=subprocess.DEVNULL, start_new_session=True, **kw)  # type: ignore[call-overload]
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **kw,
+            )  # type: ignore[call-overload]
         self._procs[proc.pid] = proc
         (self.dir / f"{name}.pid").write_text(str(proc.pid))
         return log
@@ -168,10 +183,9 @@ class Stack:
         os.kill(pid, signal.SIGTERM)
         give_up = time.monotonic() + 10
         while _alive(pid) and time.monotonic() < give_up:
-            try:  # reap it if it is our child, or it stays a zombie that looks alive
+            # Reap it if it is our child, or it stays a zombie that looks alive.
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             time.sleep(0.05)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
@@ -182,8 +196,22 @@ class Stack:
         data = self.dir / "redis"
         data.mkdir(exist_ok=True)
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        log = self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
-                                    "--save", "", "--appendonly", "no", "--dir", str(data)])
+        log = self._spawn(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data),
+            ],
+        )
         _wait("redis", lambda: _port_open(port), log=log)
 
     def _start_postgres(self) -> None:
@@ -201,40 +229,104 @@ class Stack:
         else:
             root.mkdir(exist_ok=True)
         if not (data / "PG_VERSION").exists():
-            subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-U",  # noqa: S603
-                            "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    *as_postgres,
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ],
+                check=True,
+                capture_output=True,
+            )
         port = self.ports["postgres"]
-        opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l",  # noqa: S603
-                        str(root / "log"), "-w", "-o", opts, "start"], check=True,
-                       capture_output=True)
+        opts = (
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        subprocess.run(
+            [
+                *as_postgres,
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-o",
+                opts,
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def _stop_postgres(self) -> None:
         data = self.dir / "postgres" / "data"
         if not (data / "postmaster.pid").exists():
             return
         as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast",  # noqa: S603
-                        "-w", "stop"], capture_output=True)
+        subprocess.run(
+            [
+                *as_postgres,
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+        )
 
     def _start_s3(self) -> None:
         data = self.dir / "s3"
         data.mkdir(exist_ok=True)
         config = self.dir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "admin",
-            "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [
+                                {"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}
+                            ],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
         b = self.base
-        log = self._spawn("s3", [
-            _venv_bin("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={b + 10}", f"-volume.port={b + 11}", f"-filer.port={b + 12}",
-            f"-s3.port={b + 13}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-            "-admin.ui=false", f"-s3.config={config}",
-        ])
+        log = self._spawn(
+            "s3",
+            [
+                _venv_bin("weed"),
+                "mini",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={b + 10}",
+                f"-volume.port={b + 11}",
+                f"-filer.port={b + 12}",
+                f"-s3.port={b + 13}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-webdav=false",
+                "-admin.ui=false",
+                f"-s3.config={config}",
+            ],
+        )
         _wait("s3 (seaweedfs)", self._s3_ready, timeout=60, log=log)
 
     def _s3_ready(self) -> bool:
@@ -242,8 +334,13 @@ class Stack:
 
         from minio import Minio
 
-        client = Minio(f"127.0.0.1:{self.ports['s3']}", S3_ACCESS_KEY, S3_SECRET_KEY,
-                       secure=False, region="us-east-1")
+        client = Minio(
+            f"127.0.0.1:{self.ports['s3']}",
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+            secure=False,
+            region="us-east-1",
+        )
         if not client.bucket_exists("stack-ready"):
             client.make_bucket("stack-ready")
         client.put_object("stack-ready", "probe", io.BytesIO(b"ok"), 2)
@@ -254,19 +351,46 @@ class Stack:
         data = self.dir / "falkordb"
         data.mkdir(exist_ok=True)
         port, bolt = self.ports["neo4j_redis"], self.ports["bolt"]
-        log = self._spawn("neo4j", [
-            str(bin_dir / "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(data),
-            "--loadmodule", str(bin_dir / "falkordb.so"), "BOLT_PORT", str(bolt),
-        ])
+        log = self._spawn(
+            "neo4j",
+            [
+                str(bin_dir / "redis-server"),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data),
+                "--loadmodule",
+                str(bin_dir / "falkordb.so"),
+                "BOLT_PORT",
+                str(bolt),
+            ],
+        )
         _wait("falkordb (bolt)", lambda: _port_open(port) and _port_open(bolt), log=log)
 
     def _start_es(self) -> None:
         binary = _site_packages_file("noida_db", "noida-db")
         port = self.ports["es"]
-        log = self._spawn("es", [str(binary), "start", "--data-dir", str(self.dir / "es"),
-                                 "--host", "127.0.0.1", "--only", "elasticsearch",
-                                 "--elasticsearch-port", str(port)])
+        log = self._spawn(
+            "es",
+            [
+                str(binary),
+                "start",
+                "--data-dir",
+                str(self.dir / "es"),
+                "--host",
+                "127.0.0.1",
+                "--only",
+                "elasticsearch",
+                "--elasticsearch-port",
+                str(port),
+            ],
+        )
         _wait("elasticsearch emulator", lambda: _port_open(port), log=log)
 
     def _write_env(self) -> None:
@@ -278,18 +402,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "env"))
     parser.add_argument("--dir", default=os.environ.get("NOVAJOBS_STACK_DIR", ".stack"))
-    parser.add_argument("--base-port", type=int,
-                        default=int(os.environ.get("NOVAJOBS_STACK_PORT", "16000")))
-    parser.add_argument("--only", default=",".join(SERVICES),
-                        help=f"comma-separated subset of {','.join(SERVICES)}")
+    parser.add_argument(
+        "--base-port", type=int, default=int(os.environ.get("NOVAJOBS_STACK_PORT", "16000"))
+    )
+    parser.add_argument(
+        "--only", default=",".join(SERVICES), help=f"comma-separated subset of {','.join(SERVICES)}"
+    )
     args = parser.parse_args()
     stack = Stack(args.dir, args.base_port)
     try:
         if args.command == "up":
             started = time.monotonic()
             env = stack.up(tuple(s.strip() for s in args.only.split(",") if s.strip()))
-            print(f"# stack up in {time.monotonic() - started:.1f} s; data in {stack.dir}",
-                  file=sys.stderr)
+            print(
+                f"# stack up in {time.monotonic() - started:.1f} s; data in {stack.dir}",
+                file=sys.stderr,
+            )
         elif args.command == "down":
             stack.down()
             print(f"# stack in {stack.dir} stopped", file=sys.stderr)

@@ -26,18 +26,25 @@ def closed_port() -> int:
 
 def novajobs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("NOVAJOBS_", "JOB_"))}
-    return subprocess.run([sys.executable, "-m", "novajobs", *args], env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "novajobs", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # -- settings ------------------------------------------------------------------------------
 def test_precedence_default_file_env_flag(tmp_path: Path):
     config = tmp_path / "novajobs.toml"
-    config.write_text('trending_topk = 10\n[trending]\nwindow_hours = 2\ninterval_sec = 30\n')
+    config.write_text("trending_topk = 10\n[trending]\nwindow_hours = 2\ninterval_sec = 30\n")
 
-    s = load_settings(config, environ={"JOB_TRENDING_WINDOW_HOURS": "3",
-                                       "NOVAJOBS_TRENDING_INTERVAL_SEC": "40"},
-                      overrides={"trending_interval_sec": "50"})
+    s = load_settings(
+        config,
+        environ={"JOB_TRENDING_WINDOW_HOURS": "3", "NOVAJOBS_TRENDING_INTERVAL_SEC": "40"},
+        overrides={"trending_interval_sec": "50"},
+    )
 
     assert (s.trending_topk, s.trending_window_hours, s.trending_interval_sec) == (10, 3, 50)
     assert s.suggestions_per_user == 20
@@ -56,14 +63,38 @@ def test_config_file_comes_from_the_environment_too(tmp_path: Path):
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"REDIS_URL": "localhost:6379"}, "setting redis_url (env REDIS_URL) must be a URL starting with redis:// or rediss:// or unix://"),
-        ({"REDIS_URL": "redis://host:notaport/0"}, "setting redis_url (env REDIS_URL) is not a valid URL"),
-        ({"CLICKHOUSE_URL": "tcp://ch:9000"}, "setting clickhouse_url (env CLICKHOUSE_URL) must be a URL"),
-        ({"JOB_TRENDING_TOPK": "fifty"}, "setting trending_topk (env JOB_TRENDING_TOPK): 'fifty' is not an integer"),
-        ({"JOB_TRENDING_TOPK": "0"}, "setting trending_topk (env JOB_TRENDING_TOPK) must be greater than 0"),
-        ({"MINIO_SECURE": "maybe"}, "setting minio_secure (env MINIO_SECURE): 'maybe' is not a boolean"),
-        ({"MINIO_ENDPOINT": "http://s3:9000"}, "setting minio_endpoint (env MINIO_ENDPOINT) must be host:port"),
-        ({"NOVAJOBS_TIMEZONE": "Mars/Olympus"}, "setting timezone (env NOVAJOBS_TIMEZONE) is not a known IANA time zone"),
+        (
+            {"REDIS_URL": "localhost:6379"},
+            "setting redis_url (env REDIS_URL) must be a URL starting with redis:// or rediss:// or unix://",
+        ),
+        (
+            {"REDIS_URL": "redis://host:notaport/0"},
+            "setting redis_url (env REDIS_URL) is not a valid URL",
+        ),
+        (
+            {"CLICKHOUSE_URL": "tcp://ch:9000"},
+            "setting clickhouse_url (env CLICKHOUSE_URL) must be a URL",
+        ),
+        (
+            {"JOB_TRENDING_TOPK": "fifty"},
+            "setting trending_topk (env JOB_TRENDING_TOPK): 'fifty' is not an integer",
+        ),
+        (
+            {"JOB_TRENDING_TOPK": "0"},
+            "setting trending_topk (env JOB_TRENDING_TOPK) must be greater than 0",
+        ),
+        (
+            {"MINIO_SECURE": "maybe"},
+            "setting minio_secure (env MINIO_SECURE): 'maybe' is not a boolean",
+        ),
+        (
+            {"MINIO_ENDPOINT": "http://s3:9000"},
+            "setting minio_endpoint (env MINIO_ENDPOINT) must be host:port",
+        ),
+        (
+            {"NOVAJOBS_TIMEZONE": "Mars/Olympus"},
+            "setting timezone (env NOVAJOBS_TIMEZONE) is not a known IANA time zone",
+        ),
     ],
 )
 def test_invalid_settings_name_the_setting_and_its_source(environ, message):
@@ -83,7 +114,9 @@ def test_broken_and_unknown_config_files(tmp_path: Path):
 
     with pytest.raises(ConfigError, match=r"config file .*broken.toml cannot be read"):
         load_settings(broken, environ={})
-    with pytest.raises(ConfigError, match=r"unknown setting 'trending_topkk' .*did you mean trending_topk"):
+    with pytest.raises(
+        ConfigError, match=r"unknown setting 'trending_topkk' .*did you mean trending_topk"
+    ):
         load_settings(unknown, environ={})
     with pytest.raises(ConfigError, match=r"trending_topk \(file .*\): 'many' is not an integer"):
         load_settings(wrong_type, environ={})
@@ -92,14 +125,18 @@ def test_broken_and_unknown_config_files(tmp_path: Path):
 
 
 def test_bad_flag_values_are_usage_errors():
-    with pytest.raises(UsageError, match="trending_topk .*flag.* must be greater than 0"):
+    with pytest.raises(UsageError, match=r"trending_topk .*flag.* must be greater than 0"):
         load_settings(environ={}, overrides={"trending_topk": 0})
 
 
 def test_secrets_are_redacted():
-    s = load_settings(environ={"REDIS_URL": "redis://:hunter2@cache:6379/0",
-                               "MINIO_SECRET_KEY": "topsecret",
-                               "CLICKHOUSE_URL": "http://app:chpass@ch:8123/db"})
+    s = load_settings(
+        environ={
+            "REDIS_URL": "redis://:hunter2@cache:6379/0",
+            "MINIO_SECRET_KEY": "topsecret",
+            "CLICKHOUSE_URL": "http://app:chpass@ch:8123/db",
+        }
+    )
     assert s.redacted("redis_url") == "redis://:****@cache:6379/0"
     assert s.redacted("clickhouse_url") == "http://app:****@ch:8123/db"
     assert s.redacted("minio_secret_key") == "****"
@@ -107,12 +144,21 @@ def test_secrets_are_redacted():
 
 # -- the CLI as a process ------------------------------------------------------------------
 def test_config_command_shows_sources_and_hides_secrets():
-    result = novajobs("config", "--json", "-s", "trending_topk=5",
-                      env={"REDIS_URL": "redis://:hunter2@cache:6379/0", "MINIO_SECRET_KEY": "s3cr3t"})
+    result = novajobs(
+        "config",
+        "--json",
+        "-s",
+        "trending_topk=5",
+        env={"REDIS_URL": "redis://:hunter2@cache:6379/0", "MINIO_SECRET_KEY": "s3cr3t"},
+    )
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert rows["redis_url"] == {"name": "redis_url", "value": "redis://:****@cache:6379/0",
-                                 "source": "env:REDIS_URL", "env": "REDIS_URL"}
+    assert rows["redis_url"] == {
+        "name": "redis_url",
+        "value": "redis://:****@cache:6379/0",
+        "source": "env:REDIS_URL",
+        "env": "REDIS_URL",
+    }
     assert rows["trending_topk"]["source"] == "flag" and rows["trending_topk"]["value"] == "5"
     assert "hunter2" not in result.stdout + result.stderr
     assert "s3cr3t" not in result.stdout + result.stderr
@@ -146,19 +192,28 @@ def test_bad_arguments_exit_2(args, needle):
 
 def test_unreachable_redis_exits_69_within_the_timeout():
     started = time.monotonic()
-    result = novajobs("refresh-trending", "--log-format", "json",
-                      env={"REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0",
-                           "NOVAJOBS_RETRY_ATTEMPTS": "2"})
+    result = novajobs(
+        "refresh-trending",
+        "--log-format",
+        "json",
+        env={"REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0", "NOVAJOBS_RETRY_ATTEMPTS": "2"},
+    )
     assert result.returncode == 69, result.stderr
     assert time.monotonic() - started < 20
     last = json.loads(result.stderr.strip().splitlines()[-1])
     assert last["outcome"] == "unavailable" and "Connection refused" in last["error"]
 
 
-def test_unreachable_clickhouse_exits_69_writes_nothing_and_releases_the_lock(redis_client, cli, names):
-    result = cli("refresh-trending", extra_env={
-        "CLICKHOUSE_URL": f"http://default:chsecret@127.0.0.1:{closed_port()}/db",
-        "NOVAJOBS_RETRY_ATTEMPTS": "2"})
+def test_unreachable_clickhouse_exits_69_writes_nothing_and_releases_the_lock(
+    redis_client, cli, names
+):
+    result = cli(
+        "refresh-trending",
+        extra_env={
+            "CLICKHOUSE_URL": f"http://default:chsecret@127.0.0.1:{closed_port()}/db",
+            "NOVAJOBS_RETRY_ATTEMPTS": "2",
+        },
+    )
 
     assert result.returncode == 69
     assert "chsecret" not in result.stderr
@@ -212,15 +267,21 @@ def test_schedule_lists_every_job_with_next_runs():
     suggestions = rows[1]
     assert suggestions["schedule"] == "*/10 * * * *"
     assert len(suggestions["next_runs"]) == 2
-    assert all(t.endswith("+08:00") and t[14:16] in {"00", "10", "20", "30", "40", "50"}
-               for t in suggestions["next_runs"])
+    assert all(
+        t.endswith("+08:00") and t[14:16] in {"00", "10", "20", "30", "40", "50"}
+        for t in suggestions["next_runs"]
+    )
 
 
 def test_locks_lists_and_releases_only_with_force(redis_client, cli, names):
     from novajobs.lock import JobLock
 
-    lock = JobLock(redis_client, f"{names['prefix']}job:lock:refresh-trending", 30,
-                   {"job": "refresh-trending", "host": "db7", "pid": 99, "run_id": "r1"})
+    lock = JobLock(
+        redis_client,
+        f"{names['prefix']}job:lock:refresh-trending",
+        30,
+        {"job": "refresh-trending", "host": "db7", "pid": 99, "run_id": "r1"},
+    )
     assert lock.acquire()
 
     listed = json.loads(cli("locks", "--json").stdout)

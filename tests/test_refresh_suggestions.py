@@ -15,24 +15,39 @@ from novajobs.runner import RunOptions, run_job
 
 # A small hand-made graph: (follower, followee)
 EDGES = [
-    (1, 2), (1, 3), (1, 4),          # user 1 follows 2, 3, 4
-    (2, 5), (2, 6), (2, 4), (2, 1),  # 4 is already followed by 1; 1 is 1 itself
-    (3, 5), (3, 7), (3, 1),
-    (4, 5), (4, 6), (4, 8),
-    (5, 9),                          # two hops from 1: not a candidate
+    (1, 2),
+    (1, 3),
+    (1, 4),  # user 1 follows 2, 3, 4
+    (2, 5),
+    (2, 6),
+    (2, 4),
+    (2, 1),  # 4 is already followed by 1; 1 is 1 itself
+    (3, 5),
+    (3, 7),
+    (3, 1),
+    (4, 5),
+    (4, 6),
+    (4, 8),
+    (5, 9),  # two hops from 1: not a candidate
 ]
 
 
 def follow(ch: Any, edges: list[tuple[int, int]]) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)
-    ch.insert("user_relationships", [[a, b, now] for a, b in edges],
-              ["follower_id", "followee_id", "created_at"])
+    ch.insert(
+        "user_relationships",
+        [[a, b, now] for a, b in edges],
+        ["follower_id", "followee_id", "created_at"],
+    )
 
 
 def activity(ch: Any, users: list[int], days_ago: float = 0.1) -> None:
     when = datetime.fromtimestamp(time.time() - days_ago * 86400, UTC).replace(tzinfo=None)
-    ch.insert("post_events", [[when, 1, u, "view"] for u in users],
-              ["event_time", "post_id", "user_id", "event_type"])
+    ch.insert(
+        "post_events",
+        [[when, 1, u, "view"] for u in users],
+        ["event_time", "post_id", "user_id", "event_type"],
+    )
 
 
 def cached(redis_client: Any, names: dict[str, str], user: int) -> Any:
@@ -60,7 +75,9 @@ def test_friends_of_friends_ranked_by_mutual_connections(ch, redis_client, setti
     assert rec.counters["users_refreshed"] == 1 and rec.counters["keys_written"] == 1
 
 
-def test_per_user_limit_and_an_empty_list_for_a_user_without_candidates(ch, redis_client, make_settings, names):
+def test_per_user_limit_and_an_empty_list_for_a_user_without_candidates(
+    ch, redis_client, make_settings, names
+):
     follow(ch, EDGES)
     activity(ch, [1, 9])  # 9 follows nobody
 
@@ -97,7 +114,9 @@ def test_user_option_refreshes_one_user_even_if_inactive(ch, redis_client, setti
     ]
 
 
-def test_successive_runs_cover_every_active_user_stalest_first(ch, redis_client, make_settings, names):
+def test_successive_runs_cover_every_active_user_stalest_first(
+    ch, redis_client, make_settings, names
+):
     rng = random.Random(3)
     users = list(range(1, 251))
     follow(ch, [(a, b) for a in users for b in rng.sample(users, 5) if a != b])

@@ -18,21 +18,33 @@ WEIGHTS = {"view": 1, "like": 20, "comment": 30, "share": 50}  # score in tenths
 
 def events_at(now: float, rows: list[tuple[int, int, str, float]]) -> list[list[Any]]:
     """(post_id, user_id, event_type, seconds ago) -> insertable rows."""
-    return [[datetime.fromtimestamp(now - ago, UTC).replace(tzinfo=None), post, user, kind]
-            for post, user, kind, ago in rows]
+    return [
+        [datetime.fromtimestamp(now - ago, UTC).replace(tzinfo=None), post, user, kind]
+        for post, user, kind, ago in rows
+    ]
 
 
-def expected_top(rows: list[tuple[int, int, str, float]], k: int, window_sec: float) -> list[dict[str, Any]]:
+def expected_top(
+    rows: list[tuple[int, int, str, float]], k: int, window_sec: float
+) -> list[dict[str, Any]]:
     """The independent computation: plain Python over the same rows."""
     per_post: dict[int, Counter[str]] = {}
     for post, _user, kind, ago in rows:
         if ago <= window_sec - 5:  # clear of the window edge
             per_post.setdefault(post, Counter())[kind] += 1
-    scored = sorted(per_post.items(),
-                    key=lambda item: (-sum(WEIGHTS[t] * n for t, n in item[1].items()), item[0]))
+    scored = sorted(
+        per_post.items(),
+        key=lambda item: (-sum(WEIGHTS[t] * n for t, n in item[1].items()), item[0]),
+    )
     return [
-        {"post_id": post, "score": sum(WEIGHTS[t] * n for t, n in c.items()) / 10,
-         "views": c["view"], "likes": c["like"], "comments": c["comment"], "shares": c["share"]}
+        {
+            "post_id": post,
+            "score": sum(WEIGHTS[t] * n for t, n in c.items()) / 10,
+            "views": c["view"],
+            "likes": c["like"],
+            "comments": c["comment"],
+            "shares": c["share"],
+        }
         for post, c in scored[:k]
     ]
 
@@ -40,11 +52,16 @@ def expected_top(rows: list[tuple[int, int, str, float]], k: int, window_sec: fl
 def test_top_k_matches_an_independent_computation(ch, redis_client, settings, names):
     rng = random.Random(7)
     now = time.time()
-    rows = [(rng.randint(1, 300), rng.randint(1, 50), rng.choice(list(WEIGHTS)),
-             rng.uniform(10, 3590)) for _ in range(5000)]
+    rows = [
+        (rng.randint(1, 300), rng.randint(1, 50), rng.choice(list(WEIGHTS)), rng.uniform(10, 3590))
+        for _ in range(5000)
+    ]
     old = [(1, 1, "share", 3700 + i) for i in range(100)]  # outside the 1 h window
-    ch.insert("post_events", events_at(now, rows + old),
-              ["event_time", "post_id", "user_id", "event_type"])
+    ch.insert(
+        "post_events",
+        events_at(now, rows + old),
+        ["event_time", "post_id", "user_id", "event_type"],
+    )
 
     rec = run_job("refresh-trending", settings)
 
@@ -56,11 +73,15 @@ def test_top_k_matches_an_independent_computation(ch, redis_client, settings, na
     assert rec.counters == {"posts": 50, "keys_written": 1}
 
 
-def test_ties_are_broken_by_post_id_and_float_weights_do_not_matter(ch, redis_client, make_settings, names):
+def test_ties_are_broken_by_post_id_and_float_weights_do_not_matter(
+    ch, redis_client, make_settings, names
+):
     now = time.time()
     # 10 views = 1.0 = half a like: posts 30 and 10 tie exactly at 2.0, post 20 at 1.0
-    rows = ([(30, 1, "view", 60)] * 20 + [(10, 1, "like", 60)] + [(20, 1, "view", 60)] * 10)
-    ch.insert("post_events", events_at(now, rows), ["event_time", "post_id", "user_id", "event_type"])
+    rows = [(30, 1, "view", 60)] * 20 + [(10, 1, "like", 60)] + [(20, 1, "view", 60)] * 10
+    ch.insert(
+        "post_events", events_at(now, rows), ["event_time", "post_id", "user_id", "event_type"]
+    )
 
     rec = run_job("refresh-trending", make_settings(trending_topk=2))
 
@@ -70,8 +91,11 @@ def test_ties_are_broken_by_post_id_and_float_weights_do_not_matter(ch, redis_cl
 
 
 def test_empty_window_writes_an_empty_list(ch, redis_client, settings, names):
-    ch.insert("post_events", events_at(time.time(), [(5, 1, "like", 7200)]),
-              ["event_time", "post_id", "user_id", "event_type"])
+    ch.insert(
+        "post_events",
+        events_at(time.time(), [(5, 1, "like", 7200)]),
+        ["event_time", "post_id", "user_id", "event_type"],
+    )
 
     rec = run_job("refresh-trending", settings)
 
@@ -80,10 +104,15 @@ def test_empty_window_writes_an_empty_list(ch, redis_client, settings, names):
 
 
 def test_window_and_interval_settings_name_the_key_and_ttl(ch, redis_client, make_settings, names):
-    ch.insert("post_events", events_at(time.time(), [(5, 1, "like", 7000)]),
-              ["event_time", "post_id", "user_id", "event_type"])
+    ch.insert(
+        "post_events",
+        events_at(time.time(), [(5, 1, "like", 7000)]),
+        ["event_time", "post_id", "user_id", "event_type"],
+    )
 
-    rec = run_job("refresh-trending", make_settings(trending_window_hours=3, trending_interval_sec=200))
+    rec = run_job(
+        "refresh-trending", make_settings(trending_window_hours=3, trending_interval_sec=200)
+    )
 
     assert rec.outcome is Outcome.SUCCESS
     key = names["prefix"] + "nova:cache:trending:3h"
@@ -94,12 +123,18 @@ def test_window_and_interval_settings_name_the_key_and_ttl(ch, redis_client, mak
 def test_readers_never_see_a_missing_or_partial_key(ch, redis_client, make_settings, names):
     rng = random.Random(1)
     now = time.time()
-    rows = [(rng.randint(1, 2000), 1, rng.choice(list(WEIGHTS)), rng.uniform(1, 3500))
-            for _ in range(20000)]
-    ch.insert("post_events", events_at(now, rows), ["event_time", "post_id", "user_id", "event_type"])
+    rows = [
+        (rng.randint(1, 2000), 1, rng.choice(list(WEIGHTS)), rng.uniform(1, 3500))
+        for _ in range(20000)
+    ]
+    ch.insert(
+        "post_events", events_at(now, rows), ["event_time", "post_id", "user_id", "event_type"]
+    )
     settings = make_settings(trending_topk=1000)
     key = names["prefix"] + "nova:cache:trending:1h"
-    assert run_job("refresh-trending", settings, RunOptions(use_lock=False)).outcome is Outcome.SUCCESS
+    assert (
+        run_job("refresh-trending", settings, RunOptions(use_lock=False)).outcome is Outcome.SUCCESS
+    )
 
     seen: list[int] = []
     bad: list[Any] = []
@@ -116,7 +151,10 @@ def test_readers_never_see_a_missing_or_partial_key(ch, redis_client, make_setti
     thread = threading.Thread(target=reader)
     thread.start()
     for _ in range(5):
-        assert run_job("refresh-trending", settings, RunOptions(use_lock=False)).outcome is Outcome.SUCCESS
+        assert (
+            run_job("refresh-trending", settings, RunOptions(use_lock=False)).outcome
+            is Outcome.SUCCESS
+        )
     stop.set()
     thread.join()
 

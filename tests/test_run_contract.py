@@ -30,16 +30,26 @@ sys.exit(run_cli(sys.argv[2:]))
 def many_users(ch: Any, n: int) -> None:
     """n active users following each other in a ring (each has one suggestion)."""
     now = datetime.now(UTC).replace(tzinfo=None)
-    ch.insert("user_relationships", [[u, u % n + 1, now] for u in range(1, n + 1)],
-              ["follower_id", "followee_id", "created_at"])
-    ch.insert("post_events", [[now, 1, u, "view"] for u in range(1, n + 1)],
-              ["event_time", "post_id", "user_id", "event_type"])
+    ch.insert(
+        "user_relationships",
+        [[u, u % n + 1, now] for u in range(1, n + 1)],
+        ["follower_id", "followee_id", "created_at"],
+    )
+    ch.insert(
+        "post_events",
+        [[now, 1, u, "view"] for u in range(1, n + 1)],
+        ["event_time", "post_id", "user_id", "event_type"],
+    )
 
 
 def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "novajobs", *args],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "novajobs", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> None:
@@ -64,10 +74,13 @@ def test_twenty_racing_processes_exactly_one_runs(ch, redis_client, env, names, 
     barrier = tmp_path / "go"
     args = ["refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=50"]
     procs = [
-        subprocess.Popen([sys.executable, "-c", RACER, str(barrier), *args,
-                          *(["--skip-ok"] if i % 2 else [])],
-                         env={**os.environ, **env}, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(barrier), *args, *(["--skip-ok"] if i % 2 else [])],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(20)
     ]
     time.sleep(3)  # every child imported and polling
@@ -80,7 +93,10 @@ def test_twenty_racing_processes_exactly_one_runs(ch, redis_client, env, names, 
     assert codes.count(0) >= 1
     ran = [code for code, skip_ok in results if code == 0 and not skip_ok]
     skipped = [code for code, skip_ok in results if not skip_ok and code == 75]
-    history = [json.loads(h) for h in redis_client.lrange(f"{names['prefix']}job:history:refresh-suggestions", 0, -1)]
+    history = [
+        json.loads(h)
+        for h in redis_client.lrange(f"{names['prefix']}job:history:refresh-suggestions", 0, -1)
+    ]
     outcomes = sorted(h["outcome"] for h in history)
     assert outcomes == ["skipped"] * 19 + ["success"]
     # Without --skip-ok a skipped run exits 75; with it, 0.
@@ -91,8 +107,12 @@ def test_twenty_racing_processes_exactly_one_runs(ch, redis_client, env, names, 
 
 
 def test_a_held_lock_skips_and_names_the_holder(redis_client, settings, names, cli):
-    holder = JobLock(redis_client, f"{names['prefix']}job:lock:refresh-trending", 30,
-                     {"job": "refresh-trending", "host": "elsewhere", "pid": 4242, "run_id": "abc"})
+    holder = JobLock(
+        redis_client,
+        f"{names['prefix']}job:lock:refresh-trending",
+        30,
+        {"job": "refresh-trending", "host": "elsewhere", "pid": 4242, "run_id": "abc"},
+    )
     assert holder.acquire()
 
     result = cli("refresh-trending")
@@ -107,8 +127,12 @@ def test_a_held_lock_skips_and_names_the_holder(redis_client, settings, names, c
 
 
 def test_wait_takes_the_lock_once_it_is_released(ch, redis_client, settings, names):
-    holder = JobLock(redis_client, f"{names['prefix']}job:lock:refresh-trending", 2,
-                     {"job": "x", "host": "h", "pid": 1, "run_id": "r"})
+    holder = JobLock(
+        redis_client,
+        f"{names['prefix']}job:lock:refresh-trending",
+        2,
+        {"job": "x", "host": "h", "pid": 1, "run_id": "r"},
+    )
     assert holder.acquire()  # no heartbeat: expires after 2 s
 
     started = time.monotonic()
@@ -137,8 +161,16 @@ def test_release_never_removes_a_lock_another_run_holds(redis_client, names):
 def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_client, env, names):
     many_users(ch, 400)
     ch.release()
-    proc = spawn(env, "refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1",
-                 "-s", "lock_ttl_sec=1.5")
+    proc = spawn(
+        env,
+        "refresh-suggestions",
+        "--batch-size",
+        "0",
+        "-s",
+        "suggestion_chunk_size=1",
+        "-s",
+        "lock_ttl_sec=1.5",
+    )
     wait_for_line(proc, "run started")
     time.sleep(0.3)
     redis_client.delete(f"{names['prefix']}job:lock:refresh-suggestions")
@@ -156,8 +188,16 @@ def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_clie
 def test_a_process_paused_past_its_ttl_never_writes_after_waking(ch, redis_client, env, names):
     many_users(ch, 400)
     ch.release()
-    proc = spawn(env, "refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1",
-                 "-s", "lock_ttl_sec=1.5")
+    proc = spawn(
+        env,
+        "refresh-suggestions",
+        "--batch-size",
+        "0",
+        "-s",
+        "suggestion_chunk_size=1",
+        "-s",
+        "lock_ttl_sec=1.5",
+    )
     wait_for_line(proc, "run started")
     time.sleep(0.3)
     proc.send_signal(signal.SIGSTOP)
@@ -173,7 +213,9 @@ def test_a_process_paused_past_its_ttl_never_writes_after_waking(ch, redis_clien
     assert suggestion_keys(redis_client, names) == before
 
 
-def test_sigterm_stops_at_a_safe_point_releases_and_records_interrupted(ch, redis_client, env, names):
+def test_sigterm_stops_at_a_safe_point_releases_and_records_interrupted(
+    ch, redis_client, env, names
+):
     many_users(ch, 400)
     ch.release()
     proc = spawn(env, "refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1")
@@ -181,7 +223,7 @@ def test_sigterm_stops_at_a_safe_point_releases_and_records_interrupted(ch, redi
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
-    _, stderr = proc.communicate()
+    proc.communicate()
 
     assert code == 130
     assert redis_client.get(f"{names['prefix']}job:lock:refresh-suggestions") is None
@@ -196,8 +238,15 @@ def test_timeout_ends_the_run_with_its_exit_code(ch, redis_client, cli, names):
     ch.release()
 
     started = time.monotonic()
-    result = cli("refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1",
-                 "--timeout", "1")
+    result = cli(
+        "refresh-suggestions",
+        "--batch-size",
+        "0",
+        "-s",
+        "suggestion_chunk_size=1",
+        "--timeout",
+        "1",
+    )
 
     assert result.returncode == 124
     assert time.monotonic() - started < 15
@@ -215,7 +264,10 @@ def test_status_and_history_show_the_runs(ch, redis_client, settings, cli, tmp_p
     history = json.loads(cli("history", "refresh-trending", "--json", "-n", "2").stdout)
 
     assert [s["unit"] for s in status] == ["refresh-trending"]
-    assert status[0]["outcome"] == "success" and status[0]["counters"] == {"posts": 0, "keys_written": 1}
+    assert status[0]["outcome"] == "success" and status[0]["counters"] == {
+        "posts": 0,
+        "keys_written": 1,
+    }
     assert status[0]["last_success_at"] == status[0]["ended_at"]
     assert len(history) == 2 and all(h["outcome"] == "success" for h in history)
     assert history[0]["started_at"] > history[1]["started_at"]

@@ -11,9 +11,9 @@ import click
 
 from novajobs.cli.options import JSON_OPTION, SETTINGS_OPTIONS, settings_from, with_options
 from novajobs.errors import ExitCode, UsageError
-from novajobs.output import JobLog, print_json, print_line, print_table
 from novajobs.registry import JOBS, get_job
-from novajobs.settings import env_names, setting_names
+
+# Every command below imports what it needs when it runs: `novajobs --help` stays cheap.
 
 if TYPE_CHECKING:
     import redis
@@ -28,6 +28,7 @@ def register(group: click.Group) -> None:
 
 def _redis(settings: Settings) -> redis.Redis:
     from novajobs.connections import Connections
+    from novajobs.output import JobLog
 
     return Connections(settings, JobLog()).redis
 
@@ -42,6 +43,7 @@ def status(as_json: bool, **kw: Any) -> None:
     \b
       novajobs status --json | jq '.[] | select(.outcome != "success")'
     """
+    from novajobs.output import print_json, print_line, print_table
     from novajobs.records import read_statuses
 
     settings = settings_from(kw)
@@ -84,6 +86,7 @@ def history(job: str, shard: str | None, limit: int, as_json: bool, **kw: Any) -
     \b
       novajobs history refresh-trending -n 5
     """
+    from novajobs.output import print_json, print_table
     from novajobs.records import read_history
 
     settings = settings_from(kw)
@@ -126,11 +129,14 @@ def locks(ctx: click.Context, as_json: bool, **kw: Any) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from novajobs.lock import read_holder
+    from novajobs.output import print_json, print_line, print_table
 
     settings = settings_from(kw)
     r = _redis(settings)
     prefix = f"{settings.redis_prefix}job:lock:"
-    holders = [h for key in r.scan_iter(match=prefix + "*", count=500) if (h := read_holder(r, key))]
+    holders = [
+        h for key in r.scan_iter(match=prefix + "*", count=500) if (h := read_holder(r, key))
+    ]
     rows = [
         {
             "job": _s(h.key)[len(prefix) :],
@@ -153,7 +159,9 @@ def locks(ctx: click.Context, as_json: bool, **kw: Any) -> None:
 @locks.command("release")
 @click.argument("job")
 @click.option("--shard", metavar="I/N", help="The lock of one shard.")
-@click.option("--force", is_flag=True, help="Release without asking (required when not a terminal).")
+@click.option(
+    "--force", is_flag=True, help="Release without asking (required when not a terminal)."
+)
 @with_options(*SETTINGS_OPTIONS)
 def release(job: str, shard: str | None, force: bool, **kw: Any) -> int:
     """Release JOB's lock held by another run (e.g. a host that died).
@@ -166,6 +174,7 @@ def release(job: str, shard: str | None, force: bool, **kw: Any) -> int:
       novajobs locks release refresh-suggestions --force
     """
     from novajobs.lock import force_release, lock_key, read_holder
+    from novajobs.output import print_line
 
     settings = settings_from(kw)
     r = _redis(settings)
@@ -198,6 +207,8 @@ def schedule(count: int, as_json: bool, **kw: Any) -> None:
     """
     from cronsim import CronSim
 
+    from novajobs.output import print_json, print_table
+
     settings = settings_from(kw)
     now = datetime.now(ZoneInfo(settings.timezone))
     rows = []
@@ -221,8 +232,14 @@ def schedule(count: int, as_json: bool, **kw: Any) -> None:
         f"schedule ({settings.timezone})",
         ("job", "cron", "next runs", "timeout", "lock TTL", "sharded"),
         [
-            (r["job"], r["schedule"], ", ".join(r["next_runs"]), f"{r['timeout_sec']} s",
-             f"{r['lock_ttl_sec']} s", "yes" if r["sharded"] else "")
+            (
+                r["job"],
+                r["schedule"],
+                ", ".join(r["next_runs"]),
+                f"{r['timeout_sec']} s",
+                f"{r['lock_ttl_sec']} s",
+                "yes" if r["sharded"] else "",
+            )
             for r in rows
         ],
     )
@@ -240,6 +257,9 @@ def config(as_json: bool, **kw: Any) -> None:
     \b
       REDIS_URL=redis://cache:6379/1 novajobs config --config /etc/novajobs.toml
     """
+    from novajobs.output import print_json, print_table
+    from novajobs.settings import env_names, setting_names
+
     settings = settings_from(kw)
     rows = [
         {

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from novajobs.cli.options import JSON_OPTION, SETTINGS_OPTIONS, settings_from
-from novajobs.context import Shard
 from novajobs.errors import ExitCode, Outcome
-from novajobs.output import print_json, print_table
-from novajobs.records import RunRecord
 from novajobs.registry import JobSpec
+
+if TYPE_CHECKING:
+    from novajobs.records import RunRecord
 
 
 def job_command(spec: JobSpec) -> click.Command:
@@ -77,12 +77,16 @@ def _run_options(spec: JobSpec) -> list[click.Option]:
         )
     if spec.destructive:
         options.append(
-            click.Option(["--dry-run"], is_flag=True, help="Say what would be done; change nothing.")
+            click.Option(
+                ["--dry-run"], is_flag=True, help="Say what would be done; change nothing."
+            )
         )
     return options
 
 
 def _run(spec: JobSpec, kw: dict[str, Any]) -> int:
+    # Imported here, not at the top: `novajobs --help` must stay as cheap as click itself.
+    from novajobs.context import Shard
     from novajobs.runner import RunOptions, run_job
 
     overrides = {
@@ -116,13 +120,18 @@ def _run(spec: JobSpec, kw: dict[str, Any]) -> int:
 
 def _show(rec: RunRecord, as_json: bool) -> None:
     """The run's result on stdout: JSON on request, a short table on a terminal."""
+    from novajobs.output import print_json, print_table
+
     if as_json:
         print_json(rec.to_json())
         return
     if not sys.stdout.isatty():
         return  # the log's last line already says it all
-    rows = [("outcome", str(rec.outcome)), ("exit code", rec.exit_code),
-            ("duration", f"{rec.duration_ms / 1000:.2f} s")]
+    rows = [
+        ("outcome", str(rec.outcome)),
+        ("exit code", rec.exit_code),
+        ("duration", f"{rec.duration_ms / 1000:.2f} s"),
+    ]
     if rec.message or rec.error:
         rows.append(("message", rec.message or rec.error))
     rows.extend((name, value) for name, value in rec.counters.items())

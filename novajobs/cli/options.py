@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from novajobs.output import setup_logging
-from novajobs.settings import Settings, load_settings, parse_assignment
+if TYPE_CHECKING:
+    from novajobs.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +49,9 @@ def with_options(*options: click.Option) -> Callable[[F], F]:
 
 def settings_from(kw: dict[str, Any], overrides: dict[str, Any] | None = None) -> Settings:
     """Pop the shared options out of ``kw``, load and validate settings, set up logging."""
+    from novajobs.output import setup_logging
+    from novajobs.settings import load_settings, parse_assignment
+
     values = dict(overrides or {})
     for text in kw.pop("assignments", ()) or ():
         name, value = parse_assignment(text)

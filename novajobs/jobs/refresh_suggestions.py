@@ -90,7 +90,9 @@ def active_users(ctx: JobContext, now: float) -> array[int]:
 
     def fetch() -> array[int]:
         ids: array[int] = array("Q")
-        with ctx.clickhouse.query_column_block_stream(ACTIVE_USERS_SQL, parameters=params) as blocks:
+        with ctx.clickhouse.query_column_block_stream(
+            ACTIVE_USERS_SQL, parameters=params
+        ) as blocks:
             for block in blocks:
                 ids.extend(block[0])
         return ids
@@ -118,7 +120,9 @@ def write(ctx: JobContext, suggestions: dict[int, list[dict[str, int]]], ttl_sec
     now = time.time()
     pipe = ctx.redis.pipeline(transaction=False)
     for user, items in suggestions.items():
-        pipe.set(ctx.key(suggestions_key(user)), json.dumps(items, separators=(",", ":")), ex=ttl_sec)
+        pipe.set(
+            ctx.key(suggestions_key(user)), json.dumps(items, separators=(",", ":")), ex=ttl_sec
+        )
     pipe.zadd(ctx.key(REFRESHED_ZSET), {str(user): now for user in suggestions})
     ctx.checkpoint()
     ctx.retry(pipe.execute, "write suggestions to Redis")  # SET and ZADD: safe to repeat
