@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -71,6 +72,45 @@ def timezone_name(value: Any) -> str | None:
     except (ZoneInfoNotFoundError, ValueError):
         return "is not a known IANA time zone (e.g. UTC, Europe/Berlin)"
     return None
+
+
+def pairs_of(value_check: Check, example: str) -> Check:
+    """A list of ``name=value`` items (e.g. stream=handler), each value passing ``value_check``."""
+
+    def check(value: Any) -> str | None:
+        for item in value:
+            name, sep, raw = str(item).partition("=")
+            if not sep or not name.strip() or not raw.strip():
+                return f"item {item!r} is not NAME=VALUE (e.g. {example})"
+            complaint = value_check(raw.strip())
+            if complaint:
+                return f"item {item!r}: {complaint}"
+        return None
+
+    return check
+
+
+def text(value: Any) -> str | None:
+    return None
+
+
+def fraction(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else "must be from 0 to 1"
+
+
+def at_least_one(value: Any) -> str | None:
+    return None if value >= 1 else "must be 1 or more"
+
+
+def int_between(low: int, high: int) -> Check:
+    def check(value: Any) -> str | None:
+        try:
+            ok = low <= int(value) <= high
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else f"must be an integer from {low} to {high}"
+
+    return check
 
 
 def setting(
@@ -174,6 +214,61 @@ class Settings:
     )
     suggestion_chunk_size: int = setting(
         1000, check=positive, help="users per ClickHouse query and Redis pipeline"
+    )
+
+    # --- clean-token-blacklist (seed 003) -----------------------------------------
+    token_blacklist_pattern: str = setting(
+        "auth:block:token:*", help="SCAN MATCH pattern of the token blacklist (prefix added)"
+    )
+    token_blacklist_scan_count: int = setting(
+        1000, check=positive, help="SCAN COUNT hint, and keys per pipelined read"
+    )
+
+    # --- drain-stream, promote-retries, dlq (seeds 001, 004) ----------------------
+    stream_handlers: tuple[str, ...] = setting(
+        ("stream:audit:log=audit-log",),
+        check=pairs_of(text, "stream:audit:log=audit-log"),
+        help="stream=handler pairs: the streams drain-stream consumes, and with what",
+    )
+    stream_priorities: tuple[str, ...] = setting(
+        (),
+        check=pairs_of(int_between(1, 10), "stream:audit:log=1"),
+        help="stream=N, 1 highest .. 10 lowest (default 5): higher streams are served first",
+    )
+    stream_group: str = setting("novajobs", help="consumer group (created if missing)")
+    stream_consumer: str = setting(
+        socket.gethostname(),
+        help="consumer name (default: the host/pod name); drain-stream locks per consumer",
+    )
+    drain_max_messages: int = setting(10_000, check=positive, help="messages per run")
+    drain_max_seconds: float = setting(45.0, check=positive, help="reading time per run")
+    drain_concurrency: int = setting(10, check=positive, help="handler calls at once (seed 004)")
+    drain_message_timeout_sec: float = setting(
+        10.0, check=positive, help="per handler call; an overrun counts as a failure"
+    )
+    drain_block_ms: int = setting(
+        1000, check=positive, help="XREADGROUP BLOCK when the streams are empty; < redis timeout"
+    )
+    drain_failure_limit: int = setting(
+        100, check=positive, help="stop the run (exit 1) after this many failures in a row"
+    )
+    stream_claim_idle_sec: float = setting(
+        60.0, check=positive, help="reclaim entries pending this long (dead consumers)"
+    )
+    stream_max_retries: int = setting(
+        3, check=non_negative, help="retries after the first failure, then the DLQ (seed 003)"
+    )
+    stream_retry_initial_sec: float = setting(10.0, check=positive, help="first retry delay")
+    stream_retry_multiplier: float = setting(2.0, check=at_least_one, help="backoff growth")
+    stream_retry_max_sec: float = setting(3600.0, check=positive, help="backoff cap")
+    stream_retry_jitter: float = setting(
+        0.1, check=fraction, help="delay * random(1-j, 1+j), then capped"
+    )
+    stream_promote_batch: int = setting(
+        500, check=positive, help="due retries moved per atomic script call"
+    )
+    stream_dedupe_retention_days: int = setting(
+        30, check=positive, help="how long the audit-log handler remembers handled entry ids"
     )
 
     # Where each value came from ("default", "file:...", "env:NAME", "flag").
