@@ -8,7 +8,7 @@ sets ``last_skipped_at`` / ``skipped_by`` and goes into the history.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +41,10 @@ class RunRecord:
         return f"{self.job}:{self.shard}" if self.shard else self.job
 
     def to_json(self, *, with_details: bool = True) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow on purpose: asdict() would deep-copy the details (maybe large) for nothing.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["outcome"] = str(self.outcome)
+        data["counters"] = dict(self.counters)
         if not with_details:
             data.pop("details")
         return data

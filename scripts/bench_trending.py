@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""refresh-trending over >= 10M events in the window vs the same SQL through the client alone.
+
+Goal: the whole job (lock, connect, query, JSON, SET, run record) <= 1.2x the bare
+query (connect, query) through clickhouse-connect. Both run in this process, alternating.
+
+    .venv/bin/python scripts/bench_trending.py [--events 10000000] [--runs 3]
+
+Starts its own Redis (scripts/stack.py) and an embedded ClickHouse (chdb) in a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_data  # noqa: E402
+import stack  # noqa: E402
+
+
+def interleaved(a, b, runs: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Median seconds of a() and b(), alternating so load on the machine hits both alike."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for fn, out in ((a, times[0]), (b, times[1])):
+            started = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--posts", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+
+    from novajobs.connections import clickhouse_client
+    from novajobs.jobs.refresh_trending import TRENDING_SQL
+    from novajobs.runner import run_job
+    from novajobs.settings import load_settings
+
+    with tempfile.TemporaryDirectory(prefix="novajobs-bench-") as tmp:
+        local = stack.Stack(tmp, base_port=18_400)
+        env = local.up(("redis",))
+        try:
+            settings = load_settings(environ=env)
+            client = clickhouse_client(settings)
+            started = time.perf_counter()
+            demo_data.load_clickhouse(client, users=100_000, posts=args.posts,
+                                      events=args.events, edges=10, hours=1)
+            print(f"loaded {args.events:,} events in {time.perf_counter() - started:.1f} s")
+            now = int(time.time())
+            params = {"start": now - 3600, "end": now, "k": settings.trending_topk}
+
+            def bare() -> None:
+                # What a hand-written cron script does each run: connect, query, done.
+                own = clickhouse_client(settings)
+                own.query(TRENDING_SQL, parameters=params).result_rows
+                own.close()
+
+            def job() -> None:
+                rec = run_job("refresh-trending", settings)
+                assert rec.outcome.ok, rec.error
+
+            bare()  # warm caches for both
+            t_bare, t_job = interleaved(bare, job, args.runs)
+            client.close()
+        finally:
+            local.down()
+    print(f"bare SQL through clickhouse-connect : {t_bare * 1000:8.1f} ms (median of {args.runs})")
+    print(f"novajobs refresh-trending (run_job)  : {t_job * 1000:8.1f} ms (median of {args.runs})")
+    print(f"ratio job / bare                     : {t_job / t_bare:8.2f}x  (goal <= 1.2x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
