@@ -351,6 +351,9 @@ class Stack:
         data = self.dir / "falkordb"
         data.mkdir(exist_ok=True)
         port, bolt = self.ports["neo4j_redis"], self.ports["bolt"]
+        if bolt > 32767:  # FalkorDB parses BOLT_PORT as a signed 16-bit int: it silently
+            # turns a larger port into 65535 and opens no Bolt listener at all.
+            raise StackError(f"FalkorDB's Bolt port must be <= 32767, not {bolt}: lower the base")
         log = self._spawn(
             "neo4j",
             [

@@ -55,7 +55,9 @@ def stack() -> Iterator[Any]:
     directory = tempfile.mkdtemp(prefix="novajobs-test-stack-")
     os.chmod(directory, 0o755)  # the postgres user must reach its data dir
     rng = random.Random()
-    base = next(b for b in (rng.randrange(20_000, 50_000, 100) for _ in range(50)) if _ports_free(b))
+    # FalkorDB's Bolt port (base + 21) must stay <= 32767 (see scripts/stack.py).
+    bases = (rng.randrange(20_000, 32_700, 100) for _ in range(50))
+    base = next(b for b in bases if _ports_free(b))
     the_stack = stack_module.Stack(directory, base)
     yield the_stack
     the_stack.down()
