@@ -8,8 +8,52 @@ from __future__ import annotations
 
 from typing import Any
 
+from novajobs.errors import ConfigError
+
 # name -> idempotent DDL (CREATE ... IF NOT EXISTS). Order matters: dependencies first.
 OWNED_TABLES: dict[str, str] = {}
+
+# daily-stats (seed 003, verbatim): one row per day, upserted on stat_date.
+OWNED_TABLES["daily_stats"] = """
+CREATE TABLE IF NOT EXISTS daily_stats (
+    id BIGSERIAL PRIMARY KEY,
+    stat_date DATE NOT NULL,
+    total_users BIGINT DEFAULT 0,
+    active_users BIGINT DEFAULT 0,
+    total_msgs BIGINT DEFAULT 0,
+    storage_usage BIGINT DEFAULT 0,
+    api_qps_peak INT DEFAULT 0,
+    created_at TIMESTAMPTZ DEFAULT NOW(),
+    UNIQUE (stat_date)
+)"""
+
+# group-activity-rank (seed 003 plus the unique key SPEC §3 asks for): the top channels
+# of one ISO week, "2025-48"; a re-run replaces the week's rows.
+OWNED_TABLES["group_activity_rank"] = """
+CREATE TABLE IF NOT EXISTS group_activity_rank (
+    id BIGSERIAL PRIMARY KEY,
+    stat_week VARCHAR(10),
+    channel_id BIGINT NOT NULL,
+    msg_count BIGINT,
+    active_members INT,
+    score DECIMAL(10, 2),
+    rank INT,
+    created_at TIMESTAMPTZ DEFAULT NOW(),
+    UNIQUE (stat_week, channel_id)
+)"""
+
+# Two `init-db` at once would race on CREATE TABLE IF NOT EXISTS (the loser fails on
+# pg_type's unique index); one transaction-scoped advisory lock serialises them.
+_INIT_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('novajobs:init-db'))"
+
+
+def missing_tables(conn: Any, names: list[str] | tuple[str, ...]) -> list[str]:
+    """Those of ``names`` that do not resolve on the connection's search_path."""
+    rows = conn.execute(
+        "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(quote_ident(name)) IS NULL",
+        [list(names)],
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 def ensure_tables(conn: Any, names: list[str] | None = None) -> list[str]:
@@ -18,6 +62,26 @@ def ensure_tables(conn: Any, names: list[str] | None = None) -> list[str]:
     Returns the names that were asked for."""
     wanted = list(OWNED_TABLES) if names is None else names
     with conn.transaction():
+        conn.execute(_INIT_LOCK_SQL)
         for name in wanted:
             conn.execute(OWNED_TABLES[name])
     return wanted
+
+
+def require_tables(conn: Any, owned: tuple[str, ...] = (), read: tuple[str, ...] = ()) -> None:
+    """Raise one clear ConfigError when a table a job needs is missing.
+
+    ``owned`` tables are novajobs' own (the fix is `novajobs init-db`); ``read`` tables
+    belong to other services (the fix is pointing DATABASE_URL at the right database)."""
+    gone = missing_tables(conn, [*owned, *read])
+    mine = [name for name in gone if name in owned]
+    if mine:
+        raise ConfigError(
+            f"table {', '.join(mine)} does not exist in this database: "
+            "create it with `novajobs init-db`"
+        )
+    if gone:
+        raise ConfigError(
+            f"table {', '.join(gone)} does not exist in this database "
+            "(it belongs to another service: check DATABASE_URL and its search_path)"
+        )

@@ -1,0 +1,157 @@
+"""Dates, ISO weeks and time ranges as report and check jobs take them on the command line.
+
+Every parser raises ``UsageError`` with one line naming the flag, so a typo in a
+backfill exits 2 before anything is read or written. Days and weeks are calendar days
+in the configured time zone: a day is ``[00:00, next 00:00)`` local time, 23 or 25
+hours long across a DST change.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from novajobs.errors import UsageError
+
+MAX_BACKFILL_DAYS = 3660  # ten years: a longer range is far more likely a typo than a wish
+
+_WEEK = re.compile(r"^(\d{4})-?W?(\d{1,2})$", re.IGNORECASE)
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)$", re.IGNORECASE)
+_UNIT_SEC = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_date(text: str, flag: str) -> date:
+    """``2025-11-24`` -> a date."""
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected a date like 2025-11-24") from None
+
+
+def local_today(tz: str, now: datetime | None = None) -> date:
+    return (now or datetime.now(UTC)).astimezone(ZoneInfo(tz)).date()
+
+
+def day_start(day: date, tz: str) -> datetime:
+    """Midnight at the start of ``day`` in ``tz``, as an aware datetime."""
+    return datetime.combine(day, time(0), tzinfo=ZoneInfo(tz))
+
+
+def resolve_days(
+    tz: str,
+    *,
+    on: str | None = None,
+    first: str | None = None,
+    last: str | None = None,
+    now: datetime | None = None,
+) -> tuple[date, date]:
+    """The inclusive day range of ``--date`` or ``--from/--to``; default yesterday.
+
+    ``--from`` alone runs through yesterday. Days after today are refused: a report
+    for them would be all zeros and look true.
+    """
+    today = local_today(tz, now)
+    if on is not None and (first is not None or last is not None):
+        raise UsageError("--date cannot be combined with --from/--to")
+    if last is not None and first is None:
+        raise UsageError("--to needs --from (or use --date for one day)")
+    if on is not None:
+        lo = hi = parse_date(on, "--date")
+    elif first is not None:
+        lo = parse_date(first, "--from")
+        hi = parse_date(last, "--to") if last is not None else today - timedelta(days=1)
+    else:
+        lo = hi = today - timedelta(days=1)
+    if lo > hi:
+        raise UsageError(f"--from {lo} is after --to {hi}")
+    if hi > today:
+        raise UsageError(f"{hi} is in the future (today is {today} in {tz})")
+    if (hi - lo).days + 1 > MAX_BACKFILL_DAYS:
+        raise UsageError(f"--from {lo} --to {hi} spans more than {MAX_BACKFILL_DAYS} days")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class IsoWeek:
+    year: int
+    week: int
+
+    @property
+    def label(self) -> str:
+        """How ``group_activity_rank.stat_week`` stores it: ``2025-48``."""
+        return f"{self.year}-{self.week:02d}"
+
+    @property
+    def monday(self) -> date:
+        return date.fromisocalendar(self.year, self.week, 1)
+
+    def bounds(self, tz: str) -> tuple[datetime, datetime]:
+        """``[Monday 00:00, next Monday 00:00)`` in ``tz``."""
+        return day_start(self.monday, tz), day_start(self.monday + timedelta(days=7), tz)
+
+    @classmethod
+    def of(cls, day: date) -> IsoWeek:
+        year, week, _ = day.isocalendar()
+        return cls(year, week)
+
+
+def parse_week(text: str) -> IsoWeek:
+    """``2025-48`` (also ``2025-W48``, ``2025W48``) -> an ISO week that exists."""
+    match = _WEEK.match(text.strip())
+    if not match:
+        raise UsageError(f"--week {text!r}: expected an ISO week like 2025-48")
+    year, week = int(match[1]), int(match[2])
+    try:
+        date.fromisocalendar(year, week, 1)
+    except ValueError:
+        last = date(year, 12, 28).isocalendar()[1]  # Dec 28 is always in the last week
+        raise UsageError(f"--week {text!r}: ISO year {year} has weeks 1 to {last}") from None
+    return IsoWeek(year, week)
+
+
+def resolve_week(tz: str, text: str | None = None, now: datetime | None = None) -> IsoWeek:
+    """``--week``, or last week; a week that has not started yet is refused."""
+    today = local_today(tz, now)
+    if text is None:
+        return IsoWeek.of(today - timedelta(days=7))
+    week = parse_week(text)
+    if week.monday > today:
+        raise UsageError(f"--week {week.label} has not started yet (today is {today} in {tz})")
+    return week
+
+
+def parse_instant(text: str, flag: str, tz: str, now: datetime) -> datetime:
+    """An ISO date-time (naive = in ``tz``), ``now``, or an age such as ``15m``, ``2h``, ``1d``."""
+    raw = text.strip()
+    if raw.lower() == "now":
+        return now
+    ago = _AGO.match(raw)
+    if ago:
+        return now - timedelta(seconds=float(ago[1]) * _UNIT_SEC[ago[2].lower()])
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise UsageError(
+            f"{flag} {text!r}: expected an ISO time (2025-11-24T10:00, 2025-11-24 10:00+01:00), "
+            "'now', or an age such as 15m, 2h, 1d"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(tz))
+
+
+def resolve_range(
+    tz: str,
+    *,
+    since: str | None,
+    until: str | None,
+    default_until: datetime,
+    default_span: timedelta,
+    now: datetime,
+) -> tuple[datetime, datetime]:
+    """``--since/--until`` with defaults: until ``default_until``, since ``default_span`` before it."""
+    end = parse_instant(until, "--until", tz, now) if until is not None else default_until
+    start = parse_instant(since, "--since", tz, now) if since is not None else end - default_span
+    if start >= end:
+        raise UsageError(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
+    return start, end
