@@ -113,6 +113,62 @@ def int_between(low: int, high: int) -> Check:
     return check
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_sec(text: str) -> float:
+    """``"24h"``, ``"90m"``, ``"3600s"``, ``"2d"`` or ``"0"`` -> seconds; ValueError otherwise.
+
+    The unit is required: a bare ``24`` meant as hours would be read as seconds, and for
+    a grace period before deleting files that misreading is not harmless."""
+    raw = str(text).strip().lower()
+    if raw == "0":
+        return 0.0
+    number, unit = raw[:-1].strip(), raw[-1:]
+    value = float(number) if unit in _DURATION_UNITS and number else -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{text!r} is not a duration")
+    return value * _DURATION_UNITS[unit]
+
+
+def duration(value: Any) -> str | None:
+    try:
+        duration_sec(value)
+    except ValueError:
+        return "must be a duration with a unit: s, m, h or d (e.g. 24h, 90m), or 0"
+    return None
+
+
+def http_url_or_empty(*placeholders: str) -> Check:
+    """An http(s) URL that may hold ``{placeholder}``s from ``placeholders``; "" = off."""
+
+    def check(value: Any) -> str | None:
+        import string
+
+        if not value:
+            return None
+        try:
+            names = {n for _, n, _, _ in string.Formatter().parse(value) if n is not None}
+        except ValueError as exc:
+            return f"is not a valid URL template ({exc})"
+        unknown = sorted(names - set(placeholders))
+        if unknown:
+            known = ", ".join("{" + p + "}" for p in placeholders) or "none"
+            return f"has an unknown placeholder {{{unknown[0]}}} (known: {known})"
+        return url_with_scheme("http", "https")(value.format(**dict.fromkeys(placeholders, "x")))
+
+    return check
+
+
+def k8s_quantity(value: Any) -> str | None:
+    """A Kubernetes resource quantity (100m, 0.5, 256Mi, 1G), or "" for none."""
+    import re
+
+    if value == "" or re.fullmatch(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?", str(value)):
+        return None
+    return "must be a Kubernetes quantity such as 100m, 1, 256Mi (or empty for none)"
+
+
 def setting(
     default: Any,
     *,
@@ -137,7 +193,9 @@ class Settings:
     redis_prefix: str = setting(
         "", help="prepended to every Redis key novajobs reads or writes (multi-tenant, tests)"
     )
-    redis_pool_size: int = setting(10, env=("JOB_REDIS_POOL_SIZE",), check=positive)
+    redis_pool_size: int = setting(
+        10, env=("JOB_REDIS_POOL_SIZE",), check=positive, help="Redis connections at most"
+    )
     redis_timeout_sec: float = setting(5.0, check=positive, help="socket timeout per command")
     connect_timeout_sec: float = setting(5.0, check=positive, help="to open any connection")
     http_timeout_sec: float = setting(
@@ -155,30 +213,42 @@ class Settings:
         check=url_with_scheme("http", "https", "chdb"),
         help="http(s)://user:pass@host:port/db, or chdb:///path?database=db (embedded)",
     )
-    ch_timeout_ms: int = setting(30_000, env=("JOB_CH_TIMEOUT_MS",), check=positive)
-    minio_endpoint: str = setting("127.0.0.1:9000", env=("MINIO_ENDPOINT",), check=host_port)
-    minio_access_key: str = setting("", env=("MINIO_ACCESS_KEY",), secret=True)
-    minio_secret_key: str = setting("", env=("MINIO_SECRET_KEY",), secret=True)
-    minio_secure: bool = setting(False, env=("MINIO_SECURE",))
-    minio_region: str = setting("us-east-1", env=("MINIO_REGION",))
+    ch_timeout_ms: int = setting(
+        30_000, env=("JOB_CH_TIMEOUT_MS",), check=positive, help="per ClickHouse query"
+    )
+    minio_endpoint: str = setting(
+        "127.0.0.1:9000", env=("MINIO_ENDPOINT",), check=host_port, help="S3/MinIO host:port"
+    )
+    minio_access_key: str = setting("", env=("MINIO_ACCESS_KEY",), secret=True, help="S3 key")
+    minio_secret_key: str = setting("", env=("MINIO_SECRET_KEY",), secret=True, help="S3 secret")
+    minio_secure: bool = setting(False, env=("MINIO_SECURE",), help="HTTPS to S3")
+    minio_region: str = setting("us-east-1", env=("MINIO_REGION",), help="S3 signing region")
     neo4j_uri: str = setting(
         "bolt://127.0.0.1:7687",
         env=("NEO4J_URI",),
         check=url_with_scheme("bolt", "neo4j", "bolt+s", "neo4j+s", "bolt+ssc", "neo4j+ssc"),
+        help="Neo4j (Bolt)",
     )
-    neo4j_username: str = setting("neo4j", env=("NEO4J_USERNAME",))
-    neo4j_password: str = setting("", env=("NEO4J_PASSWORD",), secret=True)
+    neo4j_username: str = setting("neo4j", env=("NEO4J_USERNAME",), help="Neo4j user")
+    neo4j_password: str = setting("", env=("NEO4J_PASSWORD",), secret=True, help="Neo4j password")
     elasticsearch_url: str = setting(
         "http://127.0.0.1:9200",
         env=("ELASTICSEARCH_URL",),
         check=url_with_scheme("http", "https"),
+        help="Elasticsearch",
     )
-    elasticsearch_api_key: str = setting("", env=("ELASTICSEARCH_API_KEY",), secret=True)
+    elasticsearch_api_key: str = setting(
+        "", env=("ELASTICSEARCH_API_KEY",), secret=True, help="Elasticsearch API key (optional)"
+    )
 
     # --- the run contract ---------------------------------------------------------
     timezone: str = setting("UTC", check=timezone_name, help="for dates, days and schedules")
-    log_format: str = setting("auto", check=one_of("auto", "rich", "json"))
-    log_level: str = setting("info", check=one_of("debug", "info", "warning", "error"))
+    log_format: str = setting(
+        "auto", check=one_of("auto", "rich", "json"), help="auto: rich on a terminal, else JSON"
+    )
+    log_level: str = setting(
+        "info", check=one_of("debug", "info", "warning", "error"), help="least level logged"
+    )
     history_size: int = setting(100, check=positive, help="run records kept per job")
     retry_attempts: int = setting(
         3, check=positive, help="tries for a transient connection error"
@@ -195,8 +265,10 @@ class Settings:
     trending_interval_sec: int = setting(
         60, env=("JOB_TRENDING_INTERVAL_SEC",), check=positive, help="TTL is 1.5x this"
     )
-    trending_window_hours: int = setting(1, env=("JOB_TRENDING_WINDOW_HOURS",), check=positive)
-    trending_topk: int = setting(50, env=("JOB_TRENDING_TOPK",), check=positive)
+    trending_window_hours: int = setting(
+        1, env=("JOB_TRENDING_WINDOW_HOURS",), check=positive, help="hours of events scored"
+    )
+    trending_topk: int = setting(50, env=("JOB_TRENDING_TOPK",), check=positive, help="posts kept")
 
     # --- refresh-suggestions (seed 000) -------------------------------------------
     suggestion_interval_sec: int = setting(
@@ -208,9 +280,12 @@ class Settings:
         check=non_negative,
         help="active users refreshed per run; 0 = all of them",
     )
-    suggestions_per_user: int = setting(20, env=("JOB_SUGGESTIONS_PER_USER",), check=positive)
+    suggestions_per_user: int = setting(
+        20, env=("JOB_SUGGESTIONS_PER_USER",), check=positive, help="suggestions kept per user"
+    )
     suggestion_active_days: int = setting(
-        7, env=("JOB_SUGGESTION_ACTIVE_DAYS",), check=positive
+        7, env=("JOB_SUGGESTION_ACTIVE_DAYS",), check=positive,
+        help="active = a post event in the last N days",
     )
     suggestion_chunk_size: int = setting(
         1000, check=positive, help="users per ClickHouse query and Redis pipeline"
@@ -269,6 +344,94 @@ class Settings:
     )
     stream_dedupe_retention_days: int = setting(
         30, check=positive, help="how long the audit-log handler remembers handled entry ids"
+    )
+
+    # --- gc-files (seed 003 §4.2) -------------------------------------------------
+    gc_grace: str = setting(
+        "24h",
+        check=duration,
+        help="a marked file (status 2, ref_count 0) must be unchanged this long to be deleted",
+    )
+    gc_page_size: int = setting(
+        1000, check=int_between(1, 10_000), help="rows locked and objects deleted per transaction"
+    )
+    gc_max_failures: int = setting(
+        100,
+        check=non_negative,
+        help="object deletes that may fail in a run before it stops and fails (exit 1)",
+    )
+
+    # --- PostgreSQL jobs: create-partitions, daily-stats, group-activity-rank,
+    # --- check-message-gaps (seed 003) --------------------------------------------
+    partition_tables: tuple[str, ...] = setting(
+        ("chat_messages", "chat_inbox"),
+        env=("JOB_PARTITION_TABLES",),
+        check=lambda v: None if v else "must name at least one table",
+        help="range-partitioned tables to keep monthly partitions for ([schema.]table, exact)",
+    )
+    partition_months_ahead: int = setting(
+        3, check=non_negative, help="partitions from the current month through this many ahead"
+    )
+    partition_timezone: str = setting(
+        "UTC", check=timezone_name, help="month boundaries of timestamptz partitions"
+    )
+    pg_lock_timeout_sec: float = setting(
+        5.0, check=positive, help="longest wait for a table lock (DDL) before giving up"
+    )
+    rank_top_n: int = setting(100, check=positive, help="channels kept per week")
+    rank_weight_messages: float = setting(
+        1.0, check=non_negative, help="score = messages * this + active members * the next"
+    )
+    rank_weight_members: float = setting(
+        10.0, check=non_negative, help="weight of each distinct sender in the week's score"
+    )
+    gaps_window_sec: int = setting(
+        600, check=positive, help="recent time checked for seq gaps (the schedule's interval)"
+    )
+    gaps_overlap_sec: int = setting(
+        120, check=non_negative, help="added to the window so consecutive runs miss nothing"
+    )
+    gaps_settle_sec: int = setting(
+        30, check=non_negative, help="newest messages not checked yet (may still be committing)"
+    )
+    gaps_report_limit: int = setting(
+        1000, check=positive, help="gaps listed in the result and log (all are counted)"
+    )
+
+    # --- deployment and observability (issue #6): metrics.py, checkins.py, deploy.py ---
+    # Reporting is best effort: a dead Pushgateway or ping endpoint never fails a run.
+    pushgateway_url: str = setting(
+        "", check=http_url_or_empty(), help="Prometheus Pushgateway for per-run metrics; '' = off"
+    )
+    healthcheck_url: str = setting(
+        "",
+        secret=True,  # a ping URL is a credential: anyone holding it can ping the check
+        check=http_url_or_empty("job", "unit"),
+        help="healthchecks.io-style ping URL, {job}/{unit} filled in per run; '' = off",
+    )
+    report_timeout_sec: float = setting(
+        5.0, check=positive, help="per Pushgateway push and per health-check ping"
+    )
+    # Only `novajobs render-deploy` reads these (crontab.example, k8s-cronjobs/).
+    k8s_image: str = setting("", help="image of the CronJobs; '' = novajobs:<version>")
+    k8s_namespace: str = setting("novajobs", help="namespace of the CronJobs")
+    k8s_secret: str = setting(
+        "novajobs", help="Secret holding the connection settings (envFrom, required)"
+    )
+    k8s_configmap: str = setting(
+        "novajobs", help="ConfigMap with the other settings (envFrom, optional)"
+    )
+    k8s_cpu_request: str = setting("100m", check=k8s_quantity)
+    k8s_cpu_limit: str = setting("1", check=k8s_quantity, help="'' = no CPU limit")
+    k8s_memory_request: str = setting("256Mi", check=k8s_quantity)
+    k8s_memory_limit: str = setting("512Mi", check=k8s_quantity)
+    k8s_default_shards: int = setting(
+        4, check=int_between(1, 1000), help="Indexed-Job shards of a shardable job"
+    )
+    k8s_shards: tuple[str, ...] = setting(
+        ("refresh-suggestions=1",),
+        check=pairs_of(int_between(1, 1000), "gc-files=8"),
+        help="job=N shard counts overriding k8s_default_shards; 1 = a plain CronJob",
     )
 
     # Where each value came from ("default", "file:...", "env:NAME", "flag").
