@@ -42,6 +42,19 @@ CREATE TABLE IF NOT EXISTS group_activity_rank (
     UNIQUE (stat_week, channel_id)
 )"""
 
+# drain-stream's audit-log handler: which stream entries were already written to
+# audit_logs (another service's table, never altered). Inserted in the same transaction
+# as the audit row, so an entry delivered twice is written once; pruned by handled_at.
+OWNED_TABLES["novajobs_stream_dedupe"] = """
+CREATE TABLE IF NOT EXISTS novajobs_stream_dedupe (
+    stream TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    handled_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    PRIMARY KEY (stream, entry_id)
+);
+CREATE INDEX IF NOT EXISTS novajobs_stream_dedupe_handled_at
+    ON novajobs_stream_dedupe (handled_at)"""
+
 # Two `init-db` at once would race on CREATE TABLE IF NOT EXISTS (the loser fails on
 # pg_type's unique index); one transaction-scoped advisory lock serialises them.
 _INIT_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('novajobs:init-db'))"
