@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from novajobs import checkins, metrics
 from novajobs.connections import Connections
 from novajobs.context import Guard, JobContext, Shard
 from novajobs.errors import JobTimeout, NovajobsError, Outcome
@@ -68,6 +69,7 @@ def run_job(
                 lock = _take_lock(ctx, spec, rec, options.wait_sec)
                 if lock is None:
                     return rec
+            checkins.ping_start(ctx, rec)
             ctx.retry(lambda: record_start(ctx.redis, settings.redis_prefix, rec), "record start")
             ctx.log.info("run started", timeout_sec=timeout, dry_run=options.dry_run or None)
             result = func(ctx, **params)
@@ -143,6 +145,8 @@ def _finish(ctx: JobContext, rec: RunRecord, lock: JobLock | None, started: floa
             record_end(ctx.redis, prefix, rec, keep)
     except Exception as exc:
         log.warning("could not record the run in Redis", error=describe_error(exc))
+    metrics.push_run(ctx, rec)  # after the record: a skip counts the skips before it
+    checkins.ping_end(ctx, rec)
     fields: dict[str, Any] = {
         "outcome": str(rec.outcome),
         "exit_code": rec.exit_code,
