@@ -46,10 +46,19 @@ def main() -> int:
             settings = load_settings(environ=env)
             client = clickhouse_client(settings)
             counts = demo_data.load_clickhouse(
-                client, users=args.users, posts=10_000, events=args.users * 4,
-                edges=args.edges, hours=24)
-            active = [r[0] for r in client.query(
-                "SELECT DISTINCT user_id FROM post_events ORDER BY user_id").result_rows]
+                client,
+                users=args.users,
+                posts=10_000,
+                events=args.users * 4,
+                edges=args.edges,
+                hours=24,
+            )
+            active = [
+                r[0]
+                for r in client.query(
+                    "SELECT DISTINCT user_id FROM post_events ORDER BY user_id"
+                ).result_rows
+            ]
             print(f"graph: {counts['user_relationships']:,} edges; {len(active):,} active users")
 
             import redis
@@ -65,9 +74,24 @@ def main() -> int:
 
             started = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, "-m", "novajobs", "refresh-suggestions", "--batch-size", "0",
-                 "--json", "--log-format", "json", "--timeout", "3000"],
-                env={**os.environ, **env}, capture_output=True, text=True, check=False)
+                [
+                    sys.executable,
+                    "-m",
+                    "novajobs",
+                    "refresh-suggestions",
+                    "--batch-size",
+                    "0",
+                    "--json",
+                    "--log-format",
+                    "json",
+                    "--timeout",
+                    "3000",
+                ],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             elapsed = time.perf_counter() - started
             peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             if proc.returncode != 0:
@@ -78,12 +102,18 @@ def main() -> int:
         finally:
             local.down()
     job_rate = done / elapsed
-    print(f"naive loop, 1 query + 1 SET per user : {naive_rate:10.1f} users/s "
-          f"(sample of {args.sample}; all {len(active):,} would take {len(active) / naive_rate / 60:.0f} min)")
-    print(f"novajobs refresh-suggestions (process): {job_rate:10.1f} users/s "
-          f"({done:,} users in {elapsed:.1f} s, incl. start-up)")
+    print(
+        f"naive loop, 1 query + 1 SET per user : {naive_rate:10.1f} users/s "
+        f"(sample of {args.sample}; all {len(active):,} would take {len(active) / naive_rate / 60:.0f} min)"
+    )
+    print(
+        f"novajobs refresh-suggestions (process): {job_rate:10.1f} users/s "
+        f"({done:,} users in {elapsed:.1f} s, incl. start-up)"
+    )
     print(f"speed-up                               : {job_rate / naive_rate:10.1f}x (goal >= 20x)")
-    print(f"peak RSS of the job process            : {peak_mb:10.0f} MB (incl. embedded ClickHouse)")
+    print(
+        f"peak RSS of the job process            : {peak_mb:10.0f} MB (incl. embedded ClickHouse)"
+    )
     return 0
 
 

@@ -53,8 +53,9 @@ def main() -> int:
             settings = load_settings(environ=env)
             client = clickhouse_client(settings)
             started = time.perf_counter()
-            demo_data.load_clickhouse(client, users=100_000, posts=args.posts,
-                                      events=args.events, edges=10, hours=1)
+            demo_data.load_clickhouse(
+                client, users=100_000, posts=args.posts, events=args.events, edges=10, hours=1
+            )
             print(f"loaded {args.events:,} events in {time.perf_counter() - started:.1f} s")
             now = int(time.time())
             params = {"start": now - 3600, "end": now, "k": settings.trending_topk}

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate the settings table in README.md from novajobs.settings (between markers).
 
-    .venv/bin/python scripts/readme_settings.py          # rewrite README.md
-    .venv/bin/python scripts/readme_settings.py --check  # exit 1 if README.md is stale
+.venv/bin/python scripts/readme_settings.py          # rewrite README.md
+.venv/bin/python scripts/readme_settings.py --check  # exit 1 if README.md is stale
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ def main() -> int:
     fresh = render(current)
     if "--check" in sys.argv[1:]:
         if fresh != current:
-            print("README.md's settings table is stale: run scripts/readme_settings.py",
-                  file=sys.stderr)
+            print(
+                "README.md's settings table is stale: run scripts/readme_settings.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     README.write_text(fresh)

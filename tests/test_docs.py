@@ -36,5 +36,7 @@ def test_the_settings_table_is_generated_from_the_code():
     import sys
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "readme_settings.py"
-    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr

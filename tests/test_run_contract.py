@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -278,3 +279,84 @@ def test_history_is_capped(ch, redis_client, make_settings, names):
     for _ in range(5):
         run_job("refresh-trending", settings)
     assert redis_client.llen(f"{names['prefix']}job:history:refresh-trending") == 3
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_hung_redis_cannot_hold_the_run_past_its_timeout(tmp_path):
+    """A store that accepts connections but never answers (here: a stopped redis-server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        give_up = time.monotonic() + 10
+        while not port_open(port):
+            assert time.monotonic() < give_up
+            time.sleep(0.05)
+        server.send_signal(signal.SIGSTOP)
+        env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "NOVAJOBS_REDIS_TIMEOUT_SEC": "1.5",
+            "NOVAJOBS_RETRY_ATTEMPTS": "10",
+        }
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "novajobs", "refresh-trending", "--timeout", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait()
+
+    # Retries stop when the next one would not fit in the budget: the store is unavailable.
+    assert result.returncode == 69, result.stderr
+    assert elapsed < 9  # 2 s budget + 2 s grace, then one bounded try to record the outcome
+    assert "acquire the lock failed, retrying" in result.stderr
+
+
+def test_a_job_stuck_in_one_call_is_cut_off_at_its_timeout(redis_client, cli, names):
+    """A ClickHouse that accepts the connection and never answers; its own timeout is 60 s."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        result = cli(
+            "refresh-trending",
+            "--timeout",
+            "2",
+            extra_env={
+                "CLICKHOUSE_URL": f"http://127.0.0.1:{port}/default",
+                "JOB_CH_TIMEOUT_MS": "60000",
+            },
+        )
+        elapsed = time.monotonic() - started
+
+    assert result.returncode == 124, result.stderr
+    assert elapsed < 10  # 2 s + 2 s grace (not 60 s)
+    assert redis_client.get(f"{names['prefix']}job:lock:refresh-trending") is None
+    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-trending")
+    assert status[b"outcome"] == b"timeout"
