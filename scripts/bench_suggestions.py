@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo_data  # noqa: E402
-import stack  # noqa: E402
+import demo_data
+import stack
 
 
 def main() -> int:
@@ -104,7 +104,8 @@ def main() -> int:
     job_rate = done / elapsed
     print(
         f"naive loop, 1 query + 1 SET per user : {naive_rate:10.1f} users/s "
-        f"(sample of {args.sample}; all {len(active):,} would take {len(active) / naive_rate / 60:.0f} min)"
+        f"(sample of {args.sample}; all {len(active):,} would take "
+        f"{len(active) / naive_rate / 60:.0f} min)"
     )
     print(
         f"novajobs refresh-suggestions (process): {job_rate:10.1f} users/s "

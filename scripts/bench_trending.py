@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo_data  # noqa: E402
-import stack  # noqa: E402
+import demo_data
+import stack
 
 
 def interleaved(a, b, runs: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -63,7 +63,7 @@ def main() -> int:
             def bare() -> None:
                 # What a hand-written cron script does each run: connect, query, done.
                 own = clickhouse_client(settings)
-                own.query(TRENDING_SQL, parameters=params).result_rows
+                assert own.query(TRENDING_SQL, parameters=params).result_rows
                 own.close()
 
             def job() -> None:
