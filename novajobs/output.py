@@ -35,8 +35,8 @@ def setup_logging(log_format: str = "auto", level: str = "info") -> str:
     """Configure the ``novajobs`` logger; returns the format chosen ("rich" or "json")."""
     fmt = resolve_format(log_format)
     _state["format"] = fmt
-    for handler in list(_LOGGER.handlers):
-        _LOGGER.removeHandler(handler)
+    for old in list(_LOGGER.handlers):
+        _LOGGER.removeHandler(old)
     handler: logging.Handler
     if fmt == "rich":
         from rich.logging import RichHandler

@@ -74,11 +74,15 @@ def record_end(r: redis.Redis, prefix: str, rec: RunRecord, history_size: int) -
 
 
 def record_skip(r: redis.Redis, prefix: str, rec: RunRecord, history_size: int) -> None:
-    fields = {"last_skipped_at": rec.ended_at, "skipped_by": rec.run_id}
+    fields: Fields = {"last_skipped_at": rec.ended_at, "skipped_by": rec.run_id}
     _push(r, prefix, rec, history_size, fields)
 
 
-def _push(r: redis.Redis, prefix: str, rec: RunRecord, keep: int, fields: dict[str, str]) -> None:
+# Keys typed Any: redis-py's stubs want a Mapping keyed by its own (invariant) key union.
+Fields = dict[Any, str]
+
+
+def _push(r: redis.Redis, prefix: str, rec: RunRecord, keep: int, fields: Fields) -> None:
     hkey = history_key(prefix, rec.unit)
     pipe = r.pipeline(transaction=True)
     pipe.hset(status_key(prefix, rec.unit), mapping=fields)
@@ -87,7 +91,7 @@ def _push(r: redis.Redis, prefix: str, rec: RunRecord, keep: int, fields: dict[s
     pipe.execute()
 
 
-def _flat(rec: RunRecord) -> dict[str, str]:
+def _flat(rec: RunRecord) -> Fields:
     data = rec.to_json(with_details=False)
     data["counters"] = json.dumps(rec.counters)
     return {k: "" if v is None else str(v) for k, v in data.items()}

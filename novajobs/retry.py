@@ -75,10 +75,11 @@ def call_with_retry(
     """
     import tenacity
 
-    def fits_in_budget(state: tenacity.RetryCallState) -> bool:
-        left = remaining()
-        wait = state.upcoming_sleep or 0.0
-        return left is not None and left <= wait
+    def give_up(state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= settings.retry_attempts:
+            return True
+        left = remaining()  # never sleep past the run's deadline
+        return left is not None and left <= (state.upcoming_sleep or 0.0)
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -91,7 +92,7 @@ def call_with_retry(
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
-        stop=tenacity.stop_after_attempt(settings.retry_attempts) | fits_in_budget,
+        stop=give_up,
         wait=tenacity.wait_exponential(multiplier=0.2, max=settings.retry_max_wait_sec)
         + tenacity.wait_random(0, 0.2),
         before_sleep=log_retry,

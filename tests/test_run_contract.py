@@ -65,6 +65,14 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 30)
     raise AssertionError(f"{needle!r} never logged")
 
 
+def wait_for_keys(redis_client: Any, names: dict[str, str], timeout: float = 30) -> None:
+    """Until the job has written its first keys: it is mid-run, between writes."""
+    give_up = time.monotonic() + timeout
+    while suggestion_keys(redis_client, names) == 0:
+        assert time.monotonic() < give_up, "the job wrote nothing"
+        time.sleep(0.02)
+
+
 def suggestion_keys(redis_client: Any, names: dict[str, str]) -> int:
     return sum(1 for _ in redis_client.scan_iter(f"{names['prefix']}nova:cache:suggested_users:*"))
 
@@ -173,7 +181,7 @@ def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_clie
         "lock_ttl_sec=1.5",
     )
     wait_for_line(proc, "run started")
-    time.sleep(0.3)
+    wait_for_keys(redis_client, names)
     redis_client.delete(f"{names['prefix']}job:lock:refresh-suggestions")
     code = proc.wait(timeout=60)
     proc.communicate()
@@ -200,7 +208,7 @@ def test_a_process_paused_past_its_ttl_never_writes_after_waking(ch, redis_clien
         "lock_ttl_sec=1.5",
     )
     wait_for_line(proc, "run started")
-    time.sleep(0.3)
+    wait_for_keys(redis_client, names)
     proc.send_signal(signal.SIGSTOP)
     time.sleep(0.2)
     before = suggestion_keys(redis_client, names)
@@ -221,7 +229,7 @@ def test_sigterm_stops_at_a_safe_point_releases_and_records_interrupted(
     ch.release()
     proc = spawn(env, "refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1")
     wait_for_line(proc, "run started")
-    time.sleep(0.3)
+    wait_for_keys(redis_client, names)
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     proc.communicate()

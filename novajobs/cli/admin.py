@@ -117,7 +117,7 @@ def history(job: str, shard: str | None, limit: int, as_json: bool, **kw: Any) -
 @click.group(invoke_without_command=True)
 @with_options(*SETTINGS_OPTIONS, JSON_OPTION)
 @click.pass_context
-def locks(ctx: click.Context, as_json: bool, **kw: Any) -> None:
+def locks(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     """List the job locks held now (job, host, pid, age, TTL).
 
     Example:
@@ -211,7 +211,7 @@ def schedule(count: int, as_json: bool, **kw: Any) -> None:
 
     settings = settings_from(kw)
     now = datetime.now(ZoneInfo(settings.timezone))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for spec in JOBS:
         it = CronSim(spec.schedule, now)
         rows.append(

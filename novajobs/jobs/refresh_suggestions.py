@@ -20,6 +20,7 @@ import math
 import time
 from array import array
 from collections.abc import Iterable, Iterator
+from functools import partial
 from itertools import islice
 
 from novajobs.context import JobContext, Result
@@ -105,7 +106,8 @@ def pick_stalest(ctx: JobContext, users: array[int], n: int) -> list[int]:
     zset = ctx.key(REFRESHED_ZSET)
     heap: list[tuple[float, int]] = []  # max-heap on (-refreshed_at, -id) of the n stalest
     for chunk in _chunks(users, 10_000):
-        scores = ctx.retry(lambda c=chunk: ctx.redis.zmscore(zset, c), "read refresh times")
+        members = [str(u) for u in chunk]
+        scores = ctx.retry(partial(ctx.redis.zmscore, zset, members), "read refresh times")
         for user, score in zip(chunk, scores, strict=True):
             item = (-(score if score is not None else -1.0), -user)
             if len(heap) < n:
