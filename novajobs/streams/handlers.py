@@ -1,0 +1,192 @@
+"""Stream handlers: the ``Message`` they get, the ``Handler`` base, and the registry.
+
+A handler is registered by name and mapped to streams by the ``stream_handlers``
+setting (``stream:audit:log=audit-log``). Names come from three places, first wins:
+handlers registered in-process with ``register_handler`` (tests, Python callers), the
+built-ins, and the ``novajobs.handlers`` entry-point group of installed packages::
+
+    # pyproject.toml of your package
+    [project.entry-points."novajobs.handlers"]
+    story-gen = "mypkg.handlers:handle_story"      # a function(message) -> None
+    memory-update = "mypkg.handlers:MemoryHandler"  # or a Handler subclass
+
+A handler signals failure by raising: any exception means "retry later" (with
+backoff, then the dead-letter queue); ``PermanentError`` means "this entry can never
+succeed" and sends it to the dead-letter queue at once; a ``NovajobsError`` such as
+``ConfigError`` stops the whole run and leaves the entry pending.
+
+Each worker thread gets its own handler instances, so a handler needs no locking and
+may keep a connection per instance (the built-in audit-log handler does).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from novajobs.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from novajobs.output import JobLog
+    from novajobs.settings import Settings
+
+ENTRY_POINT_GROUP = "novajobs.handlers"
+DEFAULT_PRIORITY = 5  # seed 004: 1 highest .. 10 lowest, 5 normal
+
+# Meta fields novajobs adds to entries it writes back (retries, replays, the DLQ).
+META_PREFIX = "novajobs:"
+META_ID = "novajobs:id"  # the entry id the message first had: stable across retries
+META_ATTEMPTS = "novajobs:attempts"  # failed attempts so far
+
+
+class PermanentError(Exception):
+    """Raised by a handler for an entry that can never succeed (malformed data):
+    it goes to the dead-letter queue without retries."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One stream entry as a handler sees it."""
+
+    stream: str  # the stream's name as configured (without the Redis key prefix)
+    id: str  # the original entry id: the same on every retry and replay (dedupe on it)
+    entry_id: str  # the id of the entry being delivered now (differs after a retry)
+    fields: Mapping[str, str]  # the producer's fields, without novajobs' meta fields
+    attempts: int = 0  # failed attempts before this delivery
+
+
+class Handler:
+    """Base class of a handler. Override ``handle`` (one message) or ``handle_batch``.
+
+    ``batch_size`` > 1 lets drain-stream pass up to that many messages of one stream
+    per call (one transaction for many cheap entries); the per-message timeout then
+    applies to the whole call.
+    """
+
+    batch_size: ClassVar[int] = 1
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def handle(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def handle_batch(self, messages: Sequence[Message]) -> Mapping[str, BaseException]:
+        """Handle ``messages``; return the failures keyed by ``entry_id`` (the rest succeeded)."""
+        failures: dict[str, BaseException] = {}
+        for message in messages:
+            try:
+                self.handle(message)
+            except Exception as exc:  # isolated per message; the pool sees the others
+                failures[message.entry_id] = exc
+        return failures
+
+    def close(self) -> None:
+        """Release what the instance holds (connections); called once per worker thread."""
+
+    @classmethod
+    def after_run(cls, settings: Settings, log: JobLog) -> None:
+        """Once per run in which the handler was used: housekeeping (e.g. pruning)."""
+
+
+class FunctionHandler(Handler):
+    """Adapts a plain ``function(message) -> None`` to the Handler interface."""
+
+    func: ClassVar[Callable[[Message], Any]]
+
+    def handle(self, message: Message) -> None:
+        type(self).func(message)
+
+
+HandlerFactory = type[Handler]  # called with the settings, once per worker thread
+
+_BUILTIN = {"audit-log": "novajobs.streams.audit:AuditLogHandler"}
+_registered: dict[str, HandlerFactory] = {}
+
+
+def register_handler(name: str, handler: type[Handler] | Callable[[Message], Any]) -> None:
+    """Register a handler in this process (overrides built-ins and entry points)."""
+    _registered[name] = as_factory(name, handler)
+
+
+def unregister_handler(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def as_factory(name: str, obj: Any) -> HandlerFactory:
+    if isinstance(obj, type) and issubclass(obj, Handler):
+        return obj
+    if callable(obj):
+        return type(f"FunctionHandler[{name}]", (FunctionHandler,), {"func": staticmethod(obj)})
+    raise ConfigError(f"handler {name!r} is neither a Handler subclass nor a function")
+
+
+def handler_names() -> list[str]:
+    names = set(_registered) | set(_BUILTIN)
+    names |= {ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names)
+
+
+def load_handler(name: str) -> HandlerFactory:
+    """The factory of handler ``name``; ConfigError naming the known ones if there is none."""
+    if name in _registered:
+        return _registered[name]
+    target = _BUILTIN.get(name)
+    if target is None:
+        found = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not found:
+            known = ", ".join(handler_names())
+            raise ConfigError(
+                f"stream handler {name!r} is not registered (known: {known}); install a package"
+                f" with a {ENTRY_POINT_GROUP!r} entry point, or fix setting stream_handlers"
+            )
+        target = found[0].value
+    return as_factory(name, _import(name, target))
+
+
+def _import(name: str, target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name.strip())
+        for part in attr.strip().split(".") if attr else ():
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise ConfigError(f"stream handler {name!r} ({target}) cannot be loaded: {exc}") from exc
+    return obj
+
+
+# -- which streams, with what, in which order -----------------------------------------
+@dataclass(frozen=True)
+class StreamPlan:
+    name: str  # as configured, without the key prefix
+    handler: str
+    priority: int
+
+
+def plan_streams(settings: Settings, only: Sequence[str] = ()) -> list[StreamPlan]:
+    """The configured streams (or the ``only`` subset), highest priority first."""
+    handlers = _pairs(settings.stream_handlers)
+    priorities = {k: int(v) for k, v in _pairs(settings.stream_priorities).items()}
+    unknown = [s for s in only if s not in handlers]
+    if unknown:
+        configured = ", ".join(handlers) or "none"
+        raise UsageError(
+            f"stream {unknown[0]!r} has no handler in setting stream_handlers "
+            f"(configured: {configured})"
+        )
+    names = list(dict.fromkeys(only)) if only else list(handlers)
+    plans = [
+        StreamPlan(name, handlers[name], priorities.get(name, DEFAULT_PRIORITY)) for name in names
+    ]
+    return sorted(plans, key=lambda p: p.priority)  # stable: config order within a priority
+
+
+def _pairs(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.strip()] = value.strip()
+    return out

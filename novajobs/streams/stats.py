@@ -1,0 +1,59 @@
+"""What a drain did, as seed 004's pool statistics: counts and handling times."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+COUNTS = (
+    "received",  # entries taken from the streams (reclaimed ones included)
+    "reclaimed",  # of those, taken over from consumers that left them pending (XAUTOCLAIM)
+    "succeeded",  # handled and acked
+    "retried",  # failed, scheduled in retry:{stream} and acked
+    "dead_lettered",  # moved to dlq:{stream} (poison, permanent error, or out of retries)
+    "timed_out",  # of the failures, calls that overran the per-message timeout
+    "left_pending",  # unfinished when the run stopped: reclaimed by a later run
+)
+
+
+@dataclass
+class DrainStats:
+    counts: Counter[str] = field(default_factory=Counter)
+    per_stream: dict[str, Counter[str]] = field(default_factory=dict)
+    durations: list[float] = field(default_factory=list)  # seconds, one per handled message
+
+    def add(self, stream: str, what: str, n: int = 1) -> None:
+        if n:
+            self.counts[what] += n
+            self.per_stream.setdefault(stream, Counter())[what] += n
+
+    def timed(self, seconds: float, messages: int) -> None:
+        """A handler call took ``seconds`` for ``messages``: each waited that long."""
+        self.durations.extend([seconds] * messages)
+
+    def avg_ms(self) -> float:
+        return round(1000 * sum(self.durations) / len(self.durations), 2) if self.durations else 0.0
+
+    def p95_ms(self) -> float:
+        if not self.durations:
+            return 0.0
+        ordered = sorted(self.durations)
+        return round(1000 * ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)], 2)
+
+    def counters(self) -> dict[str, int]:
+        """For the run record: every count (zeros too) plus the handling times in
+        microseconds (run-record counters are integers)."""
+        out = {name: self.counts[name] for name in COUNTS}
+        out["avg_us"] = round(self.avg_ms() * 1000)
+        out["p95_us"] = round(self.p95_ms() * 1000)
+        return out
+
+    def summary(self) -> str:
+        c = self.counts
+        return (
+            f"received {c['received']} (reclaimed {c['reclaimed']}), succeeded {c['succeeded']}, "
+            f"retried {c['retried']}, dead-lettered {c['dead_lettered']}, "
+            f"timed out {c['timed_out']}, left pending {c['left_pending']}; "
+            f"handling avg {self.avg_ms()} ms, p95 {self.p95_ms()} ms"
+        )
