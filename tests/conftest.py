@@ -226,3 +226,40 @@ def pg_tables(pg: Any) -> Callable[..., None]:
             pg.execute(demo_data.POSTGRES_DDL[table])
 
     return create
+
+
+@pytest.fixture(scope="session")
+def pushgateway() -> Iterator[str]:
+    """A real Prometheus Pushgateway (Debian package prometheus-pushgateway) on a free
+    loopback port, in memory only; yields its base URL. Tests use their own job names."""
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        pytest.fail("prometheus-pushgateway is not installed (run scripts/setup.sh)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http_ready(f"{url}/-/ready", proc, log)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _wait_http_ready(url: str, proc: subprocess.Popen[bytes], log: Any) -> None:
+    import time
+    import urllib.request
+
+    give_up = time.monotonic() + 10
+    while time.monotonic() < give_up and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    log.seek(0)
+    pytest.fail(f"{url} did not become ready: {log.read().decode(errors='replace')[-500:]}")

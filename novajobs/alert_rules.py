@@ -1,0 +1,94 @@
+"""Prometheus alerting rules for the metrics novajobs pushes (see novajobs/metrics.py).
+
+Rendered with the deployment files from the same registry: the freshness threshold of
+each job is twice the longest gap of its own schedule. Prometheus must scrape the
+Pushgateway with ``honor_labels: true`` so the pushed ``job``/``shard`` labels are kept.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from novajobs import yamltext
+from novajobs.errors import Outcome
+
+if TYPE_CHECKING:
+    from novajobs.deploy import Plan
+
+SKIPS_ALERT_AT = 3  # one skip is normal (an overlap, a second cron host); three is a stuck lock
+FAILED = [o for o in Outcome if not o.ok and o not in (
+    Outcome.RUNNING, Outcome.SKIPPED, Outcome.PROBLEM_FOUND)]
+WHERE = "{{ $labels.job }}{{ if $labels.shard }} shard {{ $labels.shard }}{{ end }}"
+
+
+def render_rules(plans: list[Plan], *, header: str) -> str:
+    groups = [
+        {"name": "novajobs", "rules": [_failed(), _problem_found(), _skipped()]},
+        {"name": "novajobs-freshness", "rules": [_stale(p.spec.name, p.interval_sec)
+                                                 for p in plans]},
+    ]
+    return header + yamltext.dump({"groups": groups})
+
+
+def _failed() -> dict[str, Any]:
+    outcomes = "|".join(str(o) for o in FAILED)
+    return {
+        "alert": "NovajobsJobFailed",
+        "expr": f'novajobs_last_run_outcome{{outcome=~"{outcomes}"}} == 1',
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": f"novajobs {WHERE} failed ({{{{ $labels.outcome }}}})",
+            "description": "The last run of {{ $labels.job }} ended {{ $labels.outcome }}. "
+            "See `novajobs history {{ $labels.job }}` and the run's log lines (run_id). "
+            "Resolves when a later run ends otherwise.",
+        },
+    }
+
+
+def _problem_found() -> dict[str, Any]:
+    return {
+        "alert": "NovajobsCheckFoundProblem",
+        "expr": f'novajobs_last_run_outcome{{outcome="{Outcome.PROBLEM_FOUND}"}} == 1',
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": f"novajobs check {WHERE} found a problem",
+            "description": "The check ran and found what it looks for (an inconsistency, "
+            "message gaps); its result and log lines say what.",
+        },
+    }
+
+
+def _skipped() -> dict[str, Any]:
+    return {
+        "alert": "NovajobsJobKeepsBeingSkipped",
+        "expr": f"novajobs_skipped_in_a_row >= {SKIPS_ALERT_AT}",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": f"novajobs {WHERE} skipped {{{{ $value }}}} times in a row",
+            "description": "Every run finds the job's lock held: a run is stuck or a lock "
+            "is left over. `novajobs locks` shows the holder; "
+            "`novajobs locks release {{ $labels.job }}` frees it.",
+        },
+    }
+
+
+def _stale(job: str, interval_sec: int) -> dict[str, Any]:
+    limit = 2 * interval_sec
+    return {
+        "alert": "NovajobsJobStale",
+        "expr": f'time() - novajobs_last_success_timestamp_seconds{{job="{job}"}} > {limit}',
+        "labels": {"severity": "warning", "job": job},  # one rule per job: keep them distinct
+        "annotations": {
+            "summary": f"novajobs {WHERE} has not succeeded for over {human(limit)}",
+            "description": f"No successful run of {job} for more than twice its schedule's "
+            f"interval ({human(interval_sec)}). Check NovajobsJobFailed, "
+            "NovajobsJobKeepsBeingSkipped and whether the CronJob runs at all.",
+        },
+    }
+
+
+def human(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
