@@ -35,6 +35,7 @@ class Option:
     param: str | None = None
     multiple: bool = False
     metavar: str | None = None
+    argument: bool = False  # a positional argument (nargs=-1 when multiple) instead of a flag
 
     @property
     def dest(self) -> str:
@@ -55,6 +56,8 @@ class JobSpec:
     shardable: bool = False
     destructive: bool = False  # takes --dry-run
     options: tuple[Option, ...] = ()
+    # A setting whose value scopes the lock: job:lock:{job}:{value} (e.g. one per consumer).
+    lock_scope: str | None = None
 
     def load(self) -> JobFunc:
         func: JobFunc = importlib.import_module(self.module).run
@@ -105,6 +108,91 @@ JOBS: tuple[JobSpec, ...] = (
                    metavar="ID"),
             Option("--batch-size", "active users this run; 0 = all", int,
                    setting="suggestion_batch_size"),
+        ),
+    ),
+    # --- Redis jobs (seeds 001, 003, 004) ---------------------------------------------
+    JobSpec(
+        name="clean-token-blacklist",
+        summary="Expire or delete token-blacklist entries that have no TTL (Redis SCAN).",
+        description=(
+            "SCANs token_blacklist_pattern (auth:block:token:*) with pipelined TTL and value "
+            "reads. Entries with a TTL are left to Redis. An entry without one whose value "
+            "(Unix expiry, or JSON with exp) is past is deleted; one still valid gets "
+            "EXPIREAT its expiry; an unreadable one is reported, and deleted only with "
+            "--delete-unreadable. Each change re-checks the entry first (Lua), so one "
+            "rewritten meanwhile is left alone. Counts scanned, with TTL, repaired, deleted, "
+            "unreadable."
+        ),
+        example="novajobs clean-token-blacklist --dry-run",
+        module="novajobs.jobs.clean_token_blacklist",
+        schedule="17 * * * *",
+        timeout_sec=1800,
+        lock_ttl_sec=60,
+        stores=("redis",),
+        destructive=True,
+        options=(
+            Option("--pattern", "SCAN MATCH pattern of the blacklist keys",
+                   setting="token_blacklist_pattern", metavar="GLOB"),
+            Option("--scan-count", "SCAN COUNT hint (keys per round trip)", int,
+                   setting="token_blacklist_scan_count", metavar="N"),
+            Option("--delete-unreadable", "also delete entries without TTL whose value "
+                   "holds no expiry", bool),
+        ),
+    ),
+    JobSpec(
+        name="drain-stream",
+        summary="Consume Redis streams with handlers; retry with backoff, then dead-letter.",
+        description=(
+            "Reads the streams of stream_handlers (or the STREAM arguments) through consumer "
+            "group stream_group as consumer stream_consumer, higher stream_priorities first, "
+            "entries left pending by dead consumers first (XAUTOCLAIM). Runs their handlers "
+            "with bounded concurrency and a per-message timeout, within --max-messages and "
+            "--max-seconds. Success: XACK. Failure: retry:{stream} (due time, exponential "
+            "backoff) and XACK; past stream_max_retries, or undecodable: dlq:{stream}. "
+            "SIGTERM: stops reading, lets running handlers finish, acks them; the rest stays "
+            "pending. Several runs (pods) may share a group; the lock is per consumer."
+        ),
+        example="novajobs drain-stream stream:audit:log --max-messages 5000 --concurrency 8",
+        module="novajobs.jobs.drain_stream",
+        schedule="* * * * *",
+        timeout_sec=60,
+        lock_ttl_sec=30,
+        stores=("redis", "postgres"),
+        lock_scope="stream_consumer",
+        options=(
+            Option("STREAM", "streams to drain (default: all of stream_handlers)",
+                   param="streams", multiple=True, argument=True),
+            Option("--max-messages", "entries to take this run", int,
+                   setting="drain_max_messages", metavar="N"),
+            Option("--max-seconds", "seconds to keep reading", float,
+                   setting="drain_max_seconds", metavar="S"),
+            Option("--concurrency", "handler calls at once", int,
+                   setting="drain_concurrency", metavar="N"),
+            Option("--message-timeout", "seconds per handler call", float,
+                   setting="drain_message_timeout_sec", metavar="S"),
+            Option("--consumer", "consumer name (default: host name)",
+                   setting="stream_consumer", metavar="NAME"),
+        ),
+    ),
+    JobSpec(
+        name="promote-retries",
+        summary="Move due retries from retry:{stream} back into their streams (atomic).",
+        description=(
+            "For each stream of stream_handlers (or the STREAM arguments), moves the entries "
+            "of the sorted set retry:{stream} whose due time has come back into the stream, "
+            "stream_promote_batch at a time, each batch in one Lua script: nothing is lost "
+            "or duplicated if the run dies halfway. Reports how many were promoted and how "
+            "many are scheduled later."
+        ),
+        example="novajobs promote-retries stream:audit:log",
+        module="novajobs.jobs.promote_retries",
+        schedule="* * * * *",
+        timeout_sec=50,
+        lock_ttl_sec=30,
+        stores=("redis",),
+        options=(
+            Option("STREAM", "streams whose retries to promote (default: stream_handlers)",
+                   param="streams", multiple=True, argument=True),
         ),
     ),
 )

@@ -109,7 +109,8 @@ def _new_context(spec: JobSpec, settings: Settings, options: RunOptions) -> JobC
 
 def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> JobLock | None:
     """Take the job's lock and start its heartbeat; None (and a skip record) when held."""
-    key = lock_key(ctx.settings.redis_prefix, spec.name, rec.shard)
+    scope = rec.shard or (getattr(ctx.settings, spec.lock_scope) if spec.lock_scope else None)
+    key = lock_key(ctx.settings.redis_prefix, spec.name, scope)
     holder = {"job": rec.unit, "host": rec.host, "pid": rec.pid, "run_id": rec.run_id}
     lock = JobLock(ctx.redis, key, ctx.settings.lock_ttl_sec or spec.lock_ttl_sec, holder)
     if ctx.retry(lambda: lock.acquire(wait), "acquire the lock"):

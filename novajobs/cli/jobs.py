@@ -30,9 +30,14 @@ def job_command(spec: JobSpec) -> click.Command:
     )
 
 
-def _job_options(spec: JobSpec) -> list[click.Option]:
+def _job_options(spec: JobSpec) -> list[click.Parameter]:
     return [
-        click.Option(
+        click.Argument(
+            [o.dest], nargs=-1 if o.multiple else 1, required=False, type=o.type,
+            metavar=o.metavar or (f"[{o.flag}]..." if o.multiple else o.flag),
+        )
+        if o.argument
+        else click.Option(
             [o.flag, o.dest],
             type=o.type,
             multiple=o.multiple,
