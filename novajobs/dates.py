@@ -149,7 +149,7 @@ def resolve_range(
     default_span: timedelta,
     now: datetime,
 ) -> tuple[datetime, datetime]:
-    """``--since/--until`` with defaults: until ``default_until``, since ``default_span`` before it."""
+    """``--since/--until``; by default until ``default_until`` and ``default_span`` before it."""
     end = parse_instant(until, "--until", tz, now) if until is not None else default_until
     start = parse_instant(since, "--since", tz, now) if since is not None else end - default_span
     if start >= end:

@@ -195,6 +195,101 @@ JOBS: tuple[JobSpec, ...] = (
                    param="streams", multiple=True, argument=True),
         ),
     ),
+    # --- PostgreSQL jobs (seed 003) ---------------------------------------------------
+    JobSpec(
+        name="create-partitions",
+        summary="Create the monthly range partitions of chat tables ahead of time (PostgreSQL).",
+        description=(
+            "For each table in partition_tables (chat_messages, chat_inbox), makes sure the "
+            "partitions {table}_{yyyy_mm} from the current month through N months ahead "
+            "exist (CREATE TABLE IF NOT EXISTS ... PARTITION OF ... FOR VALUES FROM/TO the "
+            "month starts in partition_timezone), each in its own short transaction with "
+            "lock_timeout set. Rows of a new month already in the DEFAULT partition stop "
+            "that month (exit 1) unless --move-default-rows moves them in the same "
+            "transaction. A table that is missing or not range-partitioned on a timestamp "
+            "is reported and the others are still handled (exit 78)."
+        ),
+        example="novajobs create-partitions --months 3 --dry-run",
+        module="novajobs.jobs.create_partitions",
+        schedule="0 2 * * *",
+        timeout_sec=600,
+        stores=("postgres",),
+        destructive=True,
+        options=(
+            Option("--months", "months ahead of the current one", int,
+                   setting="partition_months_ahead", metavar="N"),
+            Option("--table", "only this table (repeatable; default: partition_tables)",
+                   multiple=True, metavar="[SCHEMA.]TABLE"),
+            Option("--move-default-rows", "move rows of a new month out of the DEFAULT "
+                   "partition into it (locks the table while moving)", bool),
+        ),
+    ),
+    JobSpec(
+        name="daily-stats",
+        summary="Compute one day's (or a range's) platform numbers into daily_stats.",
+        description=(
+            "Per day in the configured time zone: total users (created by the end of the "
+            "day), active users (distinct audit_logs.user_id), messages (chat_messages), "
+            "storage added (sum of file_metadata.size created that day) and API QPS peak "
+            "(the busiest second of audit_logs); upserted on stat_date. A --from/--to "
+            "range is one set-wise query; days without data get zeros; a re-run over the "
+            "same data changes nothing. Needs `novajobs init-db` once."
+        ),
+        example="novajobs daily-stats --from 2025-11-01 --to 2025-11-30 --json",
+        module="novajobs.jobs.daily_stats",
+        schedule="0 1 * * *",
+        timeout_sec=3600,
+        stores=("postgres",),
+        options=(
+            Option("--date", "one day, YYYY-MM-DD (default: yesterday)", param="on",
+                   metavar="DATE"),
+            Option("--from", "first day of a backfill", param="from_date", metavar="DATE"),
+            Option("--to", "last day of a backfill (default: yesterday)", param="to_date",
+                   metavar="DATE"),
+        ),
+    ),
+    JobSpec(
+        name="group-activity-rank",
+        summary="Rank the week's most active channels into group_activity_rank.",
+        description=(
+            "For one ISO week (Monday to Monday in the configured time zone; default last "
+            "week): per channel the message count and distinct senders, score = messages "
+            "* rank_weight_messages + senders * rank_weight_members; the top N by score "
+            "(ties: lower channel id) with their rank replace the week's rows in one "
+            "transaction. Needs `novajobs init-db` once."
+        ),
+        example="novajobs group-activity-rank --week 2025-48",
+        module="novajobs.jobs.group_activity_rank",
+        schedule="0 2 * * 1",
+        timeout_sec=3600,
+        stores=("postgres",),
+        options=(
+            Option("--week", "ISO week YYYY-WW (default: last week)", metavar="YYYY-WW"),
+            Option("--top", "channels to keep", int, setting="rank_top_n", metavar="N"),
+        ),
+    ),
+    JobSpec(
+        name="check-message-gaps",
+        summary="Find missing seq numbers per channel in recent chat_messages (exit 3 if any).",
+        description=(
+            "Over the last window (gaps_window_sec + gaps_overlap_sec, ending "
+            "gaps_settle_sec ago) or --since/--until, lists every gap in each channel's seq, "
+            "including the one between the last message before the window and the first in "
+            "it: channel, missing range, count. Exit 3 when there is any gap. Uses the "
+            "(channel_id, seq) index and a created_at range."
+        ),
+        example="novajobs check-message-gaps --since 2h --json",
+        module="novajobs.jobs.check_message_gaps",
+        schedule="*/10 * * * *",
+        timeout_sec=540,
+        stores=("postgres",),
+        options=(
+            Option("--since", "start: ISO time (local to timezone if naive) or age (15m, 2h, "
+                   "1d)", metavar="TIME"),
+            Option("--until", "end: ISO time, 'now' or age (default: now - settle)",
+                   metavar="TIME"),
+        ),
+    ),
 )
 
 

@@ -126,6 +126,216 @@ def load_clickhouse(client: Any, *, users: int, posts: int, events: int, edges: 
     return counts
 
 
+# --- PostgreSQL for the PostgreSQL jobs (issue #3) -------------------------------------
+# Indexes the jobs document: check-message-gaps probes (channel_id, seq) and scans a
+# created_at range; daily-stats reads created_at ranges. Tests and benchmarks add them too.
+POSTGRES_INDEXES = {
+    "chat_messages_channel_seq": "CREATE INDEX IF NOT EXISTS chat_messages_channel_seq_idx "
+                                 "ON chat_messages (channel_id, seq)",
+    "chat_messages_created_at": "CREATE INDEX IF NOT EXISTS chat_messages_created_at_idx "
+                                "ON chat_messages (created_at)",
+    "users_created_at": "CREATE INDEX IF NOT EXISTS users_created_at_idx ON users (created_at)",
+    "audit_logs_created_at": "CREATE INDEX IF NOT EXISTS audit_logs_created_at_idx "
+                             "ON audit_logs (created_at)",
+    "file_metadata_created_at": "CREATE INDEX IF NOT EXISTS file_metadata_created_at_idx "
+                                "ON file_metadata (created_at)",
+}
+DEMO_FILES_BUCKET = "nova-demo-files"  # live files only; gc-files' loader adds marked ones
+RECENT_MINUTES = 15  # the newest messages are dense, so check-message-gaps has work
+MEMBERS_PER_CHANNEL = 25
+
+# Messages in time order (i = 0..n-1): the first n - recent spread over the days before
+# the recent minutes, the rest over those minutes. Channel popularity is skewed
+# (random()^2: low ids are busy); senders come from a pool per channel; seq is 1, 2, ...
+# per channel in time order.
+_MESSAGES_SQL = """
+INSERT INTO chat_messages (id, channel_id, sender_id, seq, created_at)
+SELECT i + 1, channel_id, sender_id,
+       row_number() OVER (PARTITION BY channel_id ORDER BY i), created_at
+FROM (
+    SELECT i,
+           1 + floor(%(channels)s * power(random(), 2))::bigint AS channel_id,
+           created_at
+    FROM (
+        SELECT i, CASE
+            WHEN i < %(old)s THEN %(start)s::timestamptz
+                 + ((i + 0.5) / %(old)s)::float8 * %(old_span)s::interval
+            ELSE %(recent_start)s::timestamptz
+                 + ((i - %(old)s + 0.5) / %(recent)s)::float8 * %(recent_span)s::interval
+        END AS created_at
+        FROM generate_series(0::bigint, %(messages)s - 1) AS i
+    ) timed
+) g
+CROSS JOIN LATERAL (
+    SELECT 1 + (channel_id * 7919 + floor(random() * %(members)s)::bigint) %% %(users)s
+        AS sender_id
+) s
+"""
+
+_USERS_SQL = """
+INSERT INTO users (id, created_at)
+SELECT g, %(now)s::timestamptz - random() * %(span)s::interval
+FROM generate_series(1, %(users)s) AS g
+"""
+
+# Most audit rows spread evenly; 5 % land in one busy second a day (the daily QPS peak).
+_AUDIT_SQL = """
+INSERT INTO audit_logs (user_id, action, created_at)
+SELECT 1 + floor(%(users)s * power(random(), 1.5))::bigint,
+       (ARRAY['login', 'post.create', 'message.send', 'file.upload', 'profile.update'])
+           [1 + floor(random() * 5)::int],
+       CASE WHEN random() < 0.05
+            THEN %(start)s::timestamptz + floor(random() * %(days)s) * interval '1 day'
+                 + interval '12 hours' + random() * interval '1 second'
+            ELSE %(start)s::timestamptz + random() * %(span)s::interval
+       END
+FROM generate_series(1, %(audit)s)
+"""
+
+_FILES_SQL = """
+INSERT INTO file_metadata (file_hash, bucket, path, size, ref_count, status, created_at,
+                           updated_at)
+SELECT md5('demo' || g), %(bucket)s, 'demo/' || md5('demo' || g),
+       1024 + floor(random() * 10485760)::bigint, 1 + floor(random() * 3)::int, 0, t, t
+FROM generate_series(1, %(files)s) AS g,
+     LATERAL (SELECT %(start)s::timestamptz + random() * %(span)s::interval AS t) c
+"""
+
+_INBOX_SQL = """
+INSERT INTO chat_inbox (user_id, message_id, created_at)
+SELECT 1 + (sender_id %% %(users)s), id, created_at FROM chat_messages
+"""
+
+
+def month_starts(first: Any, last: Any) -> list[Any]:
+    """The first day of every month from ``first``'s month through ``last``'s."""
+    from datetime import date
+
+    out, year, month = [], first.year, first.month
+    while (year, month) <= (last.year, last.month):
+        out.append(date(year, month, 1))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
+
+
+def create_month_partitions(conn: Any, table: str, first: Any, last: Any) -> list[str]:
+    """``{table}_{yyyy_mm}`` partitions (UTC month starts) covering ``first``..``last``."""
+    from datetime import date
+
+    from psycopg import sql
+
+    names = []
+    for start in month_starts(first, last):
+        end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+        name = f"{table}_{start:%Y_%m}"
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
+        ).format(sql.Identifier(name), sql.Identifier(table),
+                 sql.Literal(f"{start} 00:00:00+00"), sql.Literal(f"{end} 00:00:00+00")))
+        names.append(name)
+    return names
+
+
+def load_postgres(conn: Any, *, users: int = 5_000, channels: int = 200,
+                  messages: int = 200_000, audit: int = 100_000, files: int = 2_000,
+                  days: int = 30, gaps: int = 3, inbox: bool = True, indexes: bool = True,
+                  now: Any = None, seed: float = 0.42) -> dict[str, Any]:
+    """(Re)load users, chat_messages (+ chat_inbox), audit_logs and live file_metadata
+    rows over the last ``days`` days, in the connection's schema, inside PostgreSQL.
+
+    Monthly partitions are created for the months the data covers (the current one
+    included, later ones left to `novajobs create-partitions`). ``gaps`` messages of the
+    recent minutes are deleted on purpose, each from a different channel and never a
+    channel's last message, so check-message-gaps has exactly these to find. Returns
+    the row counts and the deleted (channel_id, seq) pairs. ``conn`` must be autocommit.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    now = now or datetime.now(UTC)
+    start = now - timedelta(days=days)
+    recent_start = now - timedelta(minutes=RECENT_MINUTES)
+    recent = min(messages // 4, max(messages // 20, 1))
+    for table in ("users", "chat_messages", "chat_inbox", "audit_logs", "file_metadata"):
+        conn.execute(POSTGRES_DDL[table])
+    for table in ("chat_messages", "chat_inbox"):
+        create_month_partitions(conn, table, start.date(), now.date())
+    conn.execute("TRUNCATE users, chat_messages, chat_inbox, audit_logs")
+    conn.execute("DELETE FROM file_metadata WHERE bucket = %s", [DEMO_FILES_BUCKET])
+    conn.execute("SELECT setseed(%s)", [seed])
+    span = timedelta(days=days)
+    conn.execute(_USERS_SQL, {"now": now, "span": span * 2, "users": users})
+    conn.execute(_MESSAGES_SQL, {
+        "channels": channels, "users": users, "members": MEMBERS_PER_CHANNEL,
+        "messages": messages, "old": messages - recent, "recent": recent, "start": start,
+        "old_span": recent_start - start, "recent_start": recent_start,
+        "recent_span": timedelta(minutes=RECENT_MINUTES),
+    })
+    if inbox:
+        conn.execute(_INBOX_SQL, {"users": users})
+    conn.execute(_AUDIT_SQL, {"users": users, "start": start, "days": days, "span": span,
+                              "audit": audit})
+    conn.execute(_FILES_SQL, {"bucket": DEMO_FILES_BUCKET, "files": files, "start": start,
+                              "span": span})
+    deleted = delete_some_messages(conn, gaps, now)
+    if indexes:
+        for ddl in POSTGRES_INDEXES.values():
+            conn.execute(ddl)
+    for table in ("users", "chat_messages", "chat_inbox", "audit_logs", "file_metadata"):
+        conn.execute(f"VACUUM ANALYZE {table}")
+    counts: dict[str, Any] = {
+        table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        for table in ("users", "chat_messages", "chat_inbox", "audit_logs", "file_metadata")
+    }
+    counts["deleted_messages"] = deleted
+    return counts
+
+
+def delete_some_messages(conn: Any, n: int, now: Any) -> list[tuple[int, int]]:
+    """Delete ``n`` messages of the last 9 minutes (1 minute old at least), from the
+    busiest channels, each followed by a later message of its channel: real gaps."""
+    from datetime import timedelta
+
+    rows = conn.execute(
+        """
+        DELETE FROM chat_messages WHERE (channel_id, seq) IN (
+            SELECT channel_id, max(seq) - 1 FROM chat_messages
+            WHERE created_at >= %s AND created_at < %s
+            GROUP BY channel_id HAVING count(*) >= 3
+            ORDER BY count(*) DESC, channel_id LIMIT %s
+        ) RETURNING channel_id, seq
+        """,
+        [now - timedelta(minutes=9), now - timedelta(minutes=1), n],
+    ).fetchall()
+    return sorted((int(c), int(s)) for c, s in rows)
+
+
+def add_postgres_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("PostgreSQL (DATABASE_URL)")
+    group.add_argument("--skip-postgres", action="store_true", help="load ClickHouse only")
+    group.add_argument("--pg-users", type=int, default=5_000)
+    group.add_argument("--channels", type=int, default=200)
+    group.add_argument("--messages", type=int, default=200_000)
+    group.add_argument("--audit", type=int, default=100_000, help="audit_logs rows")
+    group.add_argument("--files", type=int, default=2_000, help="live file_metadata rows")
+    group.add_argument("--days", type=int, default=30, help="history spread over this many days")
+    group.add_argument("--gaps", type=int, default=3, help="recent messages deleted on purpose")
+
+
+def load_postgres_from_args(args: argparse.Namespace) -> None:
+    import psycopg
+
+    from novajobs.settings import load_settings
+
+    with psycopg.connect(load_settings().database_url, autocommit=True) as conn:
+        counts = load_postgres(conn, users=args.pg_users, channels=args.channels,
+                               messages=args.messages, audit=args.audit, files=args.files,
+                               days=args.days, gaps=args.gaps)
+    gaps = counts.pop("deleted_messages")
+    for table, n in counts.items():
+        print(f"postgres {table}: {n:,} rows", file=sys.stderr)
+    print(f"postgres: deleted (channel_id, seq) {gaps} on purpose", file=sys.stderr)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=5_000)
@@ -133,6 +343,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--edges", type=int, default=50_000)
     parser.add_argument("--hours", type=int, default=6, help="events spread over this many hours")
+    add_postgres_arguments(parser)
     args = parser.parse_args()
 
     from novajobs.connections import clickhouse_client
@@ -147,6 +358,8 @@ def main() -> int:
         client.close()  # chdb: another process may open the path only after this
     for table, n in counts.items():
         print(f"clickhouse {table}: {n:,} rows", file=sys.stderr)
+    if not args.skip_postgres:
+        load_postgres_from_args(args)
     print(f"demo data loaded in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 

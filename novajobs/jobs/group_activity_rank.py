@@ -1,0 +1,112 @@
+"""group-activity-rank: the week's most active channels into ``group_activity_rank``.
+
+For one ISO week (Monday 00:00 to Monday 00:00 in the configured time zone; default
+last week), per channel: ``msg_count`` (messages) and ``active_members`` (distinct
+senders). The score, stored with 2 decimals, is
+
+    score = msg_count * rank_weight_messages + active_members * rank_weight_members
+
+(defaults 1 and 10: ten people talking outweigh one person posting ten times). The top
+``rank_top_n`` (100) channels by score, ties broken by the lower channel id, get ranks
+1..N. The week's rows are deleted and written again in one transaction, so readers see
+the old ranking or the new one, never a mix; a transaction-scoped advisory lock per
+week keeps two runs at once (``--no-lock``) from colliding on the unique key.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from novajobs.context import JobContext, Result
+from novajobs.dates import IsoWeek, local_today, resolve_week
+from novajobs.errors import Outcome
+from novajobs.pgsession import open_session, pg_errors
+from novajobs.schema import require_tables
+
+RANK_SQL = """
+WITH per_channel AS (
+    SELECT channel_id, count(*) AS msg_count, count(DISTINCT sender_id) AS active_members
+    FROM chat_messages
+    WHERE created_at >= %(start)s AND created_at < %(end)s
+    GROUP BY channel_id
+),
+scored AS (
+    SELECT channel_id, msg_count, active_members,
+           round(msg_count * %(w_msgs)s::numeric
+                 + active_members * %(w_members)s::numeric, 2) AS score
+    FROM per_channel
+)
+SELECT channel_id, msg_count, active_members, score,
+       row_number() OVER (ORDER BY score DESC, channel_id) AS rank
+FROM scored
+ORDER BY score DESC, channel_id
+LIMIT %(top)s
+"""
+
+LOCK_WEEK_SQL = "SELECT pg_advisory_xact_lock(hashtext('novajobs:group_activity_rank:' || %s))"
+DELETE_WEEK_SQL = "DELETE FROM group_activity_rank WHERE stat_week = %s"
+INSERT_SQL = """
+INSERT INTO group_activity_rank
+    (stat_week, channel_id, msg_count, active_members, score, rank)
+SELECT %s, * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::numeric[], %s::int[])
+"""
+
+COLUMNS = ("channel_id", "msg_count", "active_members", "score", "rank")
+
+
+def rank_channels(ctx: JobContext, week: IsoWeek) -> list[dict[str, Any]]:
+    s = ctx.settings
+    start, end = week.bounds(s.timezone)
+    params = {
+        "start": start,
+        "end": end,
+        "w_msgs": Decimal(str(s.rank_weight_messages)),
+        "w_members": Decimal(str(s.rank_weight_members)),
+        "top": s.rank_top_n,
+    }
+    rows = ctx.pg.execute(RANK_SQL, params).fetchall()
+    return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+
+
+def replace_week(ctx: JobContext, week: IsoWeek, ranked: list[dict[str, Any]]) -> int:
+    """Swap the week's rows for ``ranked`` atomically; returns how many old rows went."""
+    conn = ctx.pg
+    columns = [[row[name] for row in ranked] for name in COLUMNS]
+    ctx.checkpoint()
+    with conn.transaction():
+        conn.execute(LOCK_WEEK_SQL, [week.label])
+        deleted = conn.execute(DELETE_WEEK_SQL, [week.label]).rowcount
+        if ranked:
+            conn.execute(INSERT_SQL, [week.label, *columns])
+    return deleted
+
+
+def run(ctx: JobContext, week: str | None = None) -> Result:
+    tz = ctx.settings.timezone
+    target = resolve_week(tz, week)
+    if target.monday + timedelta(days=7) > local_today(tz):
+        ctx.log.warning("the week is not over: its ranking will change", stat_week=target.label)
+    with pg_errors("group-activity-rank"):
+        open_session(ctx)
+        require_tables(ctx.pg, owned=("group_activity_rank",), read=("chat_messages",))
+        ranked = rank_channels(ctx, target)
+        replaced = replace_week(ctx, target, ranked)
+    ctx.count("channels_ranked", len(ranked))
+    ctx.count("rows_replaced", replaced)
+    if not ranked:
+        ctx.log.warning("no messages in the week; its ranking is now empty", stat_week=target.label)
+    start, end = target.bounds(tz)
+    rows = [{**row, "score": float(row["score"])} for row in ranked]
+    return Result(
+        Outcome.SUCCESS,
+        f"week {target.label}: ranked {len(ranked)} channels (replaced {replaced} rows)",
+        {
+            "table": "channels",
+            "stat_week": target.label,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "channels": rows,
+        },
+    )
