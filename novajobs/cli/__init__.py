@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from novajobs import __version__
-from novajobs.cli import admin, db, deploy
+from novajobs.cli import admin, db, deploy, dlq
 from novajobs.cli.jobs import job_command
 from novajobs.errors import ExitCode, NovajobsError
 from novajobs.registry import JOBS
@@ -48,6 +48,7 @@ for _spec in JOBS:
 admin.register(cli)
 deploy.register(cli)
 db.register(cli)
+dlq.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,8 @@ class Task:
     handler: str
     messages: list[Message]
     started: float | None = None  # monotonic time the call began (set by the worker)
-    abandoned: bool = False
+    finished: bool = False  # the call returned (its result may not be collected yet)
+    abandoned: bool = False  # given up on by the caller after a timeout
 
 
 @dataclass
@@ -84,13 +85,20 @@ class WorkerPool:
                 out.append(self._results.get_nowait())
         except queue.Empty:
             pass
+        with self._lock:  # a task leaves `waiting` only once its result is in hand
+            for result in out:
+                self._waiting.discard(result.task)
         return out
 
     def expire(self, limit: float) -> list[Task]:
         """Abandon the calls running longer than ``limit`` seconds; returns their tasks."""
         now = time.monotonic()
         with self._lock:
-            late = [t for t in self._waiting if t.started is not None and now - t.started > limit]
+            late = [
+                t
+                for t in self._waiting
+                if t.started is not None and not t.finished and now - t.started > limit
+            ]
             for task in late:
                 task.abandoned = True
                 self._waiting.discard(task)
@@ -99,7 +107,7 @@ class WorkerPool:
     def next_expiry(self, limit: float) -> float | None:
         """Seconds until the oldest running call overruns ``limit`` (None: nothing runs)."""
         with self._lock:
-            starts = [t.started for t in self._waiting if t.started is not None]
+            starts = [t.started for t in self._waiting if t.started is not None and not t.finished]
         return None if not starts else max(0.0, min(starts) + limit - time.monotonic())
 
     def shutdown(self) -> None:
@@ -119,10 +127,10 @@ class WorkerPool:
                 result = self._call(task, handlers)
                 with self._lock:
                     self._busy -= 1
+                    task.finished = True
                     if task.abandoned:
                         continue  # the caller already retried it
-                    self._waiting.discard(task)
-                self._results.put(result)
+                    self._results.put(result)
         finally:
             for handler in handlers.values():
                 with contextlib.suppress(Exception):  # closing must not hide the outcome

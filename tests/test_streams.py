@@ -1,0 +1,237 @@
+"""drain-stream, promote-retries and the DLQ against a real Redis (and PostgreSQL for the
+audit-log handler): retries and backoff, DLQ, poison, timeouts, reclaim, priority,
+concurrency bound, replay, atomic promotion, failure limit, per-consumer lock."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from stream_handlers import Gauge, Recorder
+
+from novajobs.errors import Outcome
+from novajobs.lock import JobLock
+from novajobs.runner import RunOptions, run_job
+from novajobs.schema import ensure_tables
+from novajobs.settings import Settings
+from novajobs.streams import queues
+from novajobs.streams.handlers import Message, register_handler, unregister_handler
+
+AUDIT = "stream:audit:log"
+
+
+@pytest.fixture
+def handlers() -> Iterator[Callable[[str, Any], None]]:
+    names: list[str] = []
+
+    def add(name: str, handler: Any) -> None:
+        register_handler(name, handler)
+        names.append(name)
+
+    yield add
+    for name in names:
+        unregister_handler(name)
+
+
+@pytest.fixture
+def fast(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """Settings for quick drains: short blocking read, no jitter."""
+
+    def make(**kw: Any) -> Settings:
+        base: dict[str, Any] = {"drain_block_ms": 100, "stream_retry_jitter": 0.0}
+        return make_settings(**{**base, **kw})
+
+    return make
+
+
+@pytest.fixture
+def audit_db(pg: Any, pg_tables: Callable[..., None]) -> Any:
+    pg_tables("audit_logs")
+    ensure_tables(pg, ["novajobs_stream_dedupe"])
+    return pg
+
+
+def drain(settings: Settings, *streams: str, **options: Any) -> Any:
+    return run_job("drain-stream", settings, RunOptions(**options), streams=streams)
+
+
+def add(r: Any, key: str, n: int, **fields: Any) -> list[str]:
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(key, {k: (v(i) if callable(v) else v) for k, v in fields.items()} or {"i": i})
+    return [i.decode() for i in pipe.execute()]
+
+
+def pending(r: Any, key: str, group: str = "novajobs") -> int:
+    return int(r.xpending(key, group)["pending"])
+
+
+# -- the audit-log handler -------------------------------------------------------------------
+def test_audit_entries_become_rows_exactly_once(redis_client, audit_db, fast, names):
+    key = names["prefix"] + AUDIT
+    audit_db.execute("INSERT INTO audit_logs (user_id, action) VALUES (-1, 'written by them')")
+    add(redis_client, key, 500, user_id=lambda i: i, action=lambda i: f"login {i}",
+        ts=lambda i: f"{1_700_000_000 + i}.25")
+
+    rec = drain(fast())
+
+    assert rec.outcome is Outcome.SUCCESS, rec.error
+    assert rec.counters["received"] == rec.counters["succeeded"] == 500, rec.counters
+    rows = audit_db.execute("SELECT user_id, action, extract(epoch FROM created_at) FROM audit_logs"
+                            " WHERE user_id >= 0 ORDER BY user_id").fetchall()
+    assert [(u, a, float(t)) for u, a, t in rows] == [
+        (i, f"login {i}", 1_700_000_000 + i + 0.25) for i in range(500)]
+    assert pending(redis_client, key) == 0
+    assert redis_client.xinfo_consumers(key, "novajobs") == []  # our empty consumer is gone
+
+    # every entry delivered again (as after a crash before XACK): no second row
+    redis_client.xgroup_setid(key, "novajobs", "0")
+    again = drain(fast())
+    assert again.counters["succeeded"] == 500
+    assert audit_db.execute("SELECT count(*) FROM audit_logs").fetchone()[0] == 501
+    assert audit_db.execute("SELECT action FROM audit_logs WHERE user_id = -1").fetchall() == [
+        ("written by them",)]
+
+
+def test_poison_entries_go_straight_to_the_dlq(redis_client, audit_db, fast, names):
+    key = names["prefix"] + AUDIT
+    good = {"user_id": "1", "action": "ok", "ts": "1700000000"}
+    bad = [
+        {"user_id": b"\xff\xfe", "action": "x", "ts": "1"},  # not UTF-8: cannot be decoded
+        {"action": "x", "ts": "1"},
+        {"user_id": "abc", "action": "x", "ts": "1"},
+        {"user_id": "2", "action": "x", "ts": "soon"},
+        {"user_id": "3", "action": "a\x00b", "ts": "1"},
+    ]
+    ids = [redis_client.xadd(key, f).decode() for f in [good, *bad]]
+
+    rec = drain(fast())
+
+    assert rec.outcome is Outcome.SUCCESS
+    assert rec.counters["succeeded"] == 1 and rec.counters["dead_lettered"] == 5
+    assert rec.counters["retried"] == 0
+    assert audit_db.execute("SELECT user_id, action FROM audit_logs").fetchall() == [(1, "ok")]
+    dead = redis_client.xrange(names["prefix"] + "dlq:" + AUDIT)
+    assert [f[b"novajobs:id"].decode() for _, f in dead] == ids[1:]
+    assert dead[0][1][b"user_id"] == b"\xff\xfe"  # the original bytes, kept as they were
+    errors = [f[b"novajobs:error"].decode() for _, f in dead]
+    assert "cannot be decoded" in errors[0] and "lacks field user_id" in errors[1]
+    assert "not a 64-bit integer" in errors[2] and "Unix time" in errors[3] and "NUL" in errors[4]
+    assert pending(redis_client, key) == 0
+    assert redis_client.zcard(names["prefix"] + "retry:" + AUDIT) == 0
+
+
+def test_missing_dedupe_table_stops_the_run_and_acks_nothing(redis_client, pg, pg_tables, cli,
+                                                            names):
+    pg_tables("audit_logs")
+    key = names["prefix"] + AUDIT
+    add(redis_client, key, 3, user_id=1, action="a", ts="1")
+
+    run = cli("drain-stream", "-s", "drain_block_ms=100")
+
+    assert run.returncode == 78, run.stderr
+    assert "novajobs init-db" in run.stderr
+    assert pending(redis_client, key) == 3  # left for a later run, not retried or DLQ'd
+    assert redis_client.exists(names["prefix"] + "dlq:" + AUDIT,
+                               names["prefix"] + "retry:" + AUDIT) == 0
+
+
+# -- retries, backoff, DLQ -------------------------------------------------------------------
+def test_retry_schedule_backoff_then_dlq(redis_client, handlers, fast, names):
+    def always_fails(message: Message) -> None:
+        raise RuntimeError(f"boom {message.attempts}")
+
+    handlers("failing", always_fails)
+    settings = fast(stream_handlers=("jobs=failing",), stream_retry_initial_sec=10,
+                    stream_retry_multiplier=3, stream_retry_max_sec=50, stream_max_retries=3)
+    p = names["prefix"]
+    first = redis_client.xadd(p + "jobs", {"task": "x", "n": "1"}).decode()
+
+    for attempt, delay in ((1, 10), (2, 30), (3, 50)):  # 90 is capped at 50
+        before = time.time()
+        rec = drain(settings)
+        assert rec.counters["retried"] == 1 and rec.counters["succeeded"] == 0, rec.error
+        [(member, due)] = redis_client.zrange(p + "retry:jobs", 0, -1, withscores=True)
+        item = queues.json.loads(member)
+        assert item["id"] == first and item["attempts"] == str(attempt)
+        assert item["fields"] == ["task", "x", "n", "1"] and item["error"].startswith("Runtime")
+        assert before + delay <= due <= time.time() + delay
+        assert queues.promote_due(redis_client, p, "jobs", due, 100) == 1
+        assert redis_client.zcard(p + "retry:jobs") == 0
+
+    rec = drain(settings)  # the 4th failure: out of retries
+    assert rec.counters["dead_lettered"] == 1 and rec.counters["retried"] == 0
+    [letter] = queues.list_dlq(redis_client, p, "jobs", 10)
+    assert (letter.first_id, letter.attempts, letter.fields) == (first, 4, {"task": "x", "n": "1"})
+    assert letter.error == "RuntimeError: boom 3"
+    assert pending(redis_client, p + "jobs") == 0
+
+
+def test_retry_delay_jitter_and_cap(make_settings):
+    s = make_settings(stream_retry_initial_sec=2, stream_retry_multiplier=2,
+                      stream_retry_max_sec=100, stream_retry_jitter=0.25)
+    rng = random.Random(3)
+    for failures, base in ((1, 2), (2, 4), (3, 8), (6, 64)):
+        delays = [queues.retry_delay(failures, s, rng) for _ in range(200)]
+        assert base * 0.75 <= min(delays) < base * 0.85 and base * 1.15 < max(delays) <= base * 1.25
+    assert all(queues.retry_delay(10, s, rng) <= 100 for _ in range(100))
+
+
+def test_promote_retries_job_counts_due_and_later(redis_client, fast, names):
+    p = names["prefix"]
+    now = time.time()
+    msg = Message("stream:audit:log", "1-0", "1-0", {"a": "b"})
+    redis_client.zadd(p + "retry:" + AUDIT, {queues.retry_member(msg, 1, "e"): now - 1,
+                                            queues.retry_member(msg, 2, "e"): now + 600})
+    rec = run_job("promote-retries", fast())
+    assert rec.outcome is Outcome.SUCCESS
+    assert rec.counters == {"promoted": 1, "scheduled_later": 1}
+    [(_, fields)] = redis_client.xrange(p + AUDIT)
+    assert fields == {b"a": b"b", b"novajobs:id": b"1-0", b"novajobs:attempts": b"1"}
+    assert run_job("promote-retries", fast()).outcome is Outcome.NOTHING_TO_DO
+
+
+def test_promote_is_atomic_under_kill_and_races(redis_client, env, names):
+    p, total = names["prefix"], 3000
+    msgs = [Message("s", f"{i}-0", f"{i}-0", {"i": str(i)}) for i in range(total)]
+    pipe = redis_client.pipeline(transaction=False)
+    for m in msgs:
+        pipe.zadd(p + "retry:s", {queues.retry_member(m, 1, "e"): 1000})
+    pipe.execute()
+
+    proc = subprocess.Popen([sys.executable, "-m", "novajobs", "promote-retries", "s",
+                             "-s", "stream_promote_batch=1"], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: redis_client.xlen(p + "s") > 200, 30)
+    proc.kill()  # SIGKILL between two scripts, wherever that is
+    proc.wait()
+    left, moved = redis_client.zcard(p + "retry:s"), redis_client.xlen(p + "s")
+    assert 0 < left and left + moved == total
+
+    workers = [threading.Thread(target=promote_all, args=(redis_client, p)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    ids = [f[b"novajobs:id"].decode() for _, f in redis_client.xrange(p + "s")]
+    assert sorted(ids) == sorted(m.id for m in msgs)  # each exactly once
+    assert redis_client.zcard(p + "retry:s") == 0
+
+
+def promote_all(r: Any, prefix: str) -> None:
+    while queues.promote_due(r, prefix, "s", time.time(), 7):
+        pass
+
+
+def wait_for(cond: Callable[[], bool], timeout: float) -> None:
+    give_up = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < give_up, "timed out waiting"
+        time.sleep(0.01)
