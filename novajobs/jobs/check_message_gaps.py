@@ -17,7 +17,8 @@ Three index-friendly steps, so the cost stays close to counting the window:
 3. For every channel, the message right before its first one in the window is found
    with one ``(channel_id, seq)`` index probe (the last day's partitions first, then all
    of them), so a gap straddling the window start is reported too. A channel with no
-   earlier message at all (new, or its old partitions were dropped) is only counted.
+   earlier message although its first one here is not seq 1 (were its old partitions
+   dropped?) is only counted as without history, not reported.
 
 Required index: ``chat_messages (channel_id, seq)``; recommended: ``(created_at)``.
 Exit 3 ("problem found") when any gap exists.
@@ -95,11 +96,12 @@ def check_window(ctx: JobContext, since: datetime, until: datetime) -> dict[str,
             gaps.append(_gap(channel, lo, hi, "inside the window"))
     no_history = 0
     if stats:
-        params = {"channels": [r[0] for r in stats], "firsts": [r[2] for r in stats],
-                  "recent": since - RECENT_LOOKBACK}
-        for channel, first, prev in conn.execute(EDGE_SQL, params):
+        edges: dict[str, Any] = {"channels": [r[0] for r in stats],
+                                 "firsts": [r[2] for r in stats],
+                                 "recent": since - RECENT_LOOKBACK}
+        for channel, first, prev in conn.execute(EDGE_SQL, edges):
             if prev is None:
-                no_history += 1
+                no_history += first > 1  # seq 1 is a channel's start, not a loss
             else:
                 gaps.append(_gap(channel, prev + 1, first - 1, "before the window"))
     gaps.sort(key=lambda g: (g["channel_id"], g["from_seq"]))
