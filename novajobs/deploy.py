@@ -16,8 +16,10 @@ Derived per job (see ``plan``):
 - retries: only when the next scheduled run is far away (all tries fit in half an
   interval), at most 2 (seed 003: three attempts). A job running every minute is not
   retried: its next run is the retry;
-- shards: a shardable job runs as an Indexed Job of ``k8s_default_shards`` pods
-  (``--shard auto``), unless ``k8s_shards`` says ``job=N``; N = 1 is a plain CronJob.
+- pods: a shardable job runs as an Indexed Job of ``k8s_default_shards`` pods, one
+  shard each (``--shard auto``), unless ``k8s_pods`` says ``job=N``; N = 1 is a plain
+  CronJob. A job locked per consumer (``lock_scope``, drain-stream) runs N pods at once
+  when ``k8s_pods`` says so: each pod is its own consumer (its pod name) in one group.
 """
 
 from __future__ import annotations
@@ -59,9 +61,13 @@ NO_RETRY_CODES = (ExitCode.PROBLEM_FOUND, ExitCode.SKIPPED)
 class Plan:
     spec: JobSpec
     interval_sec: int
-    shards: int  # 1 = a plain CronJob
+    pods: int  # 1 = a plain CronJob
     retries: int
     try_sec: int
+
+    @property
+    def indexed(self) -> bool:
+        return self.pods > 1 and self.spec.shardable
 
     @property
     def active_deadline_sec(self) -> int:
@@ -81,7 +87,7 @@ def plan(spec: JobSpec, settings: Settings) -> Plan:
         spec.timeout_sec + hard_grace + 2 * settings.report_timeout_sec + STARTUP_SEC
     )
     retries = max(0, min(MAX_RETRIES, (interval // 2) // try_sec - 1))
-    return Plan(spec, interval, shard_count(spec, settings), retries, try_sec)
+    return Plan(spec, interval, pod_count(spec, settings), retries, try_sec)
 
 
 def schedule_interval(expression: str, timezone: str) -> int:
@@ -104,20 +110,21 @@ def schedule_interval(expression: str, timezone: str) -> int:
     return int(longest)
 
 
-def shard_count(spec: JobSpec, settings: Settings) -> int:
-    counts = _shard_overrides(settings)
-    return counts.get(spec.name, settings.k8s_default_shards) if spec.shardable else 1
+def pod_count(spec: JobSpec, settings: Settings) -> int:
+    default = settings.k8s_default_shards if spec.shardable else 1
+    return _pod_overrides(settings).get(spec.name, default)
 
 
-def _shard_overrides(settings: Settings) -> dict[str, int]:
+def _pod_overrides(settings: Settings) -> dict[str, int]:
+    """``k8s_pods``, checked against the registry: only jobs that can run as many pods."""
     counts = {}
-    for item in settings.k8s_shards:
-        name, _, count = item.partition("=")
-        spec = next((s for s in JOBS if s.name == name.strip()), None)
-        if spec is None or not spec.shardable:
-            shardable = ", ".join(s.name for s in JOBS if s.shardable) or "none"
+    for item in settings.k8s_pods:
+        name, _, count = (part.strip() for part in item.partition("="))
+        spec = next((s for s in JOBS if s.name == name), None)
+        if spec is None or not (spec.shardable or spec.lock_scope):
+            able = ", ".join(s.name for s in JOBS if s.shardable or s.lock_scope) or "none"
             raise ConfigError(
-                f"setting k8s_shards: {name.strip()!r} is not a shardable job ({shardable})"
+                f"setting k8s_pods: {name!r} cannot run as several pods (these can: {able})"
             )
         counts[spec.name] = int(count)
     return counts
@@ -171,7 +178,8 @@ def _stale(out: Path, files: dict[str, str]) -> list[str]:
 
 
 def _header(comment: str) -> str:
-    return f"{comment} {MARK}.\n{comment} Do not edit: change the registry or settings, then re-render.\n"
+    return (f"{comment} {MARK}.\n"
+            f"{comment} Do not edit: change the registry or settings, then re-render.\n")
 
 
 # --- crontab ---------------------------------------------------------------------------
@@ -243,23 +251,27 @@ def render_cronjob(p: Plan, settings: Settings) -> str:
         },
     }
     summary = f"# {spec.name}: {spec.summary}\n"
-    if p.shards > 1:
-        summary += f"# An Indexed Job: {p.shards} pods, one shard each (--shard auto).\n"
+    if p.indexed:
+        summary += f"# An Indexed Job: {p.pods} pods, one shard each (--shard auto).\n"
+    elif p.pods > 1:
+        summary += f"# {p.pods} pods at once, each its own consumer (its pod name).\n"
     return _header("#") + summary + yamltext.dump(doc)
 
 
 def _job_spec(p: Plan, settings: Settings, labels: dict[str, str]) -> dict[str, Any]:
     job: dict[str, Any] = {"activeDeadlineSeconds": p.active_deadline_sec}
-    if p.shards > 1:
+    if p.indexed:
         job |= {
             "completionMode": "Indexed",
-            "completions": p.shards,
-            "parallelism": p.shards,
+            "completions": p.pods,
+            "parallelism": p.pods,
             "backoffLimitPerIndex": p.retries,
         }
     else:
-        job["backoffLimit"] = p.retries
-    job["podFailurePolicy"] = {"rules": _failure_rules(indexed=p.shards > 1)}
+        if p.pods > 1:
+            job |= {"completions": p.pods, "parallelism": p.pods}
+        job["backoffLimit"] = p.retries * p.pods
+    job["podFailurePolicy"] = {"rules": _failure_rules(indexed=p.indexed)}
     job["template"] = {"metadata": {"labels": labels}, "spec": _pod_spec(p, settings)}
     return job
 
@@ -305,9 +317,9 @@ def _pod_spec(p: Plan, settings: Settings) -> dict[str, Any]:
 def _container(p: Plan, settings: Settings) -> dict[str, Any]:
     args = _cron_args(p.spec.name)[1:]
     env = [{"name": "NOVAJOBS_TIMEZONE", "value": settings.timezone}]  # = the CronJob's
-    if p.shards > 1:
+    if p.indexed:
         args += ["--shard", "auto"]
-        env.append({"name": "NOVAJOBS_SHARD_COUNT", "value": str(p.shards)})  # = completions
+        env.append({"name": "NOVAJOBS_SHARD_COUNT", "value": str(p.pods)})  # = completions
     return {
         "name": CONTAINER,
         "image": settings.k8s_image or f"novajobs:{__version__}",

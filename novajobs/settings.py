@@ -426,12 +426,13 @@ class Settings:
     k8s_memory_request: str = setting("256Mi", check=k8s_quantity)
     k8s_memory_limit: str = setting("512Mi", check=k8s_quantity)
     k8s_default_shards: int = setting(
-        4, check=int_between(1, 1000), help="Indexed-Job shards of a shardable job"
+        4, check=int_between(1, 1000), help="Indexed-Job shards (pods) of a shardable job"
     )
-    k8s_shards: tuple[str, ...] = setting(
-        ("refresh-suggestions=1",),
+    k8s_pods: tuple[str, ...] = setting(
+        ("refresh-suggestions=1", "drain-stream=2"),
         check=pairs_of(int_between(1, 1000), "gc-files=8"),
-        help="job=N shard counts overriding k8s_default_shards; 1 = a plain CronJob",
+        help="job=N pods per run: shards of a shardable job, or consumers of a job locked "
+        "per consumer (drain-stream); 1 = one pod",
     )
 
     # Where each value came from ("default", "file:...", "env:NAME", "flag").

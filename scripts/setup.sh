@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   redis-server          # Redis 7 for locks, records, caches, streams
   postgresql            # PostgreSQL 15 (binaries only; the stack runs its own cluster)
+  prometheus            # promtool: checks and unit-tests the generated alert rules
+  prometheus-pushgateway  # a real Pushgateway for the metrics tests (started by them)
 )
 
 missing=()

@@ -35,7 +35,7 @@ def render_deploy(out: Path, check: bool, **kw: Any) -> int:
     Prometheus alerting rules from the job registry.
 
     Settings shape the output (timezone, k8s_image, k8s_namespace, k8s_secret,
-    k8s_configmap, k8s_* resources, k8s_default_shards, k8s_shards): pass them as
+    k8s_configmap, k8s_* resources, k8s_default_shards, k8s_pods): pass them as
     flags or a config file. Files of jobs no longer in the registry are removed.
 
     Example:
