@@ -110,89 +110,31 @@ JOBS: tuple[JobSpec, ...] = (
                    setting="suggestion_batch_size"),
         ),
     ),
-    # --- Redis jobs (seeds 001, 003, 004) ---------------------------------------------
     JobSpec(
-        name="clean-token-blacklist",
-        summary="Expire or delete token-blacklist entries that have no TTL (Redis SCAN).",
+        name="gc-files",
+        summary="Delete marked files from S3 and file_metadata (sharded, race-safe).",
         description=(
-            "SCANs token_blacklist_pattern (auth:block:token:*) with pipelined TTL and value "
-            "reads. Entries with a TTL are left to Redis. An entry without one whose value "
-            "(Unix expiry, or JSON with exp) is past is deleted; one still valid gets "
-            "EXPIREAT its expiry; an unreadable one is reported, and deleted only with "
-            "--delete-unreadable. Each change re-checks the entry first (Lua), so one "
-            "rewritten meanwhile is left alone. Counts scanned, with TTL, repaired, deleted, "
-            "unreadable."
+            "Deletes the objects of file_metadata rows with status = 2 and ref_count = 0 "
+            "unchanged for the grace period, then the rows, page by page (keyset on id): "
+            "each page's rows are locked (FOR UPDATE SKIP LOCKED) and re-checked, their "
+            "objects removed with S3 multi-object deletes, and only the rows whose objects "
+            "are gone deleted, in one transaction. A file referenced again meanwhile is "
+            "never deleted; an object already missing counts as deleted. A shard I/N owns "
+            "the rows with id % N == I-1."
         ),
-        example="novajobs clean-token-blacklist --dry-run",
-        module="novajobs.jobs.clean_token_blacklist",
-        schedule="17 * * * *",
-        timeout_sec=1800,
+        example="novajobs gc-files --dry-run --limit 100   # or: --shard auto (Indexed Job)",
+        module="novajobs.jobs.gc_files",
+        schedule="0 4 * * *",
+        timeout_sec=3300,
         lock_ttl_sec=60,
-        stores=("redis",),
+        stores=("postgres", "s3"),
+        shardable=True,
         destructive=True,
         options=(
-            Option("--pattern", "SCAN MATCH pattern of the blacklist keys",
-                   setting="token_blacklist_pattern", metavar="GLOB"),
-            Option("--scan-count", "SCAN COUNT hint (keys per round trip)", int,
-                   setting="token_blacklist_scan_count", metavar="N"),
-            Option("--delete-unreadable", "also delete entries without TTL whose value "
-                   "holds no expiry", bool),
-        ),
-    ),
-    JobSpec(
-        name="drain-stream",
-        summary="Consume Redis streams with handlers; retry with backoff, then dead-letter.",
-        description=(
-            "Reads the streams of stream_handlers (or the STREAM arguments) through consumer "
-            "group stream_group as consumer stream_consumer, higher stream_priorities first, "
-            "entries left pending by dead consumers first (XAUTOCLAIM). Runs their handlers "
-            "with bounded concurrency and a per-message timeout, within --max-messages and "
-            "--max-seconds. Success: XACK. Failure: retry:{stream} (due time, exponential "
-            "backoff) and XACK; past stream_max_retries, or undecodable: dlq:{stream}. "
-            "SIGTERM: stops reading, lets running handlers finish, acks them; the rest stays "
-            "pending. Several runs (pods) may share a group; the lock is per consumer."
-        ),
-        example="novajobs drain-stream stream:audit:log --max-messages 5000 --concurrency 8",
-        module="novajobs.jobs.drain_stream",
-        schedule="* * * * *",
-        timeout_sec=60,
-        lock_ttl_sec=30,
-        stores=("redis", "postgres"),
-        lock_scope="stream_consumer",
-        options=(
-            Option("STREAM", "streams to drain (default: all of stream_handlers)",
-                   param="streams", multiple=True, argument=True),
-            Option("--max-messages", "entries to take this run", int,
-                   setting="drain_max_messages", metavar="N"),
-            Option("--max-seconds", "seconds to keep reading", float,
-                   setting="drain_max_seconds", metavar="S"),
-            Option("--concurrency", "handler calls at once", int,
-                   setting="drain_concurrency", metavar="N"),
-            Option("--message-timeout", "seconds per handler call", float,
-                   setting="drain_message_timeout_sec", metavar="S"),
-            Option("--consumer", "consumer name (default: host name)",
-                   setting="stream_consumer", metavar="NAME"),
-        ),
-    ),
-    JobSpec(
-        name="promote-retries",
-        summary="Move due retries from retry:{stream} back into their streams (atomic).",
-        description=(
-            "For each stream of stream_handlers (or the STREAM arguments), moves the entries "
-            "of the sorted set retry:{stream} whose due time has come back into the stream, "
-            "stream_promote_batch at a time, each batch in one Lua script: nothing is lost "
-            "or duplicated if the run dies halfway. Reports how many were promoted and how "
-            "many are scheduled later."
-        ),
-        example="novajobs promote-retries stream:audit:log",
-        module="novajobs.jobs.promote_retries",
-        schedule="* * * * *",
-        timeout_sec=50,
-        lock_ttl_sec=30,
-        stores=("redis",),
-        options=(
-            Option("STREAM", "streams whose retries to promote (default: stream_handlers)",
-                   param="streams", multiple=True, argument=True),
+            Option("--limit", "delete at most N files this run; 0 = all", int,
+                   setting="gc_limit", metavar="N"),
+            Option("--grace", "only files marked longer ago than this (e.g. 24h, 90m)",
+                   setting="gc_grace", metavar="DURATION"),
         ),
     ),
     # --- PostgreSQL jobs (seed 003) ---------------------------------------------------
@@ -288,6 +230,143 @@ JOBS: tuple[JobSpec, ...] = (
                    "1d)", metavar="TIME"),
             Option("--until", "end: ISO time, 'now' or age (default: now - settle)",
                    metavar="TIME"),
+        ),
+    ),
+    JobSpec(
+        name="check-consistency",
+        summary="Compare PostgreSQL users with Neo4j :User nodes (exit 3 beyond tolerance).",
+        description=(
+            "Counts PostgreSQL users and Neo4j (:User) nodes and prints both and their "
+            "difference; a difference above the tolerance (in % of the larger count) is a "
+            "problem: exit 3 and an alert. --sample N also draws N random ids from each "
+            "side, looks them up on the other in batches and names the missing ones (their "
+            "share is held to the same tolerance). An unreachable Neo4j exits 69, not 3."
+        ),
+        example="novajobs check-consistency --sample 1000 --tolerance 0.5",
+        module="novajobs.jobs.check_consistency",
+        schedule="0 5 * * *",
+        timeout_sec=900,
+        stores=("postgres", "neo4j"),
+        options=(
+            Option("--sample", "also look up N random ids of each side on the other", int,
+                   setting="consistency_sample_size", metavar="N"),
+            Option("--tolerance", "allowed difference in % of the larger count", float,
+                   setting="consistency_tolerance_percent", metavar="PERCENT"),
+        ),
+    ),
+    JobSpec(
+        name="forcemerge-indices",
+        summary="Force-merge old Elasticsearch indices that still have many segments.",
+        description=(
+            "For the indices matching the pattern that are older than the minimum age "
+            "(creation_date, or the date in the name with --date-format) and have a shard "
+            "with more than max_num_segments segments, starts a force-merge task and waits "
+            "for it, one index at a time (with --delay between). Skips closed indices, the "
+            "write index of an alias or data stream, and merged indices. At the timeout it "
+            "stops waiting (the merge goes on in Elasticsearch) and exits 124."
+        ),
+        example="novajobs forcemerge-indices --pattern 'logs-*' --min-age-days 7 --dry-run",
+        module="novajobs.jobs.forcemerge_indices",
+        schedule="0 3 * * *",
+        timeout_sec=4 * 3600,
+        stores=("elasticsearch",),
+        destructive=True,
+        options=(
+            Option("--pattern", "indices to consider (a-*,b-*,-a-keep)",
+                   setting="forcemerge_pattern", metavar="PATTERN"),
+            Option("--min-age-days", "only indices at least this old", float,
+                   setting="forcemerge_min_age_days", metavar="DAYS"),
+            Option("--date-format", "read the age from this date in the name, e.g. %Y.%m.%d",
+                   setting="forcemerge_name_date_format", metavar="FORMAT"),
+            Option("--max-num-segments", "segments per shard to merge down to", int,
+                   setting="forcemerge_max_num_segments", metavar="N"),
+            Option("--delay", "seconds to pause between two merges", float,
+                   setting="forcemerge_delay_sec", metavar="SECONDS"),
+        ),
+    ),
+    # --- Redis jobs (seeds 001, 003, 004) ---------------------------------------------
+    JobSpec(
+        name="clean-token-blacklist",
+        summary="Expire or delete token-blacklist entries that have no TTL (Redis SCAN).",
+        description=(
+            "SCANs token_blacklist_pattern (auth:block:token:*) with pipelined TTL and value "
+            "reads. Entries with a TTL are left to Redis. An entry without one whose value "
+            "(Unix expiry, or JSON with exp) is past is deleted; one still valid gets "
+            "EXPIREAT its expiry; an unreadable one is reported, and deleted only with "
+            "--delete-unreadable. Each change re-checks the entry first (Lua), so one "
+            "rewritten meanwhile is left alone. Counts scanned, with TTL, repaired, deleted, "
+            "unreadable."
+        ),
+        example="novajobs clean-token-blacklist --dry-run",
+        module="novajobs.jobs.clean_token_blacklist",
+        schedule="17 * * * *",
+        timeout_sec=1800,
+        lock_ttl_sec=60,
+        stores=("redis",),
+        destructive=True,
+        options=(
+            Option("--pattern", "SCAN MATCH pattern of the blacklist keys",
+                   setting="token_blacklist_pattern", metavar="GLOB"),
+            Option("--scan-count", "SCAN COUNT hint (keys per round trip)", int,
+                   setting="token_blacklist_scan_count", metavar="N"),
+            Option("--delete-unreadable", "also delete entries without TTL whose value "
+                   "holds no expiry", bool),
+        ),
+    ),
+    JobSpec(
+        name="drain-stream",
+        summary="Consume Redis streams with handlers; retry with backoff, then dead-letter.",
+        description=(
+            "Reads the streams of stream_handlers (or the STREAM arguments) through consumer "
+            "group stream_group as consumer stream_consumer, higher stream_priorities first, "
+            "entries left pending by dead consumers first (XAUTOCLAIM). Runs their handlers "
+            "with bounded concurrency and a per-message timeout, within --max-messages and "
+            "--max-seconds. Success: XACK. Failure: retry:{stream} (due time, exponential "
+            "backoff) and XACK; past stream_max_retries, or undecodable: dlq:{stream}. "
+            "SIGTERM: stops reading, lets running handlers finish, acks them; the rest stays "
+            "pending. Several runs (pods) may share a group; the lock is per consumer."
+        ),
+        example="novajobs drain-stream stream:audit:log --max-messages 5000 --concurrency 8",
+        module="novajobs.jobs.drain_stream",
+        schedule="* * * * *",
+        timeout_sec=60,
+        lock_ttl_sec=30,
+        stores=("redis", "postgres"),
+        lock_scope="stream_consumer",
+        options=(
+            Option("STREAM", "streams to drain (default: all of stream_handlers)",
+                   param="streams", multiple=True, argument=True),
+            Option("--max-messages", "entries to take this run", int,
+                   setting="drain_max_messages", metavar="N"),
+            Option("--max-seconds", "seconds to keep reading", float,
+                   setting="drain_max_seconds", metavar="S"),
+            Option("--concurrency", "handler calls at once", int,
+                   setting="drain_concurrency", metavar="N"),
+            Option("--message-timeout", "seconds per handler call", float,
+                   setting="drain_message_timeout_sec", metavar="S"),
+            Option("--consumer", "consumer name (default: host name)",
+                   setting="stream_consumer", metavar="NAME"),
+        ),
+    ),
+    JobSpec(
+        name="promote-retries",
+        summary="Move due retries from retry:{stream} back into their streams (atomic).",
+        description=(
+            "For each stream of stream_handlers (or the STREAM arguments), moves the entries "
+            "of the sorted set retry:{stream} whose due time has come back into the stream, "
+            "stream_promote_batch at a time, each batch in one Lua script: nothing is lost "
+            "or duplicated if the run dies halfway. Reports how many were promoted and how "
+            "many are scheduled later."
+        ),
+        example="novajobs promote-retries stream:audit:log",
+        module="novajobs.jobs.promote_retries",
+        schedule="* * * * *",
+        timeout_sec=50,
+        lock_ttl_sec=30,
+        stores=("redis",),
+        options=(
+            Option("STREAM", "streams whose retries to promote (default: stream_handlers)",
+                   param="streams", multiple=True, argument=True),
         ),
     ),
 )

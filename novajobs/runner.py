@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from novajobs import checkins, metrics
+from novajobs import alerts, checkins, metrics
 from novajobs.connections import Connections
 from novajobs.context import Guard, JobContext, Shard
 from novajobs.errors import JobTimeout, NovajobsError, Outcome
@@ -138,6 +138,7 @@ def _finish(ctx: JobContext, rec: RunRecord, lock: JobLock | None, started: floa
     rec.duration_ms = round((time.monotonic() - started) * 1000)
     rec.counters = dict(ctx.counters)
     rec.exit_code = int(rec.outcome.exit_code)
+    alerts.send_alerts(ctx, rec)  # before the record, so alerts_sent/alerts_failed land in it
     prefix, keep = ctx.settings.redis_prefix, ctx.settings.history_size
     try:
         if rec.outcome is Outcome.SKIPPED:

@@ -169,6 +169,42 @@ def k8s_quantity(value: Any) -> str | None:
     return "must be a Kubernetes quantity such as 100m, 1, 256Mi (or empty for none)"
 
 
+# -- checks for the alert and forcemerge settings (issue #5) ---------------------------
+
+
+def job_names(value: Any) -> str | None:
+    """Registered job names, or "*" for every job."""
+    from novajobs.registry import JOBS
+
+    known = {spec.name for spec in JOBS}
+    unknown = [name for name in value if name != "*" and name not in known]
+    if unknown:
+        return f"names unknown job {unknown[0]!r} (use job names or *)"
+    return None
+
+
+def non_empty(value: Any) -> str | None:
+    return None if str(value).strip() else "must not be empty"
+
+
+def email_addresses(value: Any) -> str | None:
+    bad = [item for item in value if "@" not in item.strip("@")]
+    return f"item {bad[0]!r} is not an email address" if bad else None
+
+
+def name_date_format(value: Any) -> str | None:
+    """A strftime format novajobs can find in an index name ("" = use creation_date)."""
+    if not value:
+        return None
+    from novajobs.jobs.forcemerge_indices import name_date_regex
+
+    try:
+        name_date_regex(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def setting(
     default: Any,
     *,
@@ -360,6 +396,9 @@ class Settings:
         check=non_negative,
         help="object deletes that may fail in a run before it stops and fails (exit 1)",
     )
+    gc_limit: int = setting(
+        0, check=non_negative, help="files deleted at most per run (bounds one run's work); 0 = all"
+    )
 
     # --- PostgreSQL jobs: create-partitions, daily-stats, group-activity-rank,
     # --- check-message-gaps (seed 003) --------------------------------------------
@@ -433,6 +472,76 @@ class Settings:
         check=pairs_of(int_between(1, 1000), "gc-files=8"),
         help="job=N pods per run: shards of a shardable job, or consumers of a job locked "
         "per consumer (drain-stream); 1 = one pod",
+    )
+
+    # --- alerts (issue #5): alerts.py ---------------------------------------------
+    # Sent by the runner when a check finds a problem or a job fails; best effort.
+    alert_webhook_url: str = setting(
+        "",
+        secret=True,  # Slack-style webhook URLs carry their token in the path
+        check=http_url_or_empty(),
+        help="POST a Slack-compatible JSON alert here; '' = no webhook",
+    )
+    alert_smtp_host: str = setting("", help="SMTP server for alert emails; '' = no email")
+    alert_smtp_port: int = setting(25, check=int_between(1, 65535))
+    alert_smtp_tls: str = setting(
+        "none",
+        check=one_of("none", "starttls", "ssl"),
+        help="starttls: upgrade the connection (587); ssl: TLS from the start (465)",
+    )
+    alert_smtp_username: str = setting("", help="log in with this user; '' = no AUTH")
+    alert_smtp_password: str = setting("", secret=True)
+    alert_smtp_ca_file: str = setting(
+        "", help="CA bundle (PEM) to verify the SMTP server; '' = the system's CAs"
+    )
+    alert_email_from: str = setting("", help="sender address; '' = novajobs@<this host>")
+    alert_email_to: tuple[str, ...] = setting(
+        (), check=email_addresses, help="recipients, comma-separated"
+    )
+    alert_on_failure: tuple[str, ...] = setting(
+        ("*",),
+        check=job_names,
+        help="jobs whose failures (failed, unavailable, timeout, lock lost) alert; * = all",
+    )
+    alert_on_problem: tuple[str, ...] = setting(
+        ("*",), check=job_names, help="jobs whose 'problem found' outcome alerts; * = all"
+    )
+    alert_cooldown_sec: int = setting(
+        3600,
+        check=non_negative,
+        help="at most one alert per job (or shard) and kind in this time; 0 = every run",
+    )
+    alert_timeout_sec: float = setting(10.0, check=positive, help="per webhook POST / SMTP talk")
+
+    # --- check-consistency (seed 003): jobs/check_consistency.py ------------------
+    consistency_tolerance_percent: float = setting(
+        0.1,
+        check=non_negative,
+        help="largest difference of the user counts, in % of the larger one, that is fine",
+    )
+    consistency_sample_size: int = setting(
+        0, check=non_negative, help="ids sampled on each side and looked up on the other; 0 = off"
+    )
+    consistency_lookup_batch: int = setting(
+        1000, check=positive, help="sampled ids per lookup query (UNWIND on Neo4j, = ANY on PG)"
+    )
+
+    # --- forcemerge-indices (seed 003): jobs/forcemerge_indices.py ----------------
+    forcemerge_pattern: str = setting(
+        "logs-*", check=non_empty, help="indices to consider, Elasticsearch syntax (a-*,-a-keep)"
+    )
+    forcemerge_min_age_days: float = setting(7.0, check=non_negative)
+    forcemerge_name_date_format: str = setting(
+        "",
+        check=name_date_format,
+        help="age from this date in the index name (e.g. %Y.%m.%d); '' = creation_date",
+    )
+    forcemerge_max_num_segments: int = setting(
+        1, check=positive, help="merge shards down to this many segments"
+    )
+    forcemerge_delay_sec: float = setting(0.0, check=non_negative, help="pause between merges")
+    forcemerge_poll_sec: float = setting(
+        10.0, check=positive, help="how often a running merge task is polled"
     )
 
     # Where each value came from ("default", "file:...", "env:NAME", "flag").

@@ -10,6 +10,7 @@ APT_PACKAGES=(
   postgresql            # PostgreSQL 15 (binaries only; the stack runs its own cluster)
   prometheus            # promtool: checks and unit-tests the generated alert rules
   prometheus-pushgateway  # a real Pushgateway for the metrics tests (started by them)
+  openssl               # a throwaway certificate for the SMTP-over-TLS alert tests
 )
 
 missing=()

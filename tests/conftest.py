@@ -228,6 +228,24 @@ def pg_tables(pg: Any) -> Callable[..., None]:
     return create
 
 
+@pytest.fixture
+def minio_client(s3_server: None, stack: Any, names: dict[str, str]) -> Iterator[Any]:
+    """A MinIO SDK client for the stack's S3 store; the test's bucket (names["bucket"])
+    exists, and is emptied and removed afterwards."""
+    from minio import Minio
+    from minio.deleteobjects import DeleteObject
+
+    e = stack.env()
+    client = Minio(e["MINIO_ENDPOINT"], e["MINIO_ACCESS_KEY"], e["MINIO_SECRET_KEY"],
+                   secure=False, region="us-east-1")
+    bucket = names["bucket"]
+    client.make_bucket(bucket)
+    yield client
+    leftovers = (DeleteObject(o.object_name) for o in client.list_objects(bucket, recursive=True))
+    list(client.remove_objects(bucket, leftovers))
+    client.remove_bucket(bucket)
+
+
 @pytest.fixture(scope="session")
 def pushgateway() -> Iterator[str]:
     """A real Prometheus Pushgateway (Debian package prometheus-pushgateway) on a free
@@ -263,3 +281,50 @@ def _wait_http_ready(url: str, proc: subprocess.Popen[bytes], log: Any) -> None:
             time.sleep(0.05)
     log.seek(0)
     pytest.fail(f"{url} did not become ready: {log.read().decode(errors='replace')[-500:]}")
+
+
+class WebhookReceiver:
+    """A real HTTP server on loopback recording the JSON bodies POSTed to it (alerts).
+
+    ``status`` is what it answers (set 500 to play a broken receiver)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        receiver = self
+        self.bodies: list[Any] = []
+        self.headers: list[dict[str, str]] = []
+        self.status = 200
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                import json
+
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.headers.append(dict(self.headers))
+                receiver.bodies.append(json.loads(raw))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:  # keep pytest's output clean
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/novajobs"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
