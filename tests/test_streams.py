@@ -14,10 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from stream_handlers import Gauge, Recorder
 
 from novajobs.errors import Outcome
-from novajobs.lock import JobLock
 from novajobs.runner import RunOptions, run_job
 from novajobs.schema import ensure_tables
 from novajobs.settings import Settings
@@ -213,7 +211,7 @@ def test_promote_is_atomic_under_kill_and_races(redis_client, env, names):
     proc.kill()  # SIGKILL between two scripts, wherever that is
     proc.wait()
     left, moved = redis_client.zcard(p + "retry:s"), redis_client.xlen(p + "s")
-    assert 0 < left and left + moved == total
+    assert left > 0 and left + moved == total
 
     workers = [threading.Thread(target=promote_all, args=(redis_client, p)) for _ in range(3)]
     for w in workers:

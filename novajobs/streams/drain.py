@@ -115,7 +115,17 @@ class Drainer:
             or time.monotonic() >= self.budget.read_until
             or self.fatal is not None
             or self.failures_in_row >= self.ctx.settings.drain_failure_limit
+            or self._all_workers_stuck()
         )
+
+    def _all_workers_stuck(self) -> bool:
+        """Every slot is held by a call that overran its timeout and never returned: no
+        progress is possible in this process; end the run (the threads are daemons)."""
+        if self.pool.free or self.pool.waiting or self.backlog:
+            return False
+        self.ctx.log.warning("every worker is stuck in a handler call past its timeout; "
+                             "ending the run", concurrency=self.pool.size)
+        return True
 
     def _wait_time(self, started: int) -> float:
         if started and self.pool.free > 0:
@@ -127,10 +137,13 @@ class Drainer:
     def _fill(self) -> int:
         """Start calls on free workers: backlog, reclaimed entries, then new ones by priority."""
         started = self._start_backlog()
-        if time.monotonic() >= self.next_claim:
+        due = time.monotonic() >= self.next_claim
+        if due:
             every = max(1.0, self.ctx.settings.stream_claim_idle_sec / 2)
             self.next_claim = time.monotonic() + every
-            for plan in self.plans:
+        for plan in self.plans:
+            # a scan of the pending list that stopped at our capacity goes on at once
+            if due or self.claim_cursor[plan.name] != "0-0":
                 started += self._take(plan, self._reclaim(plan, self._room(plan)))
         for plan in self.plans:
             room = self._room(plan)

@@ -51,6 +51,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._busy = 0  # submitted and not returned by a worker (abandoned ones included)
         self._waiting: set[Task] = set()  # submitted, result not yet collected or abandoned
+        self._running: dict[int, Task] = {}  # thread ident -> the task it is running
         self._threads = [
             threading.Thread(target=self._work, name=f"drain-worker-{i}", daemon=True)
             for i in range(size)
@@ -116,7 +117,10 @@ class WorkerPool:
             self._tasks.put(_STOP)
         deadline = time.monotonic() + 5
         for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            with self._lock:
+                stuck = self._running.get(thread.ident or 0)
+            if stuck is None or not stuck.abandoned:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- the worker's side ----------------------------------------------------------------
     def _work(self) -> None:
@@ -124,8 +128,11 @@ class WorkerPool:
         try:
             while (task := self._tasks.get()) is not _STOP:
                 assert isinstance(task, Task)
+                with self._lock:
+                    self._running[threading.get_ident()] = task
                 result = self._call(task, handlers)
                 with self._lock:
+                    del self._running[threading.get_ident()]
                     self._busy -= 1
                     task.finished = True
                     if task.abandoned:

@@ -1,0 +1,177 @@
+"""drain-stream and dlq as real `novajobs` processes: SIGTERM, kill -9 (at-least-once with
+the audit-log handler writing each event once), the dlq commands, configuration errors.
+Handlers reach the subprocess through a real `novajobs.handlers` entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stream_handlers import entry_point_env
+
+from novajobs.errors import Outcome
+from novajobs.runner import RunOptions, run_job
+from novajobs.schema import ensure_tables
+from novajobs.streams.handlers import Message, register_handler, unregister_handler
+
+AUDIT = "stream:audit:log"
+
+
+def start(env: dict[str, str], *args: str, extra: dict[str, str] | None = None,
+          output: bool = True) -> Any:
+    pipe = subprocess.PIPE if output else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "novajobs", "drain-stream", *args],
+                            env={**os.environ, **env, **(extra or {})},
+                            stdout=pipe, stderr=pipe, text=True)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 30) -> None:
+    give_up = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < give_up, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_sigterm_lets_running_handlers_finish_and_acks_them(redis_client, env, names, tmp_path):
+    p = names["prefix"]
+    key = p + "q"
+    for i in range(12):
+        redis_client.xadd(key, {"n": str(i), "sleep": "0.5"})
+    args = ["-s", "stream_handlers=q=recorder", "--concurrency", "3", "--message-timeout", "5",
+            "-s", "stream_claim_idle_sec=10", "-s", "drain_block_ms=100", "--log-format", "json"]
+
+    proc = start(env, *args, extra=entry_point_env(tmp_path))
+    wait_for(lambda: redis_client.exists(key) and _pending(redis_client, key) == 3)
+    time.sleep(0.1)  # the three calls are running now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    done = {m.decode() for m in redis_client.smembers(p + "test:done")}
+    assert len(done) == 3  # the in-flight calls finished...
+    assert _pending(redis_client, key) == 0  # ...and were acked; nothing else was read
+    assert redis_client.xinfo_groups(key)[0]["lag"] == 9
+    assert redis_client.exists(p + "retry:q", p + "dlq:q") == 0
+    assert "SIGTERM received" in err
+
+    again = start(env, *args, extra=entry_point_env(tmp_path))
+    again.communicate(timeout=60)
+    assert again.returncode == 0
+    assert redis_client.scard(p + "test:done") == 12
+
+
+def test_kill_9_at_random_points_loses_nothing_and_writes_each_event_once(
+        redis_client, pg, pg_tables, env, names):
+    pg_tables("audit_logs")
+    ensure_tables(pg, ["novajobs_stream_dedupe"])
+    key, total = names["prefix"] + AUDIT, 3000
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(total):
+        pipe.xadd(key, {"user_id": str(i), "action": "login", "ts": str(1_700_000_000 + i)})
+    pipe.execute()
+    args = ["--concurrency", "4", "--message-timeout", "2", "-s", "stream_claim_idle_sec=2.5",
+            "-s", "drain_block_ms=100"]
+    rng = random.Random()
+
+    def handled() -> int:
+        return int(pg.execute("SELECT count(*) FROM novajobs_stream_dedupe").fetchone()[0])
+
+    for run in range(3):
+        proc = start(env, *args, "--consumer", f"pod-{run}", output=False)
+        target = handled() + rng.randint(100, 600)
+        wait_for(lambda t=target, pr=proc: handled() >= t or pr.poll() is not None)
+        proc.kill()
+        proc.wait()
+    time.sleep(2.6)  # the killed consumers' entries become reclaimable
+    final = start(env, *args, "--consumer", "pod-final")
+    _, err = final.communicate(timeout=120)
+
+    assert final.returncode == 0, err
+    count, users = pg.execute("SELECT count(*), count(DISTINCT user_id) FROM audit_logs").fetchone()
+    assert (count, users) == (total, total)
+    assert _pending(redis_client, key) == 0
+    assert redis_client.xinfo_groups(key)[0]["lag"] == 0
+    assert redis_client.exists(names["prefix"] + "retry:" + AUDIT,
+                               names["prefix"] + "dlq:" + AUDIT) == 0
+
+
+def test_dlq_list_replay_and_purge(redis_client, make_settings, cli, names):
+    ok = {"now": False}
+
+    def flaky(message: Message) -> None:
+        if not ok["now"]:
+            raise ValueError(f"not yet ({message.fields['n']})")
+
+    register_handler("flaky", flaky)
+    try:
+        p = names["prefix"]
+        firsts = [redis_client.xadd(p + "q", {"n": str(i)}).decode() for i in range(4)]
+        settings = make_settings(stream_handlers=("q=flaky",), stream_max_retries=0,
+                                 drain_block_ms=100)
+        rec = run_job("drain-stream", settings, RunOptions())
+        assert rec.counters["dead_lettered"] == 4, rec.error
+
+        listed = cli("dlq", "list", "q", "--json")
+        assert listed.returncode == 0, listed.stderr
+        letters = json.loads(listed.stdout)
+        assert [d["first_id"] for d in letters] == firsts
+        assert letters[0]["fields"] == {"n": "0"} and letters[0]["attempts"] == 1
+        assert letters[0]["error"] == "ValueError: not yet (0)"
+        summary = json.loads(cli("dlq", "list", "--json", "-s", "stream_handlers=q=flaky").stdout)
+        assert summary == [{"stream": "q", "dead_letters": 4, "retries_due": 0,
+                            "retries_later": 0}]
+
+        replayed = cli("dlq", "replay", "q", letters[0]["id"], "--json")
+        assert json.loads(replayed.stdout) == {"replayed": 1, "missing": 0, "unreplayable": 0}
+        assert cli("dlq", "replay", "q", letters[0]["id"]).returncode == 1  # gone now
+        assert cli("dlq", "replay", "q").returncode == 2  # ids or --all
+        assert cli("dlq", "replay", "q", "not-an-id").returncode == 2
+
+        refused = cli("dlq", "purge", "q", letters[1]["id"])
+        assert refused.returncode == 2 and "--yes" in refused.stderr
+        assert cli("dlq", "purge", "q", letters[1]["id"], "--yes").returncode == 0
+        assert cli("dlq", "replay", "q", "--all").returncode == 0
+        assert redis_client.xlen(p + "dlq:q") == 0
+
+        ok["now"] = True
+        rec = run_job("drain-stream", settings, RunOptions())
+        assert rec.counters["succeeded"] == 3
+        purged = cli("dlq", "purge", "q", "--all", "--yes", "--json")
+        assert json.loads(purged.stdout) == {"deleted": 0}
+    finally:
+        unregister_handler("flaky")
+
+
+def test_configuration_errors_fail_before_reading(redis_client, cli, names):
+    redis_client.xadd(names["prefix"] + AUDIT, {"user_id": "1", "action": "a", "ts": "1"})
+    cases = [
+        (("-s", "stream_handlers=q=no-such-handler"), 78, "not registered"),
+        (("stream:nope",), 2, "no handler in setting stream_handlers"),
+        (("-s", "drain_block_ms=6000"), 78, "drain_block_ms"),
+        (("-s", "stream_claim_idle_sec=5", "--message-timeout", "10"), 78, "claim_idle"),
+        (("-s", "stream_priorities=stream:audit:log=0"), 2, "from 1 to 10"),  # a flag: usage
+        (("--timeout", "5", "--message-timeout", "10", "-s", "stream_claim_idle_sec=60"), 78,
+         "leaves no time"),
+    ]
+    for args, code, text in cases:
+        run = cli("drain-stream", *args)
+        assert run.returncode == code, (args, run.stderr)
+        assert text in run.stderr, (args, run.stderr)
+    from_env = cli("drain-stream", extra_env={"NOVAJOBS_STREAM_PRIORITIES": "x=11"})
+    assert from_env.returncode == 78 and "NOVAJOBS_STREAM_PRIORITIES" in from_env.stderr
+    assert _pending(redis_client, names["prefix"] + AUDIT) == 0
+    assert Outcome.SKIPPED.exit_code == 75  # (the per-consumer lock: test_stream_worker.py)
+
+
+def _pending(r: Any, key: str) -> int:
+    try:
+        return int(r.xpending(key, "novajobs")["pending"])
+    except Exception:  # the group is not there yet
+        return 0

@@ -1,0 +1,185 @@
+"""drain-stream's worker side on a real Redis: handler timeout, reclaim from a dead consumer,
+priority across streams, the concurrency bound, the failure limit, the per-consumer lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from stream_handlers import Gauge, Recorder
+
+from novajobs.errors import Outcome
+from novajobs.lock import JobLock
+from novajobs.runner import RunOptions, run_job
+from novajobs.settings import Settings
+from novajobs.streams.handlers import Message, register_handler, unregister_handler
+
+
+@pytest.fixture
+def handlers() -> Iterator[Callable[[str, Any], None]]:
+    names: list[str] = []
+
+    def add(name: str, handler: Any) -> None:
+        register_handler(name, handler)
+        names.append(name)
+
+    yield add
+    for name in names:
+        unregister_handler(name)
+
+
+@pytest.fixture
+def fast(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    def make(**kw: Any) -> Settings:
+        base: dict[str, Any] = {"drain_block_ms": 100, "stream_retry_jitter": 0.0}
+        return make_settings(**{**base, **kw})
+
+    return make
+
+
+def drain(settings: Settings, *streams: str, **options: Any) -> Any:
+    return run_job("drain-stream", settings, RunOptions(**options), streams=streams)
+
+
+def test_a_handler_that_overruns_its_timeout_fails_and_never_holds_the_run(
+        redis_client, handlers, fast, names):
+    release = threading.Event()
+    started: list[str] = []
+
+    def stuck(message: Message) -> None:
+        started.append(message.id)
+        release.wait(10)
+
+    handlers("stuck", stuck)
+    p = names["prefix"]
+    ids = [redis_client.xadd(p + "slow", {"n": str(i)}).decode() for i in range(3)]
+    settings = fast(stream_handlers=("slow=stuck",), drain_message_timeout_sec=0.3,
+                    drain_concurrency=2, stream_claim_idle_sec=5)
+    try:
+        began = time.monotonic()
+        rec = drain(settings)
+        elapsed = time.monotonic() - began
+    finally:
+        release.set()
+
+    assert rec.outcome is Outcome.SUCCESS, rec.error
+    assert elapsed < 2.5  # 2 stuck calls hold both slots for good: the run still ends
+    # two calls timed out and went to the retry set; their threads keep both slots (the
+    # bound holds), so the run ends and the third entry waits, unread, for a later run
+    assert rec.counters["timed_out"] == 2 and rec.counters["retried"] == 2
+    assert sorted(started) == sorted(ids[:2])
+    members = redis_client.zrange(p + "retry:slow", 0, -1)
+    assert all(b"overran 0.3 s" in m for m in members) and len(members) == 2
+    assert redis_client.xpending(p + "slow", "novajobs")["pending"] == 0
+    assert rec.counters["received"] == 2
+    assert redis_client.xinfo_groups(p + "slow")[0]["lag"] == 1
+
+
+def test_reclaim_from_a_dead_consumer(redis_client, handlers, fast, names):
+    handlers("recorder", Recorder)
+    p = names["prefix"]
+    key = p + "work"
+    redis_client.xgroup_create(key, "novajobs", "0", mkstream=True)
+    ids = [redis_client.xadd(key, {"n": str(i)}).decode() for i in range(5)]
+    redis_client.xreadgroup("novajobs", "dead-pod", {key: ">"})  # read, never acked
+    poison = redis_client.xadd(key, {"n": "kills its consumer"}).decode()
+    redis_client.xreadgroup("novajobs", "dead-pod", {key: ">"})
+    redis_client.xclaim(key, "novajobs", "dead-pod", 0, [poison], retrycount=9)
+    time.sleep(0.35)
+    settings = fast(stream_handlers=("work=recorder",), stream_claim_idle_sec=0.3,
+                    drain_message_timeout_sec=0.2)
+
+    rec = drain(settings)
+
+    assert rec.outcome is Outcome.SUCCESS, rec.error
+    assert rec.counters["reclaimed"] == 6
+    assert rec.counters["succeeded"] == 5 and rec.counters["dead_lettered"] == 1
+    assert {m.decode() for m in redis_client.smembers(p + "test:done")} == set(ids)
+    [(_, dead)] = redis_client.xrange(p + "dlq:work")
+    assert b"delivered 10 times" in dead[b"novajobs:error"]
+    assert redis_client.xpending(key, "novajobs")["pending"] == 0
+
+
+def test_higher_priority_streams_are_served_first(redis_client, handlers, fast, names):
+    handlers("recorder", Recorder)
+    p = names["prefix"]
+    for i in range(10):
+        redis_client.xadd(p + "low", {"n": str(i)})
+        redis_client.xadd(p + "high", {"n": str(i)})
+        redis_client.xadd(p + "normal", {"n": str(i)})
+    settings = fast(stream_handlers=("low=recorder", "normal=recorder", "high=recorder"),
+                    stream_priorities=("low=9", "high=1"), drain_concurrency=1)
+
+    rec = drain(settings)
+
+    assert rec.counters["succeeded"] == 30, rec.error
+    order = [item.decode().split()[0] for item in redis_client.lrange(p + "test:order", 0, -1)]
+    assert order == ["high"] * 10 + ["normal"] * 10 + ["low"] * 10
+
+
+def test_concurrency_bound_is_respected(redis_client, handlers, fast, names):
+    gauge = Gauge()
+
+    def busy(message: Message) -> None:
+        with gauge:
+            time.sleep(0.03)
+
+    handlers("busy", busy)
+    p = names["prefix"]
+    for i in range(60):
+        redis_client.xadd(p + "q", {"n": str(i)})
+
+    rec = drain(fast(stream_handlers=("q=busy",), drain_concurrency=4))
+
+    assert rec.counters["succeeded"] == 60, rec.error
+    assert gauge.most == 4
+
+
+def test_budget_max_messages(redis_client, handlers, fast, names):
+    handlers("recorder", Recorder)
+    p = names["prefix"]
+    for i in range(50):
+        redis_client.xadd(p + "q", {"n": str(i)})
+
+    rec = drain(fast(stream_handlers=("q=recorder",), drain_max_messages=20))
+
+    assert rec.counters["received"] == 20 and rec.counters["succeeded"] == 20
+    assert redis_client.scard(p + "test:done") == 20
+    info = redis_client.xinfo_groups(p + "q")[0]
+    assert info["pending"] == 0 and info["lag"] == 30
+
+
+def test_failure_limit_stops_the_run(redis_client, handlers, fast, names):
+    def down(message: Message) -> None:
+        raise ConnectionError("the service behind the handler is down")
+
+    handlers("down", down)
+    p = names["prefix"]
+    for i in range(30):
+        redis_client.xadd(p + "q", {"n": str(i)})
+
+    rec = drain(fast(stream_handlers=("q=down",), drain_failure_limit=5, drain_concurrency=1))
+
+    assert rec.outcome is Outcome.FAILED and rec.exit_code == 1
+    assert "5 messages failed in a row" in rec.error
+    assert rec.counters["retried"] == 5 and rec.counters["received"] == 5
+    assert redis_client.zcard(p + "retry:q") == 5
+
+
+def test_the_lock_is_per_consumer(redis_client, handlers, fast, names):
+    handlers("recorder", Recorder)
+    p = names["prefix"]
+    redis_client.xadd(p + "q", {"n": "1"})
+    held = JobLock(redis_client, p + "job:lock:drain-stream:pod-a", 30, {"run_id": "other"})
+    assert held.acquire()
+    try:
+        skipped = drain(fast(stream_handlers=("q=recorder",), stream_consumer="pod-a"))
+        ran = drain(fast(stream_handlers=("q=recorder",), stream_consumer="pod-b"))
+    finally:
+        held.release()
+
+    assert skipped.outcome is Outcome.SKIPPED and "pod-a" in skipped.message
+    assert ran.outcome is Outcome.SUCCESS and ran.counters["succeeded"] == 1
