@@ -8,9 +8,9 @@ job, or ``job-2-of-4`` for a shard) are filled in, e.g.
 | when | request |
 | --- | --- |
 | the lock is taken | POST ``<url>/start?rid=<run>`` |
-| success, nothing to do, dry run | POST ``<url>?rid=<run>`` |
+| success, nothing to do | POST ``<url>?rid=<run>`` |
 | any failure | POST ``<url>/<exit code>?rid=<run>`` (healthchecks.io: non-zero = fail) |
-| skipped, lock held | POST ``<url>/log?rid=<run>`` (recorded, changes no state) |
+| skipped (lock held); any dry run | POST ``<url>/log?rid=<run>`` only (changes no state) |
 
 ``rid`` is the run id as a UUID (healthchecks.io requires one): the run id, left-padded
 with zeros, so it still reads in the UUID's last digits. The body is the run as JSON
@@ -36,18 +36,20 @@ if TYPE_CHECKING:
 
 
 def ping_start(ctx: JobContext, rec: RunRecord) -> None:
+    if ctx.dry_run:
+        return  # a dry run does not do the job: it must not look like a run of it
     body = {k: v for k, v in rec.to_json(with_details=False).items()
             if k in ("job", "run_id", "shard", "host", "pid", "started_at")}
     _ping(ctx, rec, "start", body)
 
 
 def ping_end(ctx: JobContext, rec: RunRecord) -> None:
-    _ping(ctx, rec, end_signal(rec), rec.to_json(with_details=False))
+    _ping(ctx, rec, end_signal(rec, ctx.dry_run), rec.to_json(with_details=False))
 
 
-def end_signal(rec: RunRecord) -> str:
+def end_signal(rec: RunRecord, dry_run: bool = False) -> str:
     """The path suffix that tells the checker how the run ended."""
-    if rec.outcome is Outcome.SKIPPED:
+    if dry_run or rec.outcome is Outcome.SKIPPED:
         return "log"
     return "" if rec.exit_code == 0 else str(rec.exit_code)
 

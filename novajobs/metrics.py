@@ -14,11 +14,14 @@ keeps its own "last run" picture in the Pushgateway. What is pushed:
 | ``novajobs_skipped_in_a_row`` | each run, each skip | skips since the last run (0 after a run) |
 | ``novajobs_last_skip_timestamp_seconds`` | each skip | when a run was skipped (lock held) |
 
-A successful run PUTs (replaces the whole group: no stale series survive); any other
-run POSTs (replaces only the metrics it sends), so the last-success timestamp of an
-earlier run stays until the next success. A skipped run leaves the last run's metrics
-alone (the run holding the lock reports its own) and only bumps the skip metrics; the
-number of skips in a row comes from the job's run history in Redis.
+A successful run PUTs (replaces the whole group, so no stale series survive); any other
+run POSTs (replaces only the metric families it sends), so the last-success timestamp
+of an earlier run stays until the next success. One consequence: a failed run that
+counted nothing leaves the counters of the run before it in place. A skipped run
+leaves the last run's metrics alone (the run holding the lock reports its own) and only
+bumps the skip metrics; the number of skips in a row comes from the job's run history
+in Redis. A dry run pushes nothing, however it ends: it did not do the job, and an
+operator's ``--dry-run`` must neither raise nor resolve an alert.
 
 Why ~60 lines of urllib and not prometheus_client: the text format for a dozen gauges is
 trivial, a run must not pay an import (cron starts novajobs every minute) or the image
@@ -51,7 +54,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 def push_run(ctx: JobContext, rec: RunRecord) -> None:
     """Push the run's metrics if a Pushgateway is configured. Never raises for a push."""
     url = ctx.settings.pushgateway_url
-    if not url:
+    if not url or ctx.dry_run:
         return
     from novajobs.httpreport import send
 

@@ -31,7 +31,8 @@ def run(ctx: JobContext) -> Result:
     ctx.count("items", 7)
     if "raise" in BEHAVIOUR:
         raise BEHAVIOUR["raise"]
-    return Result(BEHAVIOUR.get("outcome", Outcome.SUCCESS), "done")
+    default = Outcome.DRY_RUN if ctx.dry_run else Outcome.SUCCESS
+    return Result(BEHAVIOUR.get("outcome", default), "done")
 
 
 @dataclass
@@ -135,6 +136,17 @@ def test_a_skipped_run_only_logs(job, ping_server, make_settings, redis_client, 
     assert rec.outcome is Outcome.SKIPPED
     assert ping_server.paths() == [f"/ping/{job.name}/log"]  # no start, no success, no fail
     assert ping_server.pings[0].body["outcome"] == "skipped"
+
+
+@pytest.mark.parametrize("ending", [{}, {"raise": JobFailed("a dry run failed")}])
+def test_a_dry_run_only_logs_however_it_ends(job, ping_server, make_settings, ending):
+    BEHAVIOUR.update(ending)
+    settings = make_settings(healthcheck_url=ping_server.url + "/ping/{job}")
+
+    rec = run_job(job, settings, RunOptions(dry_run=True))
+
+    assert rec.outcome is (Outcome.FAILED if ending else Outcome.DRY_RUN)
+    assert ping_server.paths() == [f"/ping/{job.name}/log"]
 
 
 def test_unit_placeholder_query_and_credentials(job, ping_server, make_settings):

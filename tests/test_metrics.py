@@ -28,7 +28,7 @@ def run(ctx: JobContext) -> Result:
         ctx.count(name, n)
     if BEHAVIOUR.get("fail"):
         raise JobFailed("too many items failed")
-    return Result(Outcome.SUCCESS, "done")
+    return Result(Outcome.DRY_RUN if ctx.dry_run else Outcome.SUCCESS, "done")
 
 
 @pytest.fixture
@@ -117,6 +117,18 @@ def test_skips_are_counted_in_a_row_and_leave_the_last_run_alone(job, pushgatewa
     redis_client.delete(lock_key(names["prefix"], job.name))
     assert run_job(job, settings).outcome is Outcome.SUCCESS
     assert group(pushgateway, job=job.name)["novajobs_skipped_in_a_row"] == {"": 0}
+
+
+def test_a_dry_run_pushes_nothing(job, pushgateway, make_settings):
+    settings = make_settings(pushgateway_url=pushgateway)
+    BEHAVIOUR["fail"] = True
+    assert run_job(job, settings).outcome is Outcome.FAILED
+    failed = group(pushgateway, job=job.name)
+    BEHAVIOUR.clear()
+
+    assert run_job(job, settings, RunOptions(dry_run=True)).outcome is Outcome.DRY_RUN
+
+    assert group(pushgateway, job=job.name) == failed  # the failure alert stands
 
 
 def test_a_shard_is_its_own_group(job, pushgateway, make_settings):
