@@ -68,7 +68,7 @@ def record_start(r: redis.Redis, prefix: str, rec: RunRecord) -> None:
 
 def record_end(r: redis.Redis, prefix: str, rec: RunRecord, history_size: int) -> None:
     fields = _flat(rec)
-    if rec.outcome.ok:
+    if rec.outcome in (Outcome.SUCCESS, Outcome.NOTHING_TO_DO):  # a dry run is no success
         fields["last_success_at"] = rec.ended_at
     _push(r, prefix, rec, history_size, fields)
 

@@ -133,7 +133,8 @@ def _finish(ctx: JobContext, rec: RunRecord, lock: JobLock | None, started: floa
             if not lock.release() and rec.outcome.ok:
                 log.warning("the lock was not ours any more at release", lock_key=lock.key)
         except Exception as exc:
-            log.warning("releasing the lock failed; it expires by itself", error=describe_error(exc))
+            error = describe_error(exc)
+            log.warning("releasing the lock failed; it expires by itself", error=error)
     rec.ended_at = now_iso()
     rec.duration_ms = round((time.monotonic() - started) * 1000)
     rec.counters = dict(ctx.counters)
@@ -187,6 +188,11 @@ def _stop_on_signals(guard: Guard, log: JobLog) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def hard_timeout_grace(timeout_sec: float) -> float:
+    """How long past its timeout a run stuck in one call may go before SIGALRM cuts it off."""
+    return min(max(timeout_sec * 0.1, 2.0), 30.0)
+
+
 @contextmanager
 def _hard_timeout(timeout_sec: float) -> Iterator[None]:
     """The deadline is checked at safe points; if the job is stuck in one call past it
@@ -194,7 +200,7 @@ def _hard_timeout(timeout_sec: float) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    grace = min(max(timeout_sec * 0.1, 2.0), 30.0)
+    grace = hard_timeout_grace(timeout_sec)
 
     def expire(signum: int, frame: FrameType | None) -> None:
         raise JobTimeout(f"the run exceeded its timeout of {timeout_sec:g} s")
