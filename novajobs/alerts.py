@@ -2,8 +2,9 @@
 
 The runner calls ``send_alerts`` once per run, after the outcome is known. A check that
 found a problem alerts for the jobs in ``alert_on_problem``; a failed run (failed,
-unavailable, timeout, lock lost) for the jobs in ``alert_on_failure``. Skipped, interrupted
-and successful runs never alert.
+unavailable, timeout, lock lost, or a configuration error found while running, such as a
+missing table) for the jobs in ``alert_on_failure``. Skipped, interrupted (someone or
+something stopped it on purpose), usage-error and successful runs never alert.
 
 Alerting is best effort by design: a webhook or SMTP server that is down must not turn a
 good run into a failed one, nor hide the real outcome of a bad one. Every failure to send
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     from novajobs.records import RunRecord
     from novajobs.settings import Settings
 
-FAILURES = frozenset({Outcome.FAILED, Outcome.UNAVAILABLE, Outcome.TIMEOUT, Outcome.LOCK_LOST})
+FAILURES = frozenset({Outcome.FAILED, Outcome.UNAVAILABLE, Outcome.TIMEOUT, Outcome.LOCK_LOST,
+                      Outcome.CONFIG_ERROR})
 
 
 @dataclass(frozen=True)

@@ -483,14 +483,16 @@ class Settings:
         help="POST a Slack-compatible JSON alert here; '' = no webhook",
     )
     alert_smtp_host: str = setting("", help="SMTP server for alert emails; '' = no email")
-    alert_smtp_port: int = setting(25, check=int_between(1, 65535))
+    alert_smtp_port: int = setting(
+        25, check=int_between(1, 65535), help="usually 25, 587 with starttls, 465 with ssl"
+    )
     alert_smtp_tls: str = setting(
         "none",
         check=one_of("none", "starttls", "ssl"),
         help="starttls: upgrade the connection (587); ssl: TLS from the start (465)",
     )
     alert_smtp_username: str = setting("", help="log in with this user; '' = no AUTH")
-    alert_smtp_password: str = setting("", secret=True)
+    alert_smtp_password: str = setting("", secret=True, help="for alert_smtp_username")
     alert_smtp_ca_file: str = setting(
         "", help="CA bundle (PEM) to verify the SMTP server; '' = the system's CAs"
     )
@@ -501,7 +503,7 @@ class Settings:
     alert_on_failure: tuple[str, ...] = setting(
         ("*",),
         check=job_names,
-        help="jobs whose failures (failed, unavailable, timeout, lock lost) alert; * = all",
+        help="jobs whose failures (failed, unavailable, timeout, lock lost, config) alert",
     )
     alert_on_problem: tuple[str, ...] = setting(
         ("*",), check=job_names, help="jobs whose 'problem found' outcome alerts; * = all"
@@ -530,7 +532,9 @@ class Settings:
     forcemerge_pattern: str = setting(
         "logs-*", check=non_empty, help="indices to consider, Elasticsearch syntax (a-*,-a-keep)"
     )
-    forcemerge_min_age_days: float = setting(7.0, check=non_negative)
+    forcemerge_min_age_days: float = setting(
+        7.0, check=non_negative, help="only indices at least this old (fractions allowed)"
+    )
     forcemerge_name_date_format: str = setting(
         "",
         check=name_date_format,

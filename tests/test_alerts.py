@@ -158,13 +158,25 @@ def test_problem_found_posts_a_slack_compatible_webhook(redis_server, make_setti
     assert json.loads(status[b"counters"]) == {"things_checked": 7, "alerts_sent": 1}
 
 
-def test_success_skip_and_interrupt_send_nothing(redis_server, make_settings, webhook_receiver):
+def test_success_skip_interrupt_and_usage_errors_send_nothing(redis_server, make_settings,
+                                                               webhook_receiver):
     settings = make_settings(alert_webhook_url=webhook_receiver.url, alert_cooldown_sec=0)
 
-    for outcome in ("success", "nothing_to_do", "dry_run", "interrupted"):
+    for outcome in ("success", "nothing_to_do", "dry_run", "interrupted", "usage_error"):
         assert probe(settings, outcome).outcome.value == outcome
 
     assert webhook_receiver.bodies == []
+
+
+def test_every_kind_of_failure_alerts(redis_server, make_settings, webhook_receiver):
+    settings = make_settings(alert_webhook_url=webhook_receiver.url, alert_cooldown_sec=0)
+    failures = ("failed", "unavailable", "timeout", "lock_lost", "config_error")
+
+    codes = [probe(settings, outcome).exit_code for outcome in failures]
+
+    assert codes == [1, 69, 124, 4, 78]
+    assert [b["novajobs"]["outcome"] for b in webhook_receiver.bodies] == list(failures)
+    assert {b["novajobs"]["kind"] for b in webhook_receiver.bodies} == {"failure"}
 
 
 def test_failure_alerts_only_for_the_chosen_jobs(redis_server, make_settings, webhook_receiver):
