@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from stream_handlers import entry_point_env
@@ -25,11 +26,15 @@ AUDIT = "stream:audit:log"
 
 
 def start(env: dict[str, str], *args: str, extra: dict[str, str] | None = None,
-          output: bool = True) -> Any:
-    pipe = subprocess.PIPE if output else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "novajobs", "drain-stream", *args],
-                            env={**os.environ, **env, **(extra or {})},
-                            stdout=pipe, stderr=pipe, text=True)
+          log: Path | None = None) -> Any:
+    """`novajobs drain-stream ARGS` in the background; output piped, or to ``log``."""
+    argv = [sys.executable, "-m", "novajobs", "drain-stream", *args]
+    full_env = {**os.environ, **env, **(extra or {})}
+    if log is None:
+        return subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    with log.open("w") as out:  # a killed process leaves no pipe behind
+        return subprocess.Popen(argv, env=full_env, stdout=out, stderr=out)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 30) -> None:
@@ -44,31 +49,34 @@ def test_sigterm_lets_running_handlers_finish_and_acks_them(redis_client, env, n
     key = p + "q"
     for i in range(12):
         redis_client.xadd(key, {"n": str(i), "sleep": "0.5"})
-    args = ["-s", "stream_handlers=q=recorder", "--concurrency", "3", "--message-timeout", "5",
-            "-s", "stream_claim_idle_sec=10", "-s", "drain_block_ms=100", "--log-format", "json"]
+    args = ["-s", "stream_handlers=q=recorder", "--concurrency", "3", "--message-timeout",
+            "0.9", "-s", "stream_claim_idle_sec=1", "-s", "drain_block_ms=100"]
 
     proc = start(env, *args, extra=entry_point_env(tmp_path))
-    wait_for(lambda: redis_client.exists(key) and _pending(redis_client, key) == 3)
-    time.sleep(0.1)  # the three calls are running now
+    wait_for(lambda: _pending(redis_client, key) == 12)  # all read ahead, 3 calls running
+    time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
 
     assert proc.returncode == 130, err
     done = {m.decode() for m in redis_client.smembers(p + "test:done")}
-    assert len(done) == 3  # the in-flight calls finished...
-    assert _pending(redis_client, key) == 0  # ...and were acked; nothing else was read
-    assert redis_client.xinfo_groups(key)[0]["lag"] == 9
+    assert len(done) == 3  # the running calls finished and were acked...
+    assert _pending(redis_client, key) == 9  # ...the rest stays pending, not retried
+    assert {e["message_id"].decode() for e in redis_client.xpending_range(
+        key, "novajobs", "-", "+", 20)}.isdisjoint(done)
     assert redis_client.exists(p + "retry:q", p + "dlq:q") == 0
-    assert "SIGTERM received" in err
+    assert "SIGTERM received" in err and '"left_pending": 9' in err
 
-    again = start(env, *args, extra=entry_point_env(tmp_path))
-    again.communicate(timeout=60)
-    assert again.returncode == 0
+    time.sleep(1.0)  # a later run reclaims them once idle for stream_claim_idle_sec
+    again = start(env, *args, "--consumer", "another-pod", extra=entry_point_env(tmp_path))
+    _, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
     assert redis_client.scard(p + "test:done") == 12
+    assert _pending(redis_client, key) == 0
 
 
 def test_kill_9_at_random_points_loses_nothing_and_writes_each_event_once(
-        redis_client, pg, pg_tables, env, names):
+        redis_client, pg, pg_tables, env, names, tmp_path):
     pg_tables("audit_logs")
     ensure_tables(pg, ["novajobs_stream_dedupe"])
     key, total = names["prefix"] + AUDIT, 3000
@@ -84,7 +92,7 @@ def test_kill_9_at_random_points_loses_nothing_and_writes_each_event_once(
         return int(pg.execute("SELECT count(*) FROM novajobs_stream_dedupe").fetchone()[0])
 
     for run in range(3):
-        proc = start(env, *args, "--consumer", f"pod-{run}", output=False)
+        proc = start(env, *args, "--consumer", f"pod-{run}", log=tmp_path / f"pod-{run}.log")
         target = handled() + rng.randint(100, 600)
         wait_for(lambda t=target, pr=proc: handled() >= t or pr.poll() is not None)
         proc.kill()

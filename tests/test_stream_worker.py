@@ -68,14 +68,15 @@ def test_a_handler_that_overruns_its_timeout_fails_and_never_holds_the_run(
     assert rec.outcome is Outcome.SUCCESS, rec.error
     assert elapsed < 2.5  # 2 stuck calls hold both slots for good: the run still ends
     # two calls timed out and went to the retry set; their threads keep both slots (the
-    # bound holds), so the run ends and the third entry waits, unread, for a later run
+    # bound holds), so the run ends: the third entry, read ahead, stays pending for a
+    # later run to reclaim
     assert rec.counters["timed_out"] == 2 and rec.counters["retried"] == 2
+    assert rec.counters["received"] == 3 and rec.counters["left_pending"] == 1
     assert sorted(started) == sorted(ids[:2])
     members = redis_client.zrange(p + "retry:slow", 0, -1)
     assert all(b"overran 0.3 s" in m for m in members) and len(members) == 2
-    assert redis_client.xpending(p + "slow", "novajobs")["pending"] == 0
-    assert rec.counters["received"] == 2
-    assert redis_client.xinfo_groups(p + "slow")[0]["lag"] == 1
+    [left] = redis_client.xpending_range(p + "slow", "novajobs", "-", "+", 10)
+    assert left["message_id"].decode() == ids[2]
 
 
 def test_reclaim_from_a_dead_consumer(redis_client, handlers, fast, names):
@@ -158,15 +159,17 @@ def test_failure_limit_stops_the_run(redis_client, handlers, fast, names):
 
     handlers("down", down)
     p = names["prefix"]
-    for i in range(30):
+    for i in range(100):
         redis_client.xadd(p + "q", {"n": str(i)})
 
     rec = drain(fast(stream_handlers=("q=down",), drain_failure_limit=5, drain_concurrency=1))
 
     assert rec.outcome is Outcome.FAILED and rec.exit_code == 1
-    assert "5 messages failed in a row" in rec.error
-    assert rec.counters["retried"] == 5 and rec.counters["received"] == 5
-    assert redis_client.zcard(p + "retry:q") == 5
+    assert "messages failed in a row; stopped early" in rec.error
+    # what was read ahead (two tasks of 32 calls at most) is settled; the rest is not read
+    assert 5 <= rec.counters["retried"] == rec.counters["received"] <= 64
+    assert redis_client.zcard(p + "retry:q") == rec.counters["retried"]
+    assert redis_client.xinfo_groups(p + "q")[0]["lag"] == 100 - rec.counters["received"]
 
 
 def test_the_lock_is_per_consumer(redis_client, handlers, fast, names):

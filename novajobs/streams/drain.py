@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from novajobs.errors import Interrupted, JobFailed, JobTimeout, LockLost, NovajobsError
 from novajobs.retry import describe_error
 from novajobs.streams.handlers import Message, PermanentError, StreamPlan
-from novajobs.streams.pool import Task, TaskResult, WorkerPool
+from novajobs.streams.pool import CallResult, Task, TaskResult, WorkerPool
 from novajobs.streams.queues import (
     PoisonEntry,
     decode_entry,
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from novajobs.streams.handlers import HandlerFactory
 
 _STOPS = (Interrupted, LockLost, JobTimeout)
+CALLS_PER_TASK = 32  # one-message calls a worker takes at a time (fewer thread hand-offs)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Drainer:
         self.ctx, self.plans, self.budget = ctx, list(plans), budget
         self.by_name = {p.name: p for p in plans}
         self.batch = {p.name: max(1, getattr(factories[p.handler], "batch_size", 1)) for p in plans}
+        self.calls = {name: max(1, CALLS_PER_TASK // size) for name, size in self.batch.items()}
         self.group, self.consumer = s.stream_group, s.stream_consumer
         self.timeout = s.drain_message_timeout_sec
         self.pool = WorkerPool(s.drain_concurrency, lambda name: factories[name](s))
@@ -78,6 +80,7 @@ class Drainer:
         self.next_claim = 0.0
         self.failures_in_row = 0
         self.fatal: NovajobsError | None = None
+        self.halting = False  # stopping: what has not finished stays pending
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -119,9 +122,9 @@ class Drainer:
         )
 
     def _all_workers_stuck(self) -> bool:
-        """Every slot is held by a call that overran its timeout and never returned: no
+        """Every worker is inside a call that overran its timeout and never returned: no
         progress is possible in this process; end the run (the threads are daemons)."""
-        if self.pool.free or self.pool.waiting or self.backlog:
+        if self.pool.stuck < self.pool.size:
             return False
         self.ctx.log.warning("every worker is stuck in a handler call past its timeout; "
                              "ending the run", concurrency=self.pool.size)
@@ -152,8 +155,12 @@ class Drainer:
         return started
 
     def _room(self, plan: StreamPlan) -> int:
+        """Entries to read now: enough for the free task slots, within the budget."""
+        if self.backlog:
+            return 0
         left = self.budget.max_messages - self.stats.counts["received"]
-        return max(0, min(self.pool.free * self.batch[plan.name], left)) if not self.backlog else 0
+        per_task = self.calls[plan.name] * self.batch[plan.name]
+        return max(0, min(self.pool.free * per_task, left))
 
     def _read(self, plan: StreamPlan, count: int) -> list[tuple[Any, Any]]:
         key = self.ctx.key(plan.name)
@@ -229,9 +236,19 @@ class Drainer:
             except PoisonEntry as exc:
                 self._dead(plan.name, entry_id, raw, f"cannot be decoded: {exc}", failures=0)
         size = self.batch[plan.name]
-        for i in range(0, len(messages), size):
-            self.backlog.append(Task(plan.name, plan.handler, messages[i : i + size]))
+        calls = [messages[i : i + size] for i in range(0, len(messages), size)]
+        self._queue_calls(plan.name, plan.handler, calls)
         return self._start_backlog()
+
+    def _queue_calls(self, stream: str, handler: str, calls: list[list[Message]]) -> None:
+        """Spread calls over tasks: as many as there are free slots, at most
+        CALLS_PER_TASK each, so slow handlers still use every worker."""
+        if not calls:
+            return
+        slots = max(1, self.pool.free)
+        per_task = min(self.calls[stream], -(-len(calls) // slots))
+        for i in range(0, len(calls), per_task):
+            self.backlog.append(Task(stream, handler, calls[i : i + per_task]))
 
     def _start_backlog(self) -> int:
         started = 0
@@ -243,29 +260,47 @@ class Drainer:
     # -- settling ---------------------------------------------------------------------------
     def _settle(self, results: Iterable[TaskResult]) -> None:
         for result in results:
-            self._settle_one(result)
+            for call in result.completed:
+                self._settle_call(call)
+            self._not_started(result.task, result.unstarted)
         self._flush()
 
-    def _settle_one(self, result: TaskResult) -> None:
-        task = result.task
-        if isinstance(result.error, NovajobsError):
-            self.fatal = self.fatal or result.error  # e.g. a missing table: stop, ack nothing
+    def _settle_call(self, call: CallResult) -> None:
+        if isinstance(call.error, NovajobsError):
+            self.fatal = self.fatal or call.error  # e.g. a missing table: stop, ack nothing
             return
-        self.stats.timed(result.duration, len(task.messages))
-        for message in task.messages:
-            error = result.error or result.failures.get(message.entry_id)
+        self.stats.timed(call.duration, len(call.messages))
+        for message in call.messages:
+            error = call.error or call.failures.get(message.entry_id)
             if error is None:
                 self._ack(message)
             else:
                 self._failed(message, error)
 
+    def _not_started(self, task: Task, calls: list[list[Message]]) -> None:
+        """Calls a task never began: other workers take them, unless the run is stopping
+        (then they stay pending in the group for a later run)."""
+        if not calls:
+            return
+        if self.halting or self.fatal is not None:
+            self.stats.add(task.stream, "left_pending", sum(len(c) for c in calls))
+        else:
+            self._queue_calls(task.stream, task.handler, calls)
+
     def _expire(self) -> None:
-        for task in self.pool.expire(self.timeout):
-            error = TimeoutError(f"handler {task.handler} overran {self.timeout:g} s")
-            self.stats.timed(self.timeout, len(task.messages))
-            for message in task.messages:
-                self.stats.add(message.stream, "timed_out")
-                self._failed(message, error)
+        for result in self.pool.expire(self.timeout):
+            for call in result.completed:
+                self._settle_call(call)
+            late = result.timed_out
+            if self.halting:
+                self.stats.add(result.task.stream, "left_pending", len(late))
+            else:
+                error = TimeoutError(f"handler {result.task.handler} overran {self.timeout:g} s")
+                self.stats.timed(self.timeout, len(late))
+                for message in late:
+                    self.stats.add(message.stream, "timed_out")
+                    self._failed(message, error)
+            self._not_started(result.task, result.unstarted)
         self._flush()
 
     def _ack(self, message: Message) -> None:
@@ -317,23 +352,39 @@ class Drainer:
 
     # -- the end ----------------------------------------------------------------------------
     def _finish(self, leave_pending: bool) -> None:
-        """Let in-flight calls finish within their timeout; settle them. After a stop,
-        calls that overrun stay pending (a later run reclaims them) instead of retried."""
-        for task in self.backlog:  # read but never started: still pending in the group
-            self.stats.add(task.stream, "left_pending", len(task.messages))
-        self.backlog.clear()
+        """Let started work finish within the per-message timeout and settle it. After a
+        stop, what has not finished stays pending (a later run reclaims it) instead of
+        being retried; so does whatever is still unfinished at the deadline."""
+        if leave_pending:
+            self._halt()
+        deadline = time.monotonic() + self.timeout + 1
         try:
-            while self.pool.waiting:
+            while self.pool.waiting or self.backlog:
+                if self.pool.stuck >= self.pool.size:  # nothing queued can start any more
+                    self._halt()
+                    for task in self.pool.drop_queued():
+                        self.stats.add(task.stream, "left_pending",
+                                       sum(len(c) for c in task.calls))
+                if time.monotonic() >= deadline:
+                    if self.halting:
+                        break
+                    self._halt()
+                    deadline = time.monotonic() + self.timeout + 1
+                self._start_backlog()
                 expiry = self.pool.next_expiry(self.timeout)
-                self._settle(self.pool.collect(min(0.2, (expiry or 0) + 0.001)))
-                if leave_pending:
-                    for task in self.pool.expire(self.timeout):
-                        self.stats.add(task.stream, "left_pending", len(task.messages))
-                else:
-                    self._expire()
+                wait = 0.05 if expiry is None else min(0.2, expiry + 0.001)
+                self._settle(self.pool.collect(wait))
+                self._expire()
             self._flush()
         finally:
             self.pool.shutdown()
+
+    def _halt(self) -> None:
+        self.halting = True
+        self.pool.halt()
+        for task in self.backlog:  # read but never started: still pending in the group
+            self.stats.add(task.stream, "left_pending", sum(len(c) for c in task.calls))
+        self.backlog.clear()
 
 
 def _text(value: bytes | str) -> str:

@@ -1,10 +1,16 @@
 """A bounded pool of worker threads with a per-call timeout (seed 004's worker pool).
 
+A *task* is a short run of handler calls of one stream (each call handles one message,
+or one batch for a batch handler). Handing a worker several calls at a time keeps
+thread hand-offs off the per-message path; the timeout still applies to each call,
+and a worker checks between calls whether it should stop (``halt``, on SIGTERM).
+
 Python cannot kill a thread, so a call that overruns its timeout is *abandoned*: the
-caller is told at once (the entry is retried), its late result is ignored, and its
-thread keeps its slot until the call returns, so never more than ``size`` handler
-calls run at the same time. Threads are daemons: a call stuck for good cannot keep the
-process alive after the run has ended.
+caller learns at once which calls of the task completed, which one timed out and
+which never started (it hands those to other workers); the late result is ignored,
+and the thread keeps its slot until the call returns, so never more than ``size``
+handler calls run at the same time. Threads are daemons: a call stuck for good cannot
+keep the process alive after the run has ended.
 """
 
 from __future__ import annotations
@@ -19,24 +25,32 @@ from dataclasses import dataclass, field
 from novajobs.streams.handlers import Handler, Message
 
 
+@dataclass
+class CallResult:
+    messages: list[Message]
+    duration: float
+    failures: dict[str, BaseException] = field(default_factory=dict)  # by entry_id
+    error: BaseException | None = None  # the whole call failed (or could not start)
+
+
 @dataclass(eq=False)
 class Task:
-    """One handler call: up to ``batch_size`` messages of one stream."""
-
     stream: str
     handler: str
-    messages: list[Message]
-    started: float | None = None  # monotonic time the call began (set by the worker)
-    finished: bool = False  # the call returned (its result may not be collected yet)
+    calls: list[list[Message]]
+    started: float | None = None  # monotonic start of the call running now (None between)
+    completed: list[CallResult] = field(default_factory=list)
+    finished: bool = False  # the worker is done with it (its result may not be collected)
     abandoned: bool = False  # given up on by the caller after a timeout
+    halt: bool = False  # stop before the next call: the rest stays pending
 
 
 @dataclass
 class TaskResult:
     task: Task
-    duration: float
-    failures: dict[str, BaseException] = field(default_factory=dict)  # by entry_id
-    error: BaseException | None = None  # the whole call failed (or could not start)
+    completed: list[CallResult]
+    timed_out: list[Message] = field(default_factory=list)  # the call that overran
+    unstarted: list[list[Message]] = field(default_factory=list)  # calls never begun
 
 
 _STOP = object()
@@ -45,13 +59,14 @@ _STOP = object()
 class WorkerPool:
     def __init__(self, size: int, make_handler: Callable[[str], Handler]) -> None:
         self.size = size
+        self.capacity = 2 * size  # tasks running or queued: one queued per worker at most
         self._make_handler = make_handler
         self._tasks: queue.Queue[object] = queue.Queue()
         self._results: queue.Queue[TaskResult] = queue.Queue()
         self._lock = threading.Lock()
-        self._busy = 0  # submitted and not returned by a worker (abandoned ones included)
+        self._busy = 0  # submitted and not finished by a worker (abandoned ones included)
         self._waiting: set[Task] = set()  # submitted, result not yet collected or abandoned
-        self._running: dict[int, Task] = {}  # thread ident -> the task it is running
+        self._running: dict[int, Task] = {}  # thread ident -> its task
         self._threads = [
             threading.Thread(target=self._work, name=f"drain-worker-{i}", daemon=True)
             for i in range(size)
@@ -62,13 +77,20 @@ class WorkerPool:
     # -- the caller's side ----------------------------------------------------------------
     @property
     def free(self) -> int:
+        """Tasks that may be submitted now."""
         with self._lock:
-            return self.size - self._busy
+            return self.capacity - self._busy
 
     @property
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
+
+    @property
+    def stuck(self) -> int:
+        """Threads still inside a call that was abandoned."""
+        with self._lock:
+            return sum(1 for task in self._running.values() if task.abandoned)
 
     def submit(self, task: Task) -> None:
         with self._lock:
@@ -79,37 +101,52 @@ class WorkerPool:
     def collect(self, timeout: float) -> list[TaskResult]:
         """Results ready now, waiting up to ``timeout`` for the first one."""
         out: list[TaskResult] = []
-        try:
+        with contextlib.suppress(queue.Empty):
             out.append(self._results.get(timeout=timeout) if timeout > 0 else
                        self._results.get_nowait())
             while True:
                 out.append(self._results.get_nowait())
-        except queue.Empty:
-            pass
         with self._lock:  # a task leaves `waiting` only once its result is in hand
             for result in out:
                 self._waiting.discard(result.task)
         return out
 
-    def expire(self, limit: float) -> list[Task]:
-        """Abandon the calls running longer than ``limit`` seconds; returns their tasks."""
+    def expire(self, limit: float) -> list[TaskResult]:
+        """Abandon the tasks whose current call has run longer than ``limit`` seconds."""
         now = time.monotonic()
+        out = []
         with self._lock:
-            late = [
-                t
-                for t in self._waiting
-                if t.started is not None and not t.finished and now - t.started > limit
-            ]
-            for task in late:
+            for task in list(self._waiting):
+                if task.started is None or task.finished or now - task.started <= limit:
+                    continue
                 task.abandoned = True
                 self._waiting.discard(task)
-        return late
+                done = len(task.completed)
+                out.append(TaskResult(task, list(task.completed), task.calls[done],
+                                      task.calls[done + 1 :]))
+        return out
 
     def next_expiry(self, limit: float) -> float | None:
-        """Seconds until the oldest running call overruns ``limit`` (None: nothing runs)."""
+        """Seconds until the oldest running call overruns ``limit`` (None: none runs)."""
         with self._lock:
-            starts = [t.started for t in self._waiting if t.started is not None and not t.finished]
+            starts = [t.started for t in self._waiting if t.started is not None]
         return None if not starts else max(0.0, min(starts) + limit - time.monotonic())
+
+    def drop_queued(self) -> list[Task]:
+        """Give up on the tasks no worker has begun (e.g. every worker is stuck)."""
+        with self._lock:
+            dropped = [t for t in self._waiting if t.started is None and not t.completed
+                       and t not in self._running.values()]
+            for task in dropped:
+                task.abandoned = True
+                self._waiting.discard(task)
+        return dropped
+
+    def halt(self) -> None:
+        """Every task stops before its next call; queued ones return without a call."""
+        with self._lock:
+            for task in self._waiting:
+                task.halt = True
 
     def shutdown(self) -> None:
         """Let idle workers close their handlers and exit; stuck ones are left behind."""
@@ -118,38 +155,54 @@ class WorkerPool:
         deadline = time.monotonic() + 5
         for thread in self._threads:
             with self._lock:
-                stuck = self._running.get(thread.ident or 0)
-            if stuck is None or not stuck.abandoned:
+                task = self._running.get(thread.ident or 0)
+            if task is None or not task.abandoned:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- the worker's side ----------------------------------------------------------------
     def _work(self) -> None:
         handlers: dict[str, Handler] = {}
+        me = threading.get_ident()
         try:
             while (task := self._tasks.get()) is not _STOP:
                 assert isinstance(task, Task)
                 with self._lock:
-                    self._running[threading.get_ident()] = task
-                result = self._call(task, handlers)
+                    self._running[me] = task
+                self._run(task, handlers)
                 with self._lock:
-                    del self._running[threading.get_ident()]
+                    del self._running[me]
                     self._busy -= 1
                     task.finished = True
-                    if task.abandoned:
-                        continue  # the caller already retried it
-                    self._results.put(result)
+                    if not task.abandoned:  # else the caller has dealt with it already
+                        done = len(task.completed)
+                        self._results.put(TaskResult(task, task.completed,
+                                                     unstarted=task.calls[done:]))
         finally:
             for handler in handlers.values():
                 with contextlib.suppress(Exception):  # closing must not hide the outcome
                     handler.close()
 
-    def _call(self, task: Task, handlers: dict[str, Handler]) -> TaskResult:
-        task.started = time.monotonic()
+    def _run(self, task: Task, handlers: dict[str, Handler]) -> None:
+        for call in task.calls:
+            with self._lock:
+                if task.abandoned or task.halt:
+                    return
+                task.started = time.monotonic()
+            result = self._call(task.handler, call, handlers)
+            with self._lock:
+                if task.abandoned:
+                    return
+                task.completed.append(result)
+                task.started = None
+
+    def _call(self, name: str, messages: list[Message], handlers: dict[str, Handler]
+              ) -> CallResult:
+        began = time.monotonic()
         try:
-            handler = handlers.get(task.handler)
+            handler = handlers.get(name)
             if handler is None:
-                handler = handlers[task.handler] = self._make_handler(task.handler)
-            failures = dict(handler.handle_batch(task.messages))
-            return TaskResult(task, time.monotonic() - task.started, failures)
+                handler = handlers[name] = self._make_handler(name)
+            failures = dict(handler.handle_batch(messages))
+            return CallResult(messages, time.monotonic() - began, failures)
         except BaseException as exc:  # reported to the caller, never lost
-            return TaskResult(task, time.monotonic() - task.started, error=exc)
+            return CallResult(messages, time.monotonic() - began, error=exc)
