@@ -4,7 +4,7 @@ The runner calls ``send_alerts`` once per run, after the outcome is known. A che
 found a problem alerts for the jobs in ``alert_on_problem``; a failed run (failed,
 unavailable, timeout, lock lost, or a configuration error found while running, such as a
 missing table) for the jobs in ``alert_on_failure``. Skipped, interrupted (someone or
-something stopped it on purpose), usage-error and successful runs never alert.
+something stopped it on purpose), usage-error, successful and dry runs never alert.
 
 Alerting is best effort by design: a webhook or SMTP server that is down must not turn a
 good run into a failed one, nor hide the real outcome of a bad one. Every failure to send
@@ -99,7 +99,8 @@ def _send_alerts(ctx: JobContext, rec: RunRecord) -> None:
     settings = ctx.settings
     kind = alert_kind(settings, rec)
     ways = channels(settings)
-    if kind is None or not ways:
+    # A dry run is someone at a terminal looking: they see the outcome, on-call need not.
+    if kind is None or not ways or ctx.dry_run:
         return
     cooldown_key = ctx.key(f"job:alert:{rec.unit}:{kind}")
     if not _start_cooldown(ctx, cooldown_key):

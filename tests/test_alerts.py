@@ -164,6 +164,10 @@ def test_success_skip_interrupt_and_usage_errors_send_nothing(redis_server, make
 
     for outcome in ("success", "nothing_to_do", "dry_run", "interrupted", "usage_error"):
         assert probe(settings, outcome).outcome.value == outcome
+    # An operator's --dry-run that fails or finds a problem: they are looking already.
+    for outcome in ("failed", "problem_found"):
+        rec = run_job(SPEC, settings, RunOptions(dry_run=True), outcome=outcome)
+        assert rec.outcome.value == outcome
 
     assert webhook_receiver.bodies == []
 
