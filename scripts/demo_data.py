@@ -128,12 +128,13 @@ def load_clickhouse(client: Any, *, users: int, posts: int, events: int, edges: 
 
 # --- PostgreSQL for the PostgreSQL jobs (issue #3) -------------------------------------
 # Indexes the jobs document: check-message-gaps probes (channel_id, seq) and scans a
-# created_at range; daily-stats reads created_at ranges. Tests and benchmarks add them too.
+# created_at range (INCLUDE: from the index alone); daily-stats reads created_at ranges.
+# Tests and benchmarks add them too.
 POSTGRES_INDEXES = {
     "chat_messages_channel_seq": "CREATE INDEX IF NOT EXISTS chat_messages_channel_seq_idx "
                                  "ON chat_messages (channel_id, seq)",
     "chat_messages_created_at": "CREATE INDEX IF NOT EXISTS chat_messages_created_at_idx "
-                                "ON chat_messages (created_at)",
+                                "ON chat_messages (created_at) INCLUDE (channel_id, seq)",
     "users_created_at": "CREATE INDEX IF NOT EXISTS users_created_at_idx ON users (created_at)",
     "audit_logs_created_at": "CREATE INDEX IF NOT EXISTS audit_logs_created_at_idx "
                              "ON audit_logs (created_at)",
@@ -172,24 +173,29 @@ CROSS JOIN LATERAL (
 ) s
 """
 
+# Ids grow with time in every table, as they do when rows are appended: an index range
+# on created_at then reads neighbouring pages, as in production.
 _USERS_SQL = """
 INSERT INTO users (id, created_at)
-SELECT g, %(now)s::timestamptz - random() * %(span)s::interval
+SELECT g, %(now)s::timestamptz - ((%(users)s - g + random()) / %(users)s) * %(span)s::interval
 FROM generate_series(1, %(users)s) AS g
 """
 
 # Most audit rows spread evenly; 5 % land in one busy second a day (the daily QPS peak).
 _AUDIT_SQL = """
 INSERT INTO audit_logs (user_id, action, created_at)
-SELECT 1 + floor(%(users)s * power(random(), 1.5))::bigint,
-       (ARRAY['login', 'post.create', 'message.send', 'file.upload', 'profile.update'])
-           [1 + floor(random() * 5)::int],
-       CASE WHEN random() < 0.05
-            THEN %(start)s::timestamptz + floor(random() * %(days)s) * interval '1 day'
-                 + interval '12 hours' + random() * interval '1 second'
-            ELSE %(start)s::timestamptz + random() * %(span)s::interval
-       END
-FROM generate_series(1, %(audit)s)
+SELECT user_id, action, created_at FROM (
+    SELECT 1 + floor(%(users)s * power(random(), 1.5))::bigint AS user_id,
+           (ARRAY['login', 'post.create', 'message.send', 'file.upload', 'profile.update'])
+               [1 + floor(random() * 5)::int] AS action,
+           CASE WHEN random() < 0.05
+                THEN %(start)s::timestamptz + floor(random() * %(days)s) * interval '1 day'
+                     + interval '12 hours' + random() * interval '1 second'
+                ELSE %(start)s::timestamptz + random() * %(span)s::interval
+           END AS created_at
+    FROM generate_series(1, %(audit)s)
+) g
+ORDER BY created_at
 """
 
 _FILES_SQL = """
@@ -198,7 +204,8 @@ INSERT INTO file_metadata (file_hash, bucket, path, size, ref_count, status, cre
 SELECT md5('demo' || g), %(bucket)s, 'demo/' || md5('demo' || g),
        1024 + floor(random() * 10485760)::bigint, 1 + floor(random() * 3)::int, 0, t, t
 FROM generate_series(1, %(files)s) AS g,
-     LATERAL (SELECT %(start)s::timestamptz + random() * %(span)s::interval AS t) c
+     LATERAL (SELECT %(start)s::timestamptz
+                     + ((g - random()) / %(files)s) * %(span)s::interval AS t) c
 """
 
 _INBOX_SQL = """

@@ -69,6 +69,10 @@ def load_edges(add: Any) -> None:
     big = 10**12
     add(8, [big - 1], T0 - minutes(1))  # large seq numbers, no gap
     add(8, [big, big + 1, big + 2], T0 + minutes(8))
+    add(9, [1, 2, 3], T0 - timedelta(seconds=20))  # just before: 4 missing at the start
+    add(9, [5], T0 + minutes(9))
+    add(10, [1, 2], T0 - timedelta(seconds=10))  # just before, and continuous
+    add(10, [3, 4], T0 + minutes(9))
 
 
 def test_every_gap_in_the_window_and_at_its_start(messages, settings):
@@ -82,15 +86,16 @@ def test_every_gap_in_the_window_and_at_its_start(messages, settings):
         gap(2, 8, 8, "inside the window"),
         gap(4, 4, 4, "before the window"),
         gap(6, 5, 5, "inside the window"),
+        gap(9, 4, 4, "before the window"),
     ]
     assert rec.counters == {
-        "channels_checked": 8,
-        "messages_checked": 5 + 3 + 2 + 1 + 3 + 3 + 3 + 3,
+        "channels_checked": 10,
+        "messages_checked": 5 + 3 + 2 + 1 + 3 + 3 + 3 + 3 + 1 + 2,
         "channels_without_history": 1,
-        "gaps": 4,
-        "missing_messages": 5,
+        "gaps": 5,
+        "missing_messages": 6,
     }
-    assert rec.message.startswith("4 seq gaps (5 missing messages) in 3 of 8 channels")
+    assert rec.message.startswith("5 seq gaps (6 missing messages) in 4 of 10 channels")
 
 
 def test_a_gap_at_the_end_of_a_window_is_found_by_the_next_one(messages, settings):
@@ -130,10 +135,10 @@ def test_cli_exit_3_with_the_gaps_and_0_when_there_are_none(messages, cli):
     result = json.loads(found.stdout)
     assert result["outcome"] == "problem_found"
     assert [(g["channel_id"], g["from_seq"], g["to_seq"]) for g in result["details"]["gaps"]] == [
-        (2, 4, 5), (2, 8, 8), (4, 4, 4), (6, 5, 5)
+        (2, 4, 5), (2, 8, 8), (4, 4, 4), (6, 5, 5), (9, 4, 4)
     ]
     warnings = [json.loads(line) for line in found.stderr.splitlines()]
-    assert [w["channel_id"] for w in warnings if w["message"] == "seq gap"] == [2, 2, 4, 6]
+    assert [w["channel_id"] for w in warnings if w["message"] == "seq gap"] == [2, 2, 4, 6, 9]
 
     # Naive local times are in the configured time zone: this is T0-60 .. T0-50 min UTC.
     clean = cli("check-message-gaps", "--since", "2025-06-01 13:00", "--until",

@@ -5,23 +5,26 @@ overlap makes consecutive runs (every ``gaps_window_sec``) check every message a
 once; the settle time leaves the newest messages, whose transactions may still commit
 out of ``seq`` order, to the next run. ``--since/--until`` check any range ad hoc.
 
-Three index-friendly steps, so the cost stays close to counting the window:
+Index-friendly steps, so the cost stays close to counting the window:
 
-1. One grouped scan of the window (by ``created_at``: partition pruning plus an index on
-   ``created_at``) gives per channel the count, min, max and sum of ``seq``. A channel
-   whose count is ``max - min + 1`` and whose sum is that of ``min..max`` has no gap
-   inside the window (exact when ``seq`` is unique per channel; a duplicate hides a gap
-   only if duplicates and missing numbers have equal counts and equal sums).
+1. One grouped scan of the window by ``created_at`` (partition pruning plus the index)
+   gives per channel the count, min, max and sum of ``seq``. A channel whose count is
+   ``max - min + 1`` and whose sum is that of ``min..max`` has no gap inside the window
+   (exact when ``seq`` is unique per channel; a duplicate hides a gap only if the
+   duplicates and the missing numbers have equal counts and equal sums). The scan starts
+   MARGIN earlier and also keeps each channel's last seq before the window: for a busy
+   channel that is the message right before its first one here.
 2. Only for the channels that fail that test, the seqs from min to max are read through
    the ``(channel_id, seq)`` index and every hole is listed.
-3. For every channel, the message right before its first one in the window is found
-   with one ``(channel_id, seq)`` index probe (the last day's partitions first, then all
-   of them), so a gap straddling the window start is reported too. A channel with no
-   earlier message although its first one here is not seq 1 (were its old partitions
-   dropped?) is only counted as without history, not reported.
+3. Only for channels whose predecessor was not in the margin, one ``(channel_id, seq)``
+   index probe finds the closest earlier seq (the last day's partitions first, then all),
+   so a gap straddling the window start is reported too. A channel with no earlier
+   message although its first one here is not seq 1 (were old partitions dropped?) is
+   counted as without history, not reported.
 
-Required index: ``chat_messages (channel_id, seq)``; recommended: ``(created_at)``.
-Exit 3 ("problem found") when any gap exists.
+Required index: ``chat_messages (channel_id, seq)``. Recommended:
+``(created_at) INCLUDE (channel_id, seq)`` so step 1 reads the index only (a plain
+``(created_at)`` index works, with heap reads). Exit 3 ("problem found") on any gap.
 """
 
 from __future__ import annotations
@@ -36,13 +39,25 @@ from novajobs.pgsession import open_session, pg_errors
 from novajobs.schema import require_tables
 
 RECENT_LOOKBACK = timedelta(days=1)  # where a predecessor is looked for first
+MARGIN = timedelta(seconds=30)  # scanned before the window for predecessors (step 1)
 
 WINDOW_SQL = """
-SELECT channel_id, count(*) AS n, min(seq) AS first_seq, max(seq) AS last_seq,
-       sum(seq) AS seq_sum
-FROM chat_messages
-WHERE created_at >= %(since)s AND created_at < %(until)s
-GROUP BY channel_id
+SELECT channel_id, n, first_seq, last_seq, prev_seq,
+       n <> last_seq - first_seq + 1
+           OR seq_sum * 2 <> (first_seq + last_seq)::numeric * (last_seq - first_seq + 1)
+           AS suspect
+FROM (
+    SELECT channel_id,
+           count(*) FILTER (WHERE created_at >= %(since)s) AS n,
+           min(seq) FILTER (WHERE created_at >= %(since)s) AS first_seq,
+           max(seq) FILTER (WHERE created_at >= %(since)s) AS last_seq,
+           sum(seq) FILTER (WHERE created_at >= %(since)s) AS seq_sum,
+           max(seq) FILTER (WHERE created_at < %(since)s) AS prev_seq
+    FROM chat_messages
+    WHERE created_at >= %(margin)s AND created_at < %(until)s
+    GROUP BY channel_id
+) per_channel
+WHERE n > 0
 """
 
 # Holes inside [first_seq, last_seq] of the suspect channels, whatever their created_at
@@ -63,46 +78,37 @@ WHERE seq > prev_seq + 1
 ORDER BY channel_id, gap_from
 """
 
-# The closest earlier seq of each channel; rows only where it is not first_seq - 1.
-# coalesce() evaluates the probe over all partitions only when the recent one found none.
+# The closest earlier seq of each channel asked about (NULL: none at all). coalesce()
+# evaluates the probe over all partitions only when the recent one found nothing.
 EDGE_SQL = """
-SELECT channel_id, first_seq, prev_seq
-FROM (
-    SELECT w.channel_id, w.first_seq,
-           coalesce(
-               (SELECT max(c.seq) FROM chat_messages c
-                WHERE c.channel_id = w.channel_id AND c.seq < w.first_seq
-                  AND c.created_at >= %(recent)s),
-               (SELECT max(c.seq) FROM chat_messages c
-                WHERE c.channel_id = w.channel_id AND c.seq < w.first_seq)
-           ) AS prev_seq
-    FROM unnest(%(channels)s::bigint[], %(firsts)s::bigint[]) AS w(channel_id, first_seq)
-) edges
-WHERE prev_seq IS NULL OR prev_seq < first_seq - 1
-ORDER BY channel_id
+SELECT w.channel_id, w.first_seq,
+       coalesce(
+           (SELECT max(c.seq) FROM chat_messages c
+            WHERE c.channel_id = w.channel_id AND c.seq < w.first_seq
+              AND c.created_at >= %(recent)s),
+           (SELECT max(c.seq) FROM chat_messages c
+            WHERE c.channel_id = w.channel_id AND c.seq < w.first_seq)
+       ) AS prev_seq
+FROM unnest(%(channels)s::bigint[], %(firsts)s::bigint[]) AS w(channel_id, first_seq)
 """
 
 
 def check_window(ctx: JobContext, since: datetime, until: datetime) -> dict[str, Any]:
     """Every gap of the window, plus what was looked at."""
     conn = ctx.pg
-    stats = conn.execute(WINDOW_SQL, {"since": since, "until": until}).fetchall()
-    suspects = [row for row in stats if not _contiguous(*row[1:])]
-    gaps: list[dict[str, Any]] = []
-    if suspects:
-        params = {"channels": [r[0] for r in suspects], "firsts": [r[2] for r in suspects],
-                  "lasts": [r[3] for r in suspects]}
-        for channel, lo, hi in conn.execute(INNER_GAPS_SQL, params):
-            gaps.append(_gap(channel, lo, hi, "inside the window"))
+    window = {"since": since, "until": until, "margin": since - MARGIN}
+    stats = conn.execute(WINDOW_SQL, window).fetchall()
+    gaps = inner_gaps(ctx, [row for row in stats if row[5]])
+    # A first seq of 1 starts the channel; otherwise its predecessor must be first - 1.
+    unsure = [row for row in stats if row[2] > 1 and row[4] != row[2] - 1]
     no_history = 0
-    if stats:
-        edges: dict[str, Any] = {"channels": [r[0] for r in stats],
-                                 "firsts": [r[2] for r in stats],
-                                 "recent": since - RECENT_LOOKBACK}
+    if unsure:
+        edges = {"channels": [r[0] for r in unsure], "firsts": [r[2] for r in unsure],
+                 "recent": since - RECENT_LOOKBACK}
         for channel, first, prev in conn.execute(EDGE_SQL, edges):
             if prev is None:
-                no_history += first > 1  # seq 1 is a channel's start, not a loss
-            else:
+                no_history += 1
+            elif prev < first - 1:
                 gaps.append(_gap(channel, prev + 1, first - 1, "before the window"))
     gaps.sort(key=lambda g: (g["channel_id"], g["from_seq"]))
     return {
@@ -113,9 +119,13 @@ def check_window(ctx: JobContext, since: datetime, until: datetime) -> dict[str,
     }
 
 
-def _contiguous(n: int, first: int, last: int, seq_sum: Any) -> bool:
-    span = last - first + 1
-    return n == span and int(seq_sum) * 2 == (first + last) * span
+def inner_gaps(ctx: JobContext, suspects: list[Any]) -> list[dict[str, Any]]:
+    if not suspects:
+        return []
+    params = {"channels": [r[0] for r in suspects], "firsts": [r[2] for r in suspects],
+              "lasts": [r[3] for r in suspects]}
+    return [_gap(channel, lo, hi, "inside the window")
+            for channel, lo, hi in ctx.pg.execute(INNER_GAPS_SQL, params)]
 
 
 def _gap(channel: int, lo: int, hi: int, where: str) -> dict[str, Any]:
