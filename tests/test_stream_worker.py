@@ -79,6 +79,30 @@ def test_a_handler_that_overruns_its_timeout_fails_and_never_holds_the_run(
     assert left["message_id"].decode() == ids[2]
 
 
+def test_a_call_that_overruns_mid_task_does_not_hold_back_the_others(
+        redis_client, handlers, fast, names):
+    release = threading.Event()
+
+    def sometimes_stuck(message: Message) -> None:
+        if message.fields["n"] == "5":
+            release.wait(10)
+
+    handlers("sometimes", sometimes_stuck)
+    p = names["prefix"]
+    ids = [redis_client.xadd(p + "q", {"n": str(i)}).decode() for i in range(20)]
+    settings = fast(stream_handlers=("q=sometimes",), drain_message_timeout_sec=0.3,
+                    drain_concurrency=2, stream_claim_idle_sec=5)
+    try:
+        rec = drain(settings)
+    finally:
+        release.set()
+
+    assert rec.counters["succeeded"] == 19 and rec.counters["timed_out"] == 1, rec.counters
+    [member] = redis_client.zrange(p + "retry:q", 0, -1)
+    assert f'"id":"{ids[5]}"'.encode() in member
+    assert redis_client.xpending(p + "q", "novajobs")["pending"] == 0
+
+
 def test_reclaim_from_a_dead_consumer(redis_client, handlers, fast, names):
     handlers("recorder", Recorder)
     p = names["prefix"]
