@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from novajobs.errors import UsageError
 
 if TYPE_CHECKING:
-    from novajobs.context import JobContext, Result
+    from novajobs.context import Result
 
 JobFunc = Callable[..., "Result"]
 

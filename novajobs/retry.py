@@ -54,9 +54,12 @@ def redact_text(text: str) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for a log or a run record: the type and the first line of the message."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
+    """One line for a log or a run record: the type and the first line of the message
+    (and the second, when the first only announces it: "Couldn't connect to host:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:
+        first = f"{first} {lines[1]}"
     return redact_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
 
