@@ -294,3 +294,20 @@ def test_locks_lists_and_releases_only_with_force(redis_client, cli, names):
     assert released.returncode == 0 and "released" in released.stdout
     assert redis_client.get(f"{names['prefix']}job:lock:refresh-trending") is None
     assert lock.lease_ok() and not lock.renew()  # the holder learns at its next renewal
+
+
+def test_locks_release_takes_the_listed_name_shards_and_consumers_too(redis_client, cli, names):
+    from novajobs.lock import JobLock
+
+    held = {}
+    for name in ("gc-files:2-of-3", "drain-stream:pod-7"):
+        held[name] = JobLock(redis_client, f"{names['prefix']}job:lock:{name}", 30, {"pid": 1})
+        assert held[name].acquire()
+
+    listed = sorted(r["job"] for r in json.loads(cli("locks", "--json").stdout))
+    results = [cli("locks", "release", name, "--force") for name in listed]
+
+    assert listed == ["drain-stream:pod-7", "gc-files:2-of-3"]
+    assert [r.returncode for r in results] == [0, 0]
+    assert list(redis_client.scan_iter(f"{names['prefix']}job:lock:*")) == []
+    assert cli("locks", "release", "no-such-job", "--force").returncode == 2

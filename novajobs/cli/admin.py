@@ -157,16 +157,17 @@ def locks(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
 
 
 @locks.command("release")
-@click.argument("job")
-@click.option("--shard", metavar="I/N", help="The lock of one shard.")
+@click.argument("lock")
 @click.option(
     "--force", is_flag=True, help="Release without asking (required when not a terminal)."
 )
 @with_options(*SETTINGS_OPTIONS)
-def release(job: str, shard: str | None, force: bool, **kw: Any) -> int:
-    """Release JOB's lock held by another run (e.g. a host that died).
+def release(lock: str, force: bool, **kw: Any) -> int:
+    """Release LOCK, held by another run (e.g. on a host that died).
 
-    The run that held it finds out at its next safe point and stops.
+    LOCK is a name as `novajobs locks` lists it: a job, or job:scope for a shard
+    (gc-files:2-of-3) or a stream consumer (drain-stream:pod-7). The run that held it
+    finds out at its next renewal and stops before its next write.
 
     Example:
 
@@ -176,9 +177,10 @@ def release(job: str, shard: str | None, force: bool, **kw: Any) -> int:
     from novajobs.lock import force_release, lock_key, read_holder
     from novajobs.output import print_line
 
+    job, _, scope = lock.partition(":")
     settings = settings_from(kw)
     r = _redis(settings)
-    key = lock_key(settings.redis_prefix, *_unit(job, shard).split(":", 1))
+    key = lock_key(settings.redis_prefix, get_job(job).name, scope or None)
     holder = read_holder(r, key)
     if holder is None:
         print_line(f"{key} is not held")
