@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Benchmark: daily-stats over a year, set-wise, vs one query per metric per day.
+
+    .venv/bin/python scripts/bench_daily_stats.py                  # 10M messages, 5M audit rows
+    .venv/bin/python scripts/bench_daily_stats.py --messages 1000000 --audit 500000   # quick
+
+Starts its own PostgreSQL 15 (scripts/stack.py) in a temporary directory, loads
+``scripts/demo_data.load_postgres`` data (generated inside PostgreSQL, appended in time
+order, with the documented created_at indexes), then times on the same data:
+
+- the job: ``daily-stats --from D-365 --to D-1`` (one statement computes every day,
+  then one upsert), through the job's own code;
+- the naive loop: for each day, one query per metric (5 x 365) and one upsert per day;
+- the previous design, for the record: GROUP BY (created_at AT TIME ZONE tz)::date
+  per source table, joined to generate_series (compute only).
+
+Each is run ``--repeat`` times; the best time counts (the machine is shared and noisy).
+The job's rows and the naive loop's rows must be identical, or the script fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import demo_data  # noqa: E402 -- scripts/ is not a package
+from stack import Stack  # noqa: E402
+
+NAIVE_SQL = {
+    "total_users": "SELECT count(*) FROM users WHERE created_at < %(hi)s",
+    "active_users": "SELECT count(DISTINCT user_id) FROM audit_logs"
+                    " WHERE created_at >= %(lo)s AND created_at < %(hi)s",
+    "total_msgs": "SELECT count(*) FROM chat_messages"
+                  " WHERE created_at >= %(lo)s AND created_at < %(hi)s",
+    "storage_usage": "SELECT coalesce(sum(size), 0) FROM file_metadata"
+                     " WHERE created_at >= %(lo)s AND created_at < %(hi)s",
+    "api_qps_peak": "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM audit_logs"
+                    " WHERE created_at >= %(lo)s AND created_at < %(hi)s"
+                    " GROUP BY date_trunc('second', created_at)) s",
+}
+NAIVE_UPSERT = """
+INSERT INTO daily_stats (stat_date, total_users, active_users, total_msgs, storage_usage,
+                         api_qps_peak)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (stat_date) DO UPDATE SET total_users = EXCLUDED.total_users,
+    active_users = EXCLUDED.active_users, total_msgs = EXCLUDED.total_msgs,
+    storage_usage = EXCLUDED.storage_usage, api_qps_peak = EXCLUDED.api_qps_peak
+"""
+
+GROUPED_SQL = """
+WITH days AS (
+    SELECT d::date AS stat_date FROM generate_series(%(first)s::date, %(last)s::date,
+                                                     interval '1 day') AS d
+),
+new_users AS (SELECT (created_at AT TIME ZONE %(tz)s)::date AS stat_date, count(*) AS n
+              FROM users WHERE created_at >= %(lo)s AND created_at < %(hi)s GROUP BY 1),
+activity AS (SELECT (created_at AT TIME ZONE %(tz)s)::date AS stat_date,
+                    count(DISTINCT user_id) AS n
+             FROM audit_logs WHERE created_at >= %(lo)s AND created_at < %(hi)s GROUP BY 1),
+per_second AS (SELECT date_trunc('second', created_at) AS second, count(*) AS n
+               FROM audit_logs WHERE created_at >= %(lo)s AND created_at < %(hi)s GROUP BY 1),
+busiest AS (SELECT (second AT TIME ZONE %(tz)s)::date AS stat_date, max(n) AS n
+            FROM per_second GROUP BY 1),
+messages AS (SELECT (created_at AT TIME ZONE %(tz)s)::date AS stat_date, count(*) AS n
+             FROM chat_messages WHERE created_at >= %(lo)s AND created_at < %(hi)s GROUP BY 1),
+storage AS (SELECT (created_at AT TIME ZONE %(tz)s)::date AS stat_date, sum(size) AS n
+            FROM file_metadata WHERE created_at >= %(lo)s AND created_at < %(hi)s GROUP BY 1)
+SELECT d.stat_date,
+       ((SELECT count(*) FROM users WHERE created_at < %(lo)s)
+        + coalesce(sum(new_users.n) OVER (ORDER BY d.stat_date), 0))::bigint,
+       coalesce(activity.n, 0)::bigint, coalesce(messages.n, 0)::bigint,
+       coalesce(storage.n, 0)::bigint, coalesce(busiest.n, 0)::int
+FROM days d LEFT JOIN new_users USING (stat_date) LEFT JOIN activity USING (stat_date)
+LEFT JOIN busiest USING (stat_date) LEFT JOIN messages USING (stat_date)
+LEFT JOIN storage USING (stat_date)
+ORDER BY d.stat_date
+"""
+
+ROWS_SQL = ("SELECT stat_date, total_users, active_users, total_msgs, storage_usage, "
+            "api_qps_peak FROM daily_stats ORDER BY stat_date")
+
+
+def free_base_port() -> int:
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20_000, 60_000, 100)
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", base + 2)) != 0:
+                return base
+    raise SystemExit("no free port found")
+
+
+def day_bounds(day: date) -> dict[str, datetime]:
+    lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return {"lo": lo, "hi": lo + timedelta(days=1)}
+
+
+def time_job(settings: Any, first: date, last: date) -> float:
+    from novajobs.context import JobContext
+    from novajobs.jobs import daily_stats
+
+    with JobContext(settings, "daily-stats") as ctx:
+        ctx.pg.autocommit = True
+        ctx.pg.execute("TRUNCATE daily_stats")
+        started = time.monotonic()
+        result = daily_stats.run(ctx, from_date=str(first), to_date=str(last))
+        elapsed = time.monotonic() - started
+    assert result.outcome == "success", result
+    return elapsed
+
+
+def run_naive(conn: Any, first: date, last: date) -> float:
+    conn.execute("TRUNCATE daily_stats")
+    started = time.monotonic()
+    day = first
+    while day <= last:
+        bounds = day_bounds(day)
+        values = [conn.execute(sql, bounds).fetchone()[0] for sql in NAIVE_SQL.values()]
+        conn.execute(NAIVE_UPSERT, [day, *values])
+        day += timedelta(days=1)
+    return time.monotonic() - started
+
+
+def run_grouped(conn: Any, first: date, last: date) -> tuple[float, list[Any]]:
+    params = {"first": first, "last": last, "tz": "UTC", **day_bounds(first)}
+    params["hi"] = day_bounds(last)["hi"]
+    conn.execute("SET jit = off")
+    started = time.monotonic()
+    rows = conn.execute(GROUPED_SQL, params).fetchall()
+    return time.monotonic() - started, rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000_000)
+    parser.add_argument("--audit", type=int, default=5_000_000)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--files", type=int, default=500_000)
+    parser.add_argument("--channels", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--base-port", type=int, default=0, help="default: a free one")
+    args = parser.parse_args()
+
+    import psycopg
+
+    from novajobs import schema
+    from novajobs.settings import load_settings
+
+    directory = tempfile.mkdtemp(prefix="novajobs-bench-daily-")
+    os.chmod(directory, 0o755)
+    stack = Stack(directory, args.base_port or free_base_port())
+    try:
+        env = stack.up(("postgres",))
+        settings = load_settings(environ={"DATABASE_URL": env["DATABASE_URL"]})
+        conn = psycopg.connect(env["DATABASE_URL"], autocommit=True)
+        started = time.monotonic()
+        counts = demo_data.load_postgres(
+            conn, users=args.users, channels=args.channels, messages=args.messages,
+            audit=args.audit, files=args.files, days=args.days, gaps=0, inbox=False)
+        schema.ensure_tables(conn)
+        print(f"loaded in {time.monotonic() - started:.0f} s: " + ", ".join(
+            f"{table} {n:,}" for table, n in counts.items() if isinstance(n, int)))
+        today = datetime.now(UTC).date()
+        first, last = today - timedelta(days=args.days), today - timedelta(days=1)
+        print(f"range {first} .. {last} ({args.days} days), time zone UTC")
+
+        job, naive, grouped = [], [], []
+        for _ in range(args.repeat):
+            job.append(time_job(settings, first, last))
+            job_rows = conn.execute(ROWS_SQL).fetchall()
+            naive.append(run_naive(conn, first, last))
+            naive_rows = conn.execute(ROWS_SQL).fetchall()
+            elapsed, grouped_rows = run_grouped(conn, first, last)
+            grouped.append(elapsed)
+            if not job_rows == naive_rows == grouped_rows:
+                print("MISMATCH between the job, the naive loop and the grouped query")
+                return 1
+        best_job, best_naive, best_grouped = min(job), min(naive), min(grouped)
+        print(f"job (one statement + one upsert): {best_job:7.2f} s   runs {_fmt(job)}")
+        print(f"naive loop ({len(NAIVE_SQL)} x {args.days} queries + upserts):"
+              f" {best_naive:7.2f} s   runs {_fmt(naive)}")
+        print(f"GROUP BY day (compute only):      {best_grouped:7.2f} s   runs {_fmt(grouped)}")
+        print(f"speed-up vs naive: {best_naive / best_job:.1f}x (goal >= 5x); "
+              f"vs GROUP BY day: {best_grouped / best_job:.1f}x; results identical: yes")
+        conn.close()
+    finally:
+        stack.down()
+        shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def _fmt(times: list[float]) -> str:
+    return ", ".join(f"{t:.2f}" for t in times)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
