@@ -363,7 +363,8 @@ def run(ctx: JobContext, table: tuple[str, ...] = (), move_default_rows: bool = 
         job = PartitionRun(ctx, conn, move_default_rows)
         for name in tables:
             job.handle_table(name, months)
-    details = {"partitions": job.rows, "ddl": job.ddl, "months": [m.suffix for m in months]}
+    details = {"table": "partitions", "partitions": job.rows, "ddl": job.ddl,
+               "months": [m.suffix for m in months]}
     if job.problems:
         raise ConfigError("; ".join(job.problems))
     if job.failures:
