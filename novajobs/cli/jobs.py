@@ -94,9 +94,8 @@ def _run(spec: JobSpec, kw: dict[str, Any]) -> int:
     from novajobs.context import Shard
     from novajobs.runner import RunOptions, run_job
 
-    overrides = {
-        o.setting: kw.pop(o.dest) for o in spec.options if o.setting and kw.get(o.dest) is not None
-    }
+    given = {o.dest for o in spec.options if kw.get(o.dest) not in (None, ())}  # () = no flag
+    overrides = {o.setting: kw.pop(o.dest) for o in spec.options if o.setting and o.dest in given}
     as_json = kw.pop("as_json")
     settings = settings_from(kw, overrides)
     shard = None
@@ -113,9 +112,7 @@ def _run(spec: JobSpec, kw: dict[str, Any]) -> int:
         shard=shard,
         dry_run=bool(kw.get("dry_run")),
     )
-    params = {
-        o.dest: kw[o.dest] for o in spec.options if not o.setting and kw[o.dest] not in (None, ())
-    }
+    params = {o.dest: kw[o.dest] for o in spec.options if not o.setting and o.dest in given}
     rec = run_job(spec, settings, options, **params)
     _show(rec, as_json)
     if rec.outcome is Outcome.SKIPPED and kw["skip_ok"]:
