@@ -126,6 +126,154 @@ def load_clickhouse(client: Any, *, users: int, posts: int, events: int, edges: 
     return counts
 
 
+# --- S3 files for gc-files (issue #7) ---------------------------------------------------
+# Kinds of file_metadata rows, as the upload service leaves them:
+#   live     status 0, ref_count 1..5                          object present   kept
+#   marked   status 2, ref_count 0, updated 2..30 days ago     object present   collected
+#   recent   status 2, ref_count 0, updated in the last 20 h   object present   kept (grace)
+#   missing  like marked, but the object is already gone       no object        row collected
+#   held     status 2 but ref_count 1 (referenced again)       object present   kept
+FILE_KINDS = ("live", "marked", "recent", "missing", "held")
+FILE_MIX = {"live": 0.60, "marked": 0.30, "recent": 0.06, "missing": 0.03, "held": 0.01}
+GC_DEMO_BUCKET = "nova-gc-demo"
+_DAY = 86_400.0
+_FILE_AGES = {  # seconds since the last update: (min, max)
+    "live": (0.0, 90 * _DAY),
+    "marked": (2 * _DAY, 30 * _DAY),
+    "recent": (60.0, 20 * 3600.0),
+    "missing": (2 * _DAY, 30 * _DAY),
+    "held": (2 * _DAY, 30 * _DAY),
+}
+_FILE_COLUMNS = ("id", "file_hash", "bucket", "path", "size", "ref_count", "status",
+                 "created_at", "updated_at")
+
+
+def file_mix(total: int) -> dict[str, int]:
+    """``total`` files split as FILE_MIX (the remainder goes to live files)."""
+    counts = {kind: int(total * share) for kind, share in FILE_MIX.items()}
+    counts["live"] += total - sum(counts.values())
+    return counts
+
+
+def object_path(file_hash: str) -> str:
+    """Content-addressed, as the upload service names objects."""
+    return f"files/{file_hash[:2]}/{file_hash[2:4]}/{file_hash}"
+
+
+def load_files(pg_conn: Any, minio_client: Any, bucket: str, *, live: int = 600,
+               marked: int = 300, recent: int = 60, missing: int = 30, held: int = 10,
+               min_size: int = 64, max_size: int = 8192, seed: int | None = None,
+               workers: int = 8, chunk: int = 5000) -> dict[str, list[int]]:
+    """Insert file_metadata rows with their objects in ``bucket`` (created if missing).
+
+    The kinds are shuffled together, so every id range and shard gets a mix. Objects are
+    uploaded by ``workers`` threads, ``chunk`` rows at a time (memory stays flat). Returns
+    the new row ids by kind. ``pg_conn`` may be autocommit or not (it is committed).
+    """
+    import random
+
+    rng = random.Random(seed)
+    wanted = {"live": live, "marked": marked, "recent": recent, "missing": missing,
+              "held": held}
+    kinds = [kind for kind, n in wanted.items() for _ in range(n)]
+    rng.shuffle(kinds)
+    pg_conn.execute(POSTGRES_DDL["file_metadata"])
+    if not minio_client.bucket_exists(bucket):
+        minio_client.make_bucket(bucket)
+    ids: dict[str, list[int]] = {kind: [] for kind in FILE_KINDS}
+    for start in range(0, len(kinds), chunk):
+        part = kinds[start:start + chunk]
+        new_ids = _next_file_ids(pg_conn, len(part))
+        rows, blobs = _file_rows(rng, bucket, part, new_ids, min_size, max_size)
+        _upload(minio_client, bucket, blobs, workers)  # objects first, as an upload does
+        with pg_conn.cursor() as cur, cur.copy(
+            f"COPY file_metadata ({', '.join(_FILE_COLUMNS)}) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+        if not pg_conn.autocommit:
+            pg_conn.commit()
+        for kind, file_id in zip(part, new_ids, strict=True):
+            ids[kind].append(file_id)
+    return ids
+
+
+def _next_file_ids(pg_conn: Any, n: int) -> list[int]:
+    sql = ("SELECT nextval(pg_get_serial_sequence('file_metadata', 'id')) "
+           "FROM generate_series(1, %s)")
+    return [r[0] for r in pg_conn.execute(sql, (n,)).fetchall()]
+
+
+def _file_rows(rng: Any, bucket: str, kinds: list[str], ids: list[int], min_size: int,
+               max_size: int) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytes]]]:
+    import hashlib
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    rows, blobs = [], []
+    for kind, file_id in zip(kinds, ids, strict=True):
+        content = rng.randbytes(rng.randint(min_size, max_size))
+        file_hash = hashlib.sha256(content).hexdigest()
+        path = object_path(file_hash)
+        updated = now - timedelta(seconds=rng.uniform(*_FILE_AGES[kind]))
+        created = updated - timedelta(seconds=rng.uniform(0, 30 * _DAY))
+        status, refs = (0, rng.randint(1, 5)) if kind == "live" else (2, int(kind == "held"))
+        rows.append((file_id, file_hash, bucket, path, len(content), refs, status, created,
+                     updated))
+        if kind != "missing":
+            blobs.append((path, content))
+    return rows, blobs
+
+
+def reset_files(pg_conn: Any, minio_client: Any, bucket: str) -> None:
+    """Forget a demo bucket: its file_metadata rows and every object in it."""
+    from minio.deleteobjects import DeleteObject
+
+    pg_conn.execute(POSTGRES_DDL["file_metadata"])
+    pg_conn.execute("DELETE FROM file_metadata WHERE bucket = %s", (bucket,))
+    if not pg_conn.autocommit:
+        pg_conn.commit()
+    if minio_client.bucket_exists(bucket):
+        listing = minio_client.list_objects(bucket, recursive=True)
+        list(minio_client.remove_objects(bucket, (DeleteObject(o.object_name) for o in listing)))
+
+
+def add_files_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("S3 files for gc-files (DATABASE_URL, MINIO_*)")
+    group.add_argument("--gc-files", type=int, default=1_000, metavar="N",
+                       help=f"file_metadata rows with objects, mixed as {FILE_MIX}; 0 = skip")
+    group.add_argument("--gc-bucket", default=GC_DEMO_BUCKET, help="replaced on every load")
+
+
+def load_files_from_args(args: argparse.Namespace) -> None:
+    import psycopg
+
+    from novajobs.connections import Connections
+    from novajobs.output import JobLog
+    from novajobs.settings import load_settings
+
+    settings = load_settings()
+    conns = Connections(settings, JobLog())
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        reset_files(conn, conns.minio, args.gc_bucket)
+        ids = load_files(conn, conns.minio, args.gc_bucket, **file_mix(args.gc_files))
+    conns.close()
+    mix = ", ".join(f"{len(v):,} {kind}" for kind, v in ids.items())
+    print(f"postgres file_metadata + s3 bucket {args.gc_bucket}: {mix}", file=sys.stderr)
+
+
+def _upload(minio_client: Any, bucket: str, blobs: list[tuple[str, bytes]], workers: int) -> None:
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    def put(item: tuple[str, bytes]) -> None:
+        path, content = item
+        minio_client.put_object(bucket, path, io.BytesIO(content), len(content))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(put, blobs))
+
+
 # --- PostgreSQL for the PostgreSQL jobs (issue #3) -------------------------------------
 # Indexes the jobs document: check-message-gaps probes (channel_id, seq) and scans a
 # created_at range (INCLUDE: from the index alone); daily-stats reads created_at ranges.
@@ -351,6 +499,7 @@ def main() -> int:
     parser.add_argument("--edges", type=int, default=50_000)
     parser.add_argument("--hours", type=int, default=6, help="events spread over this many hours")
     add_postgres_arguments(parser)
+    add_files_arguments(parser)
     args = parser.parse_args()
 
     from novajobs.connections import clickhouse_client
@@ -367,6 +516,8 @@ def main() -> int:
         print(f"clickhouse {table}: {n:,} rows", file=sys.stderr)
     if not args.skip_postgres:
         load_postgres_from_args(args)
+    if args.gc_files:
+        load_files_from_args(args)
     print(f"demo data loaded in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 

@@ -32,7 +32,7 @@ from types import FrameType
 from typing import Any, NamedTuple
 
 from novajobs.context import JobContext, Result, Shard, batched
-from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
+from novajobs.errors import ConfigError, JobFailed, Outcome
 from novajobs.retry import describe_error, is_transient
 from novajobs.settings import duration_sec
 
@@ -122,9 +122,8 @@ class PageOutcome(NamedTuple):
     error: BaseException | None  # a transient error that ended the page early
 
 
-def run(ctx: JobContext, limit: int | None = None) -> Result:
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit}: must be 1 or more")
+def run(ctx: JobContext) -> Result:
+    limit = ctx.settings.gc_limit or None
     shard = ctx.shard or Shard(1, 1)
     scope = open_scope(ctx, shard, duration_sec(ctx.settings.gc_grace))
     total_files, total_bytes = count_eligible(ctx, scope)
