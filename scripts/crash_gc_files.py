@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ class Files:
     paths: dict[int, str]
     kept: set[int]  # live, recent, held: must keep row and object
     doomed: set[int] = field(default_factory=set)  # eligible: must end with neither
+    never_stored: set[int] = field(default_factory=set)  # rows whose object never existed
 
     @classmethod
     def load(cls, pg: Any, minio: Any, bucket: str, *, live: int, marked: int, seed: int) -> Files:
@@ -52,12 +54,26 @@ class Files:
                                    seed=seed)
         paths = dict(pg.execute("SELECT id, path FROM file_metadata").fetchall())
         kept = {*ids["live"], *ids["recent"], *ids["held"]}
-        return cls(bucket, paths, kept, {*ids["marked"], *ids["missing"]})
+        return cls(bucket, paths, kept, {*ids["marked"], *ids["missing"]}, set(ids["missing"]))
 
-    def mark_more(self, pg: Any, rng: random.Random, n: int) -> int:
+    def add_live(self, pg: Any, minio: Any, n: int, seed: int) -> None:
+        """New live files (rows and objects), as uploads keep coming."""
+        import demo_data
+
+        new = demo_data.load_files(pg, minio, self.bucket, live=n, marked=0, recent=0,
+                                   missing=0, held=0, min_size=16, max_size=512, seed=seed)
+        ids = new["live"]
+        self.paths.update(pg.execute("SELECT id, path FROM file_metadata WHERE id = ANY(%s)",
+                                     (ids,)).fetchall())
+        self.kept.update(ids)
+
+    def mark_more(self, pg: Any, minio: Any, rng: random.Random, n: int) -> int:
         """Drop the last reference of ``n`` live files, long enough ago to be eligible."""
-        live = sorted(i for i in self.kept if i in self._live_ids(pg))
-        chosen = rng.sample(live, min(n, len(live)))
+        live = sorted(self.kept & self._live_ids(pg))
+        if len(live) < n:
+            self.add_live(pg, minio, 2 * n, rng.randrange(1 << 30))
+            live = sorted(self.kept & self._live_ids(pg))
+        chosen = rng.sample(live, n)
         pg.execute(
             "UPDATE file_metadata SET status = 2, ref_count = 0, "
             "updated_at = now() - interval '3 days' WHERE id = ANY(%s)",
@@ -88,7 +104,8 @@ def check_safe(files: Files, rows: dict[int, str], objects: set[str]) -> list[st
 
 def in_flight(files: Files, rows: dict[int, str], objects: set[str]) -> int:
     """Doomed rows still there whose object is already gone (a killed page)."""
-    return sum(1 for i in files.doomed if i in rows and rows[i] not in objects)
+    return sum(1 for i in files.doomed - files.never_stored
+               if i in rows and rows[i] not in objects)
 
 
 def check_converged(files: Files, rows: dict[int, str], objects: set[str]) -> list[str]:
@@ -125,10 +142,10 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, files: Files, *, kill
                  say: Any = print) -> list[str]:
     """Run rounds until ``kills`` runs were killed; then converge. Returns the problems."""
     problems: list[str] = []
-    killed = rounds = 0
+    killed = rounds = mid_work = 0
     while killed < kills:
         rounds += 1
-        files.mark_more(pg, rng, mark_per_round)
+        files.mark_more(pg, minio, rng, mark_per_round)
         before = len(store_state(pg, minio, files.bucket)[0])
         delay = rng.uniform(0.0, max_delay)
         code = kill_after(env, delay)
@@ -136,9 +153,11 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, files: Files, *, kill
         found = check_safe(files, rows, objects)
         problems += [f"round {rounds}: {p}" for p in found]
         killed += code is None
+        mid_work += code is None and before > len(rows)
         what = "killed" if code is None else f"exited {code}"
         say(f"round {rounds:3d}: {what} after {delay:.2f} s; rows deleted {before - len(rows):5d}; "
             f"in flight {in_flight(files, rows, objects):3d}; problems {len(found)}")
+    say(f"{killed} kills in {rounds} rounds, {mid_work} of them while deleting")
     started = time.monotonic()
     final = subprocess.run(gc_command(), env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
@@ -149,6 +168,37 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, files: Files, *, kill
     say(f"final run: exit {final.returncode} in {time.monotonic() - started:.1f} s; "
         f"{len(rows)} rows, {len(objects)} objects left; problems {len(problems)}")
     return problems
+
+
+def free_base_port() -> int:
+    """A base port whose stack ports (base+0..39 and their +10000 gRPC twins) are free."""
+    import socket
+
+    def free(base: int) -> bool:
+        for port in [*range(base, base + 40), *range(base + 10_000, base + 10_040)]:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    return False
+        return True
+
+    rng = random.Random()
+    return next(b for b in (rng.randrange(20_000, 50_000, 100) for _ in range(100)) if free(b))
+
+
+def start_stack(prefix: str) -> Any:
+    from stack import Stack
+
+    directory = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(directory, 0o755)  # the postgres user must reach its data dir
+    stack = Stack(directory, free_base_port())
+    try:
+        stack.up(("redis", "postgres", "s3"))
+    except BaseException:
+        stack.down()
+        raise
+    return stack
 
 
 def job_env(stack_env: dict[str, str], schema: str, prefix: str, page_size: int) -> dict[str, str]:
@@ -164,25 +214,22 @@ def job_env(stack_env: dict[str, str], schema: str, prefix: str, page_size: int)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=25)
-    parser.add_argument("--live", type=int, default=30_000)
+    parser.add_argument("--live", type=int, default=20_000)
     parser.add_argument("--marked", type=int, default=3_000)
-    parser.add_argument("--mark-per-round", type=int, default=1_500)
+    parser.add_argument("--mark-per-round", type=int, default=2_500)
     parser.add_argument("--page-size", type=int, default=25)
-    parser.add_argument("--max-delay", type=float, default=3.0, help="kill within this many s")
+    parser.add_argument("--max-delay", type=float, default=1.6, help="kill within this many s")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    print(f"seed {seed}")
+    print(f"seed {seed}", flush=True)
 
     import psycopg
     from minio import Minio
-    from stack import Stack
 
-    directory = tempfile.mkdtemp(prefix="novajobs-crash-")
-    os.chmod(directory, 0o755)  # the postgres user must reach its data dir
-    stack = Stack(directory, random.Random().randrange(20_000, 50_000, 100))
+    stack = start_stack("novajobs-crash-")
     try:
-        stack_env = stack.up(("redis", "postgres", "s3"))
+        stack_env = stack.env()
         pg = psycopg.connect(stack_env["DATABASE_URL"], autocommit=True)
         pg.execute("CREATE SCHEMA crash")
         pg.execute("SET search_path TO crash")
@@ -193,10 +240,12 @@ def main() -> int:
         env = job_env(stack_env, "crash", "crash:", args.page_size)
         problems = crash_rounds(env, pg, minio, files, kills=args.kills,
                                 mark_per_round=args.mark_per_round, max_delay=args.max_delay,
-                                rng=random.Random(seed))
+                                rng=random.Random(seed),
+                                say=lambda line: print(line, flush=True))
         pg.close()
     finally:
         stack.down()
+        shutil.rmtree(stack.dir, ignore_errors=True)
     for problem in problems[:50]:
         print("PROBLEM", problem)
     print(f"{args.kills} kills: {'OK' if not problems else f'{len(problems)} problems'}")
