@@ -215,6 +215,8 @@ def collect_page(ctx: JobContext, scope: Scope, page: list[FileRow], tally: Tall
             params = scope.params(ids=[r.id for r in page])
             locked = [FileRow(*r) for r in conn.execute(LOCK_SQL, params).fetchall()]
             ctx.checkpoint()  # the last point where stopping is free: nothing deleted yet
+            # From here on no checkpoint: the row locks, not the Redis lock, make the page
+            # safe, and stopping now would leave rows whose objects are gone.
             outcome = delete_objects(ctx, locked)
             if outcome.gone:
                 conn.execute(DELETE_SQL, {"ids": [r.id for r in outcome.gone]})
