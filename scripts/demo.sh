@@ -23,16 +23,40 @@ for key in sys.argv[1:]:
 PY
 }
 
-step "demo data"
+step "demo data (ClickHouse, PostgreSQL, S3, Redis, Neo4j, Elasticsearch)"
 python scripts/demo_data.py
 
-step "novajobs refresh-trending"
-novajobs refresh-trending
-show nova:cache:trending:1h
+# Run a job, print its exit code, and go on whatever it was (3 = a check found a problem).
+nj() { printf '\n$ novajobs %s\n' "$*" >&2; local rc=0; novajobs "$@" || rc=$?; echo "-> exit $rc" >&2; }
 
-step "novajobs refresh-suggestions"
-novajobs refresh-suggestions --batch-size 500
+step "cache jobs (ClickHouse -> Redis)"
+nj refresh-trending
+show nova:cache:trending:1h
+nj refresh-suggestions --batch-size 500
 show "nova:cache:suggested_users:$(redis-cli -u "$REDIS_URL" --raw zrange novajobs:suggestions:refreshed 0 0)"
+
+step "PostgreSQL jobs"
+nj init-db
+nj create-partitions
+nj daily-stats --from "$(date -u -d '-7 days' +%F)"
+nj group-activity-rank
+nj check-message-gaps --since 45d --json     # the demo deleted 3 messages: exit 3
+
+step "gc-files: a dry run, then the real run in 2 shards"
+nj gc-files --dry-run --grace 1h
+nj gc-files --grace 1h --shard 1/2
+nj gc-files --grace 1h --shard 2/2
+
+step "cross-store checks"
+nj check-consistency --sample 500            # 3 users missing in Neo4j: within 0.1 %
+nj check-consistency --tolerance 0.01        # ... but not within 0.01 %: exit 3
+nj forcemerge-indices --dry-run --pattern 'logs-*'
+
+step "Redis jobs"
+nj clean-token-blacklist --dry-run
+nj clean-token-blacklist
+nj drain-stream --max-seconds 5              # 1000 audit events -> audit_logs, 2 poison -> DLQ
+nj dlq list
 
 step "novajobs status"
 novajobs status

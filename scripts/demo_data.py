@@ -491,6 +491,91 @@ def load_postgres_from_args(args: argparse.Namespace) -> None:
     print(f"postgres: deleted (channel_id, seq) {gaps} on purpose", file=sys.stderr)
 
 
+# -- Redis, Neo4j and Elasticsearch: small fixed sets that show each job's branches ------
+def load_redis(r: Any, *, now: float | None = None) -> dict[str, int]:
+    """Token-blacklist entries of every kind, and audit events (2 of them poison) in
+    stream:audit:log. Replaces what an earlier load wrote."""
+    import json
+
+    now = now or time.time()
+    for key in r.scan_iter(match="auth:block:token:demo-*", count=1000):
+        r.delete(key)
+    pipe = r.pipeline(transaction=False)
+    for i in range(50):  # normal: written with a TTL
+        pipe.set(f"auth:block:token:demo-ttl-{i}", int(now) + 3600, ex=3600)
+    for i in range(20):  # no TTL, expired: clean-token-blacklist deletes them
+        pipe.set(f"auth:block:token:demo-expired-{i}", json.dumps({"exp": int(now) - 60 * i - 1}))
+    for i in range(10):  # no TTL, still valid: it sets EXPIREAT instead
+        pipe.set(f"auth:block:token:demo-valid-{i}", int(now) + 600 + i)
+    for i in range(3):  # unreadable: reported, kept unless --delete-unreadable
+        pipe.set(f"auth:block:token:demo-garbage-{i}", "not-a-timestamp")
+    pipe.delete("stream:audit:log")
+    for i in range(1000):
+        pipe.xadd("stream:audit:log", {"user_id": 1 + i % 500, "action": "login",
+                                       "ts": f"{now - 1000 + i:.3f}"})
+    pipe.xadd("stream:audit:log", {"user_id": "abc", "action": "login", "ts": str(now)})
+    pipe.xadd("stream:audit:log", {"action": "logout"})
+    pipe.execute()
+    return {"blacklist keys": 83, "stream entries": 1002}
+
+
+def load_neo4j(driver: Any, user_ids: list[int], *, missing: int = 3) -> int:
+    """(:User {id}) for every PostgreSQL user but ``missing`` of them (in batches of 100:
+    FalkorDB, the local stand-in, crashes on larger Bolt requests)."""
+    ids = user_ids[missing:]
+    for attempt in range(5):  # FalkorDB: every other new connection can hang once
+        try:
+            with driver.session() as session:
+                session.run("MATCH (u:User) DELETE u").consume()
+                for start in range(0, len(ids), 100):
+                    session.run("UNWIND $ids AS id CREATE (:User {id: id})",
+                                ids=ids[start:start + 100]).consume()
+            return len(ids)
+        except Exception:
+            if attempt == 4:
+                raise
+    return 0
+
+
+def load_elasticsearch(es: Any, *, now: float | None = None) -> list[str]:
+    """Daily log indices of the last 10 days (creation dates to match), plus an alias."""
+    from datetime import UTC, datetime
+
+    now = now or time.time()
+    names = []
+    for days_ago in range(10):
+        created = now - days_ago * 86400
+        name = "logs-" + datetime.fromtimestamp(created, UTC).strftime("%Y.%m.%d")
+        if es.indices.exists(index=name):
+            es.indices.delete(index=name)
+        es.indices.create(index=name, settings={"index.creation_date": int(created * 1000)})
+        es.index(index=name, document={"message": "demo", "ts": int(created)})
+        names.append(name)
+    es.indices.put_alias(index=names[0], name="logs-write", is_write_index=True)
+    return names
+
+
+def load_others_from_args(args: argparse.Namespace) -> None:
+    """Redis, Neo4j and Elasticsearch demo data, from the same settings novajobs uses."""
+    from novajobs.connections import Connections
+    from novajobs.output import JobLog
+    from novajobs.settings import load_settings
+
+    conns = Connections(load_settings(), JobLog())
+    try:
+        for what, n in load_redis(conns.redis).items():
+            print(f"redis {what}: {n}", file=sys.stderr)
+        ids = [row[0] for row in conns.pg.execute("SELECT id FROM users ORDER BY id")]
+        conns.pg.rollback()
+        print(f"neo4j: {load_neo4j(conns.neo4j, ids):,} :User nodes "
+              f"({len(ids):,} PostgreSQL users)", file=sys.stderr)
+        indices = load_elasticsearch(conns.elasticsearch)
+        print(f"elasticsearch: {len(indices)} indices {indices[-1]} .. {indices[0]}",
+              file=sys.stderr)
+    finally:
+        conns.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=5_000)
@@ -500,6 +585,8 @@ def main() -> int:
     parser.add_argument("--hours", type=int, default=6, help="events spread over this many hours")
     add_postgres_arguments(parser)
     add_files_arguments(parser)
+    parser.add_argument("--skip-others", action="store_true",
+                        help="no Redis blacklist/stream, Neo4j or Elasticsearch demo data")
     args = parser.parse_args()
 
     from novajobs.connections import clickhouse_client
@@ -518,6 +605,8 @@ def main() -> int:
         load_postgres_from_args(args)
     if args.gc_files:
         load_files_from_args(args)
+    if not args.skip_others and not args.skip_postgres:
+        load_others_from_args(args)
     print(f"demo data loaded in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 
