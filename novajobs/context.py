@@ -6,7 +6,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -69,12 +69,41 @@ class Shard:
 
 
 class Guard:
-    """Decides at each safe point whether the run may go on: stop signal, lease, deadline."""
+    """Decides at each safe point whether the run may go on: stop signal, lease, deadline.
+
+    It also keeps the hard stops (the runner's SIGALRM timeout, a second Ctrl-C) out of
+    critical sections, such as between deleting objects and committing their rows.
+    """
+
+    # A critical section stuck this long past a hard stop is cut anyway: it must not hang.
+    CRITICAL_HOLD_SEC = 60.0
 
     def __init__(self, timeout_sec: float | None = None, lock: JobLock | None = None) -> None:
         self.deadline = time.monotonic() + timeout_sec if timeout_sec else None
         self.lock = lock
         self.stop_reason: str | None = None
+        self._critical = 0
+        self._deferred: BaseException | None = None
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        """Hard stops that arrive inside are raised when the outermost section ends."""
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if not self._critical and self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
+
+    def hard_stop(self, exc: BaseException) -> bool:
+        """For signal handlers: True if ``exc`` was deferred to the end of a critical
+        section; False if the caller must raise it now (outside one, or the second time)."""
+        if self._critical and self._deferred is None:
+            self._deferred = exc
+            return True
+        return False
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason
@@ -138,6 +167,11 @@ class JobContext:
     def checkpoint(self) -> None:
         """A safe point: call before every write. Raises if the run must stop."""
         self.guard.check()
+
+    def critical(self) -> AbstractContextManager[None]:
+        """A stretch the run's hard timeout and a second Ctrl-C must not cut in the
+        middle; they take effect when it ends (or once it is stuck for a minute more)."""
+        return self.guard.critical()
 
     def retry(self, fn: Callable[[], T], what: str) -> T:
         """Call ``fn`` with the shared retry policy for transient connection errors."""

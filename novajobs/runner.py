@@ -63,7 +63,7 @@ def run_job(
     started = time.monotonic()
     lock: JobLock | None = None
     try:
-        with _stop_on_signals(ctx.guard, ctx.log), _hard_timeout(timeout):
+        with _stop_on_signals(ctx.guard, ctx.log), _hard_timeout(ctx.guard, timeout):
             func = spec.load()
             if options.use_lock:
                 lock = _take_lock(ctx, spec, rec, options.wait_sec)
@@ -176,7 +176,9 @@ def _stop_on_signals(guard: Guard, log: JobLog) -> Iterator[None]:
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if guard.stop_reason and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            if not guard.hard_stop(KeyboardInterrupt()):
+                raise KeyboardInterrupt
+            return
         guard.request_stop(name)
         log.warning(f"{name} received; stopping at the next safe point")
 
@@ -194,7 +196,7 @@ def hard_timeout_grace(timeout_sec: float) -> float:
 
 
 @contextmanager
-def _hard_timeout(timeout_sec: float) -> Iterator[None]:
+def _hard_timeout(guard: Guard, timeout_sec: float) -> Iterator[None]:
     """The deadline is checked at safe points; if the job is stuck in one call past it
     (plus a grace), SIGALRM raises JobTimeout right there so the run ends regardless."""
     if threading.current_thread() is not threading.main_thread():
@@ -203,7 +205,10 @@ def _hard_timeout(timeout_sec: float) -> Iterator[None]:
     grace = hard_timeout_grace(timeout_sec)
 
     def expire(signum: int, frame: FrameType | None) -> None:
-        raise JobTimeout(f"the run exceeded its timeout of {timeout_sec:g} s")
+        exc = JobTimeout(f"the run exceeded its timeout of {timeout_sec:g} s")
+        if not guard.hard_stop(exc):
+            raise exc
+        signal.setitimer(signal.ITIMER_REAL, guard.CRITICAL_HOLD_SEC)  # stuck: cut anyway
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, timeout_sec + grace)

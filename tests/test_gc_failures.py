@@ -116,3 +116,19 @@ def test_store_lost_mid_run_keeps_undeleted_rows_and_a_rerun_converges(
     final_rows, final_objects = state(pg, minio_client, names["bucket"])
     assert set(final_rows) == set(rows) - set(doomed)
     assert final_objects == {p for p in final_rows.values()}
+
+
+def test_the_hard_timeout_waits_for_the_page_to_commit(pg, files, minio_client, names, cli,
+                                                       proxy):
+    """The run's timeout strikes while S3 is deleting a page: the page still commits, so no
+    row is left pointing at an object that is gone; then the run ends as a timeout."""
+    proxy.delay_deletes = 4.0  # the timeout (1 s + 2 s grace) strikes inside the delete
+
+    proc = cli("gc-files", "--timeout", "1", extra_env={"MINIO_ENDPOINT": proxy.endpoint})
+
+    assert proc.returncode == 124, proc.stderr
+    rows, stored = state(pg, minio_client, names["bucket"])
+    eligible = {*files["marked"], *files["missing"]}
+    assert not eligible & set(rows)  # the page committed: every deleted object's row is gone
+    assert all(path in stored for path in rows.values())  # and no row lost its object
+    assert proxy.deletes == 1

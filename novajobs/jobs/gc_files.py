@@ -21,14 +21,10 @@ two runs of the same shard only skip each other's locked rows.
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import FrameType
 from typing import Any, NamedTuple
 
 from novajobs.context import JobContext, Result, Shard, batched
@@ -38,7 +34,6 @@ from novajobs.settings import duration_sec
 
 S3_MAX_KEYS_PER_DELETE = 1000  # the S3 API's limit for one multi-object delete
 GONE_CODES = {"NoSuchKey"}  # the object is not there: exactly what we wanted
-HOLD_MAX_SEC = 60.0  # how long a page may hold back the hard timeout
 LOGGED_FAILURES = 100  # one warning per failed file up to this many, then one per page
 
 CUTOFF_SQL = "SELECT now() - make_interval(secs => %(grace)s)"
@@ -210,7 +205,7 @@ def report_page(ctx: JobContext, page: list[FileRow], tally: Tally) -> None:
 def collect_page(ctx: JobContext, scope: Scope, page: list[FileRow], tally: Tally) -> None:
     """Lock and re-check, delete objects, delete the rows whose objects are gone, commit."""
     conn = ctx.pg
-    with _signals_held():
+    with ctx.critical():
         try:
             params = scope.params(ids=[r.id for r in page])
             locked = [FileRow(*r) for r in conn.execute(LOCK_SQL, params).fetchall()]
@@ -339,45 +334,3 @@ def _rollback_quietly(ctx: JobContext) -> None:
         ctx.log.debug("rollback failed", error=describe_error(exc))
 
 
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold back SIGALRM (the runner's hard timeout) and SIGINT (a second Ctrl-C) during
-    a page: raised between the object deletes and the commit, they would roll back rows
-    whose objects are already gone. They are handled right after the page, or at once
-    when they come a second time (a page stuck HOLD_MAX_SEC past the timeout, Ctrl-C
-    pressed again): a page that hangs must not hang the run. A signal mask would not do:
-    CPython runs handlers in the main thread whichever thread the kernel picks. SIGTERM
-    only sets a flag that the next checkpoint reads, so it needs no holding."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-
-    def hold(signum: int, frame: FrameType | None) -> None:
-        if signum in pending:
-            pending.remove(signum)
-            _dispatch(previous[signum], signum, frame)
-            return
-        pending.append(signum)
-        if signum == signal.SIGALRM:
-            signal.setitimer(signal.ITIMER_REAL, HOLD_MAX_SEC)
-
-    previous: dict[int, Any] = {
-        sig: signal.signal(sig, hold) for sig in (signal.SIGALRM, signal.SIGINT)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if signal.SIGALRM in pending:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        for signum in pending:
-            _dispatch(previous[signum], signum, None)
-
-
-def _dispatch(handler: Any, signum: int, frame: FrameType | None) -> None:
-    if callable(handler):
-        handler(signum, frame)
-    elif handler == signal.SIG_DFL:
-        signal.raise_signal(signum)
