@@ -29,6 +29,8 @@ _TRANSIENT_BY_MODULE = {
 # PostgreSQL: connection exceptions (class 08) and administrator shutdowns only; a
 # statement timeout or a deadlock is not something to blindly run again.
 _PG_TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03")
+# S3: the codes a store answers when it is overloaded or briefly down.
+_S3_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -38,6 +40,12 @@ def is_transient(exc: BaseException) -> bool:
     if psycopg is not None and isinstance(exc, psycopg.OperationalError):
         state = exc.sqlstate
         return state is None or state.startswith(_PG_TRANSIENT_STATES)
+    minio_error = sys.modules.get("minio.error")
+    if minio_error is not None:
+        if isinstance(exc, minio_error.ServerError):  # a 5xx without an S3 error body
+            return True
+        if isinstance(exc, minio_error.S3Error):
+            return exc.code in _S3_TRANSIENT_CODES
     for module_name, names in _TRANSIENT_BY_MODULE.items():
         module = sys.modules.get(module_name)
         if module is not None and isinstance(exc, tuple(getattr(module, n) for n in names)):
