@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--base-port", type=int, default=18_700)
+    parser.add_argument("--base-port", type=int, default=0, help="default: a free one")
     args = parser.parse_args()
 
     from novajobs.context import JobContext
@@ -95,7 +95,7 @@ def main() -> int:
     setup_logging("json", "critical")  # the numbers, not the job's log lines
 
     with tempfile.TemporaryDirectory(prefix="novajobs-bench-") as tmp:
-        local = stack.Stack(tmp, base_port=args.base_port)
+        local = stack.Stack(tmp, base_port=args.base_port or stack.free_base_port())
         env = local.up(("redis", "postgres", "neo4j"))
         try:
             started = time.perf_counter()

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import demo_data  # noqa: E402 -- scripts/ is not a package
-from stack import Stack  # noqa: E402
+from stack import Stack, free_base_port  # noqa: E402
 
 NAIVE_SQL = {
     "total_users": "SELECT count(*) FROM users WHERE created_at < %(hi)s",
@@ -90,16 +88,6 @@ ORDER BY d.stat_date
 
 ROWS_SQL = ("SELECT stat_date, total_users, active_users, total_msgs, storage_usage, "
             "api_qps_peak FROM daily_stats ORDER BY stat_date")
-
-
-def free_base_port() -> int:
-    rng = random.Random()
-    for _ in range(100):
-        base = rng.randrange(20_000, 60_000, 100)
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", base + 2)) != 0:
-                return base
-    raise SystemExit("no free port found")
 
 
 def day_bounds(day: date) -> dict[str, datetime]:

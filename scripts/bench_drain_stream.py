@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import random
 import sys
 import tempfile
 import time
@@ -82,8 +81,9 @@ def main() -> int:
     from novajobs.output import setup_logging
 
     setup_logging("json", "warning")
-    stack = load_stack().Stack(tempfile.mkdtemp(prefix="novajobs-bench-"),
-                               random.randrange(30_000, 50_000, 100))
+    stack_module = load_stack()
+    stack = stack_module.Stack(tempfile.mkdtemp(prefix="novajobs-bench-"),
+                               stack_module.free_base_port())
     env = stack.up(("redis",))
     try:
         r = redis.Redis.from_url(env["REDIS_URL"])

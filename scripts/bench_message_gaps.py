@@ -35,8 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import demo_data  # noqa: E402 -- scripts/ is not a package
-from bench_daily_stats import free_base_port  # noqa: E402
-from stack import Stack  # noqa: E402
+from stack import Stack, free_base_port  # noqa: E402
 
 RECENT = timedelta(minutes=15)
 

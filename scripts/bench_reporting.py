@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import random
 import shutil
 import socket
 import statistics
@@ -107,7 +106,7 @@ def main() -> int:
     stack_module = importlib.util.module_from_spec(stack_spec)
     stack_spec.loader.exec_module(stack_module)
     directory = tempfile.mkdtemp(prefix="novajobs-bench-reporting-")
-    stack = stack_module.Stack(directory, random.randrange(20_000, 30_000, 100))
+    stack = stack_module.Stack(directory, stack_module.free_base_port())
     with tempfile.TemporaryFile() as log:
         gateway, gateway_url = start_pushgateway(log)
         pings, ping_url = start_ping_server()

@@ -40,7 +40,7 @@ def main() -> int:
     from novajobs.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="novajobs-bench-") as tmp:
-        local = stack.Stack(tmp, base_port=18_700)
+        local = stack.Stack(tmp, base_port=stack.free_base_port())
         env = local.up(("redis",))
         try:
             settings = load_settings(environ=env)

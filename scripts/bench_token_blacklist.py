@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import random
 import resource
 import shutil
 import subprocess
@@ -78,8 +77,9 @@ def main() -> int:
     from novajobs.settings import load_settings
 
     setup_logging("json", "warning")
-    stack = load_stack().Stack(tempfile.mkdtemp(prefix="novajobs-bench-"),
-                               random.randrange(30_000, 50_000, 100))
+    stack_module = load_stack()
+    stack = stack_module.Stack(tempfile.mkdtemp(prefix="novajobs-bench-"),
+                               stack_module.free_base_port())
     env = stack.up(("redis",))
     try:
         r = redis.Redis.from_url(env["REDIS_URL"])

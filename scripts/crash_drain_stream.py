@@ -76,7 +76,8 @@ def main() -> int:
 
     directory = Path(tempfile.mkdtemp(prefix="novajobs-crash-"))
     os.chmod(directory, 0o755)
-    stack = load_script("stack").Stack(directory, rng.randrange(30_000, 50_000, 100))
+    stack_module = load_script("stack")
+    stack = stack_module.Stack(directory, stack_module.free_base_port())
     env = stack.up(("redis", "postgres"))
     try:
         r = redis.Redis.from_url(env["REDIS_URL"])

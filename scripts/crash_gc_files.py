@@ -170,25 +170,8 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, files: Files, *, kill
     return problems
 
 
-def free_base_port() -> int:
-    """A base port whose stack ports (base+0..39 and their +10000 gRPC twins) are free."""
-    import socket
-
-    def free(base: int) -> bool:
-        for port in [*range(base, base + 40), *range(base + 10_000, base + 10_040)]:
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    return False
-        return True
-
-    rng = random.Random()
-    return next(b for b in (rng.randrange(20_000, 50_000, 100) for _ in range(100)) if free(b))
-
-
 def start_stack(prefix: str) -> Any:
-    from stack import Stack
+    from stack import Stack, free_base_port
 
     directory = tempfile.mkdtemp(prefix=prefix)
     os.chmod(directory, 0o755)  # the postgres user must reach its data dir

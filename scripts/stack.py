@@ -81,6 +81,27 @@ def _wait(
     raise StackError(f"{what} did not become ready in {timeout:.0f} s\n{tail}")
 
 
+def free_base_port(low: int = 20_000, high: int = 32_700) -> int:
+    """A random base port whose stack ports (base..base+39 and their +10000 gRPC twins) are
+    all free. ``high`` keeps FalkorDB's Bolt port (base + 21) <= 32767."""
+    import random
+
+    def free(base: int) -> bool:
+        for port in [*range(base, base + 40), *range(base + 10_000, base + 10_040)]:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    return False
+        return True
+
+    rng = random.Random()
+    for base in (rng.randrange(low, high, 100) for _ in range(100)):
+        if free(base):
+            return base
+    raise StackError(f"no free range of stack ports between {low} and {high}")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

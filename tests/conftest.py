@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -40,25 +39,11 @@ stack_module = _load_script("stack")
 demo_data = _load_script("demo_data")
 
 
-def _ports_free(base: int) -> bool:
-    for port in [*range(base, base + 40), *range(base + 10_000, base + 10_040)]:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Any]:
     directory = tempfile.mkdtemp(prefix="novajobs-test-stack-")
     os.chmod(directory, 0o755)  # the postgres user must reach its data dir
-    rng = random.Random()
-    # FalkorDB's Bolt port (base + 21) must stay <= 32767 (see scripts/stack.py).
-    bases = (rng.randrange(20_000, 32_700, 100) for _ in range(50))
-    base = next(b for b in bases if _ports_free(b))
-    the_stack = stack_module.Stack(directory, base)
+    the_stack = stack_module.Stack(directory, stack_module.free_base_port())
     yield the_stack
     the_stack.down()
     shutil.rmtree(directory, ignore_errors=True)
