@@ -111,34 +111,6 @@ JOBS: tuple[JobSpec, ...] = (
         ),
     ),
     JobSpec(
-        name="gc-files",
-        summary="Delete marked files from S3 and file_metadata (sharded, race-safe).",
-        description=(
-            "Deletes the objects of file_metadata rows with status = 2 and ref_count = 0 "
-            "unchanged for the grace period, then the rows, page by page (keyset on id): "
-            "each page's rows are locked (FOR UPDATE SKIP LOCKED) and re-checked, their "
-            "objects removed with S3 multi-object deletes, and only the rows whose objects "
-            "are gone deleted, in one transaction. A file referenced again meanwhile is "
-            "never deleted; an object already missing counts as deleted. A shard I/N owns "
-            "the rows with id % N == I-1."
-        ),
-        example="novajobs gc-files --dry-run --limit 100   # or: --shard auto (Indexed Job)",
-        module="novajobs.jobs.gc_files",
-        schedule="0 4 * * *",
-        timeout_sec=3300,
-        lock_ttl_sec=60,
-        stores=("postgres", "s3"),
-        shardable=True,
-        destructive=True,
-        options=(
-            Option("--limit", "delete at most N files this run; 0 = all", int,
-                   setting="gc_limit", metavar="N"),
-            Option("--grace", "only files marked longer ago than this (e.g. 24h, 90m)",
-                   setting="gc_grace", metavar="DURATION"),
-        ),
-    ),
-    # --- PostgreSQL jobs (seed 003) ---------------------------------------------------
-    JobSpec(
         name="create-partitions",
         summary="Create the monthly range partitions of chat tables ahead of time (PostgreSQL).",
         description=(
@@ -254,6 +226,34 @@ JOBS: tuple[JobSpec, ...] = (
                    setting="consistency_tolerance_percent", metavar="PERCENT"),
         ),
     ),
+    JobSpec(
+        name="gc-files",
+        summary="Delete marked files from S3 and file_metadata (sharded, race-safe).",
+        description=(
+            "Deletes the objects of file_metadata rows with status = 2 and ref_count = 0 "
+            "unchanged for the grace period, then the rows, page by page (keyset on id): "
+            "each page's rows are locked (FOR UPDATE SKIP LOCKED) and re-checked, their "
+            "objects removed with S3 multi-object deletes, and only the rows whose objects "
+            "are gone deleted, in one transaction. A file referenced again meanwhile is "
+            "never deleted; an object already missing counts as deleted. A shard I/N owns "
+            "the rows with id % N == I-1."
+        ),
+        example="novajobs gc-files --dry-run --limit 100   # or: --shard auto (Indexed Job)",
+        module="novajobs.jobs.gc_files",
+        schedule="0 4 * * *",
+        timeout_sec=3300,
+        lock_ttl_sec=60,
+        stores=("postgres", "s3"),
+        shardable=True,
+        destructive=True,
+        options=(
+            Option("--limit", "delete at most N files this run; 0 = all", int,
+                   setting="gc_limit", metavar="N"),
+            Option("--grace", "only files marked longer ago than this (e.g. 24h, 90m)",
+                   setting="gc_grace", metavar="DURATION"),
+        ),
+    ),
+    # --- PostgreSQL jobs (seed 003) ---------------------------------------------------
     JobSpec(
         name="forcemerge-indices",
         summary="Force-merge old Elasticsearch indices that still have many segments.",
