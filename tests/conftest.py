@@ -313,3 +313,30 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
     receiver.close()
+
+
+@pytest.fixture
+def handlers() -> Iterator[Callable[[str, Any], None]]:
+    """Register stream handlers for one test: ``handlers("name", fn)``."""
+    from novajobs.streams.handlers import register_handler, unregister_handler
+
+    registered: list[str] = []
+
+    def add(name: str, handler: Any) -> None:
+        register_handler(name, handler)
+        registered.append(name)
+
+    yield add
+    for name in registered:
+        unregister_handler(name)
+
+
+@pytest.fixture
+def fast(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """Settings for quick drains: short blocking read, no jitter."""
+
+    def make(**kw: Any) -> Settings:
+        base: dict[str, Any] = {"drain_block_ms": 100, "stream_retry_jitter": 0.0}
+        return make_settings(**{**base, **kw})
+
+    return make

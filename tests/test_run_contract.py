@@ -73,6 +73,18 @@ def wait_for_keys(redis_client: Any, names: dict[str, str], timeout: float = 30)
         time.sleep(0.02)
 
 
+def start_slow_run(ch: Any, redis_client: Any, env: dict[str, str], names: dict[str, str],
+                   *args: str) -> subprocess.Popen[str]:
+    """refresh-suggestions over 400 users one at a time, caught between two writes."""
+    many_users(ch, 400)
+    ch.release()
+    proc = spawn(env, "refresh-suggestions", "--batch-size", "0",
+                 "-s", "suggestion_chunk_size=1", *args)
+    wait_for_line(proc, "run started")
+    wait_for_keys(redis_client, names)
+    return proc
+
+
 def suggestion_keys(redis_client: Any, names: dict[str, str]) -> int:
     return sum(1 for _ in redis_client.scan_iter(f"{names['prefix']}nova:cache:suggested_users:*"))
 
@@ -168,20 +180,7 @@ def test_release_never_removes_a_lock_another_run_holds(redis_client, names):
 
 
 def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_client, env, names):
-    many_users(ch, 400)
-    ch.release()
-    proc = spawn(
-        env,
-        "refresh-suggestions",
-        "--batch-size",
-        "0",
-        "-s",
-        "suggestion_chunk_size=1",
-        "-s",
-        "lock_ttl_sec=1.5",
-    )
-    wait_for_line(proc, "run started")
-    wait_for_keys(redis_client, names)
+    proc = start_slow_run(ch, redis_client, env, names, "-s", "lock_ttl_sec=1.5")
     redis_client.delete(f"{names['prefix']}job:lock:refresh-suggestions")
     code = proc.wait(timeout=60)
     proc.communicate()
@@ -195,20 +194,7 @@ def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_clie
 
 
 def test_a_process_paused_past_its_ttl_never_writes_after_waking(ch, redis_client, env, names):
-    many_users(ch, 400)
-    ch.release()
-    proc = spawn(
-        env,
-        "refresh-suggestions",
-        "--batch-size",
-        "0",
-        "-s",
-        "suggestion_chunk_size=1",
-        "-s",
-        "lock_ttl_sec=1.5",
-    )
-    wait_for_line(proc, "run started")
-    wait_for_keys(redis_client, names)
+    proc = start_slow_run(ch, redis_client, env, names, "-s", "lock_ttl_sec=1.5")
     proc.send_signal(signal.SIGSTOP)
     time.sleep(0.2)
     before = suggestion_keys(redis_client, names)
@@ -225,11 +211,7 @@ def test_a_process_paused_past_its_ttl_never_writes_after_waking(ch, redis_clien
 def test_sigterm_stops_at_a_safe_point_releases_and_records_interrupted(
     ch, redis_client, env, names
 ):
-    many_users(ch, 400)
-    ch.release()
-    proc = spawn(env, "refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=1")
-    wait_for_line(proc, "run started")
-    wait_for_keys(redis_client, names)
+    proc = start_slow_run(ch, redis_client, env, names)
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     proc.communicate()

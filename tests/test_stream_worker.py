@@ -5,39 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 from stream_handlers import Gauge, Recorder
 
 from novajobs.errors import Outcome
 from novajobs.lock import JobLock
 from novajobs.runner import RunOptions, run_job
 from novajobs.settings import Settings
-from novajobs.streams.handlers import Message, register_handler, unregister_handler
-
-
-@pytest.fixture
-def handlers() -> Iterator[Callable[[str, Any], None]]:
-    names: list[str] = []
-
-    def add(name: str, handler: Any) -> None:
-        register_handler(name, handler)
-        names.append(name)
-
-    yield add
-    for name in names:
-        unregister_handler(name)
-
-
-@pytest.fixture
-def fast(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
-    def make(**kw: Any) -> Settings:
-        base: dict[str, Any] = {"drain_block_ms": 100, "stream_retry_jitter": 0.0}
-        return make_settings(**{**base, **kw})
-
-    return make
+from novajobs.streams.handlers import Message
 
 
 def drain(settings: Settings, *streams: str, **options: Any) -> Any:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,33 +20,9 @@ from novajobs.runner import RunOptions, run_job
 from novajobs.schema import ensure_tables
 from novajobs.settings import Settings
 from novajobs.streams import queues
-from novajobs.streams.handlers import Message, register_handler, unregister_handler
+from novajobs.streams.handlers import Message
 
 AUDIT = "stream:audit:log"
-
-
-@pytest.fixture
-def handlers() -> Iterator[Callable[[str, Any], None]]:
-    names: list[str] = []
-
-    def add(name: str, handler: Any) -> None:
-        register_handler(name, handler)
-        names.append(name)
-
-    yield add
-    for name in names:
-        unregister_handler(name)
-
-
-@pytest.fixture
-def fast(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
-    """Settings for quick drains: short blocking read, no jitter."""
-
-    def make(**kw: Any) -> Settings:
-        base: dict[str, Any] = {"drain_block_ms": 100, "stream_retry_jitter": 0.0}
-        return make_settings(**{**base, **kw})
-
-    return make
 
 
 @pytest.fixture
