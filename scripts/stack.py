@@ -102,6 +102,12 @@ def free_base_port(low: int = 20_000, high: int = 32_700) -> int:
     raise StackError(f"no free range of stack ports between {low} and {high}")
 
 
+def _redis_argv(binary: str, port: int, data: Path) -> list[str]:
+    """A throwaway redis-server on loopback: no persistence, data dir of its own."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(data)]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -217,22 +223,7 @@ class Stack:
         data = self.dir / "redis"
         data.mkdir(exist_ok=True)
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        log = self._spawn(
-            "redis",
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(data),
-            ],
-        )
+        log = self._spawn("redis", _redis_argv(binary, port, data))
         _wait("redis", lambda: _port_open(port), log=log)
 
     def _start_postgres(self) -> None:
@@ -378,17 +369,7 @@ class Stack:
         log = self._spawn(
             "neo4j",
             [
-                str(bin_dir / "redis-server"),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(data),
+                *_redis_argv(str(bin_dir / "redis-server"), port, data),
                 "--loadmodule",
                 str(bin_dir / "falkordb.so"),
                 "BOLT_PORT",
