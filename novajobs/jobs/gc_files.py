@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from novajobs.checks import duration_sec
 from novajobs.context import JobContext, Result, Shard, batched
 from novajobs.errors import ConfigError, JobFailed, Outcome
 from novajobs.retry import describe_error, is_transient
-from novajobs.settings import duration_sec
 
 S3_MAX_KEYS_PER_DELETE = 1000  # the S3 API's limit for one multi-object delete
 GONE_CODES = {"NoSuchKey"}  # the object is not there: exactly what we wanted

@@ -1,0 +1,190 @@
+"""Checks for settings: each takes a value and returns a complaint, or None when it is fine.
+
+The complaint completes "setting NAME (SOURCE) ...", e.g. "must be greater than 0".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+Check = Callable[[Any], str | None]  # returns a complaint, or None when the value is fine
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def url_with_scheme(*schemes: str) -> Check:
+    def check(value: Any) -> str | None:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError on a malformed port
+        except ValueError as exc:
+            return f"is not a valid URL ({exc})"
+        if parts.scheme not in schemes:
+            return f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+        if parts.scheme not in ("unix", "chdb") and not parts.hostname:
+            return "has no host"
+        return None
+
+    return check
+
+
+def host_port(value: Any) -> str | None:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or "/" in value or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be host:port (no scheme), e.g. 127.0.0.1:9000"
+    return None
+
+
+def timezone_name(value: Any) -> str | None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "is not a known IANA time zone (e.g. UTC, Europe/Berlin)"
+    return None
+
+
+def pairs_of(value_check: Check, example: str) -> Check:
+    """A list of ``name=value`` items (e.g. stream=handler), each value passing ``value_check``."""
+
+    def check(value: Any) -> str | None:
+        for item in value:
+            name, sep, raw = str(item).partition("=")
+            if not sep or not name.strip() or not raw.strip():
+                return f"item {item!r} is not NAME=VALUE (e.g. {example})"
+            complaint = value_check(raw.strip())
+            if complaint:
+                return f"item {item!r}: {complaint}"
+        return None
+
+    return check
+
+
+def text(value: Any) -> str | None:
+    return None
+
+
+def fraction(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else "must be from 0 to 1"
+
+
+def at_least_one(value: Any) -> str | None:
+    return None if value >= 1 else "must be 1 or more"
+
+
+def int_between(low: int, high: int) -> Check:
+    def check(value: Any) -> str | None:
+        try:
+            ok = low <= int(value) <= high
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else f"must be an integer from {low} to {high}"
+
+    return check
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_sec(text: str) -> float:
+    """``"24h"``, ``"90m"``, ``"3600s"``, ``"2d"`` or ``"0"`` -> seconds; ValueError otherwise.
+
+    The unit is required: a bare ``24`` meant as hours would be read as seconds, and for
+    a grace period before deleting files that misreading is not harmless."""
+    raw = str(text).strip().lower()
+    if raw == "0":
+        return 0.0
+    number, unit = raw[:-1].strip(), raw[-1:]
+    value = float(number) if unit in _DURATION_UNITS and number else -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{text!r} is not a duration")
+    return value * _DURATION_UNITS[unit]
+
+
+def duration(value: Any) -> str | None:
+    try:
+        duration_sec(value)
+    except ValueError:
+        return "must be a duration with a unit: s, m, h or d (e.g. 24h, 90m), or 0"
+    return None
+
+
+def http_url_or_empty(*placeholders: str) -> Check:
+    """An http(s) URL that may hold ``{placeholder}``s from ``placeholders``; "" = off."""
+
+    def check(value: Any) -> str | None:
+        import string
+
+        if not value:
+            return None
+        try:
+            names = {n for _, n, _, _ in string.Formatter().parse(value) if n is not None}
+        except ValueError as exc:
+            return f"is not a valid URL template ({exc})"
+        unknown = sorted(names - set(placeholders))
+        if unknown:
+            known = ", ".join("{" + p + "}" for p in placeholders) or "none"
+            return f"has an unknown placeholder {{{unknown[0]}}} (known: {known})"
+        return url_with_scheme("http", "https")(value.format(**dict.fromkeys(placeholders, "x")))
+
+    return check
+
+
+def k8s_quantity(value: Any) -> str | None:
+    """A Kubernetes resource quantity (100m, 0.5, 256Mi, 1G), or "" for none."""
+    import re
+
+    if value == "" or re.fullmatch(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?", str(value)):
+        return None
+    return "must be a Kubernetes quantity such as 100m, 1, 256Mi (or empty for none)"
+
+
+# -- checks for the alert and forcemerge settings (issue #5) ---------------------------
+
+
+def job_names(value: Any) -> str | None:
+    """Registered job names, or "*" for every job."""
+    from novajobs.registry import JOBS
+
+    known = {spec.name for spec in JOBS}
+    unknown = [name for name in value if name != "*" and name not in known]
+    if unknown:
+        return f"names unknown job {unknown[0]!r} (use job names or *)"
+    return None
+
+
+def non_empty(value: Any) -> str | None:
+    return None if str(value).strip() else "must not be empty"
+
+
+def email_addresses(value: Any) -> str | None:
+    bad = [item for item in value if "@" not in item.strip("@")]
+    return f"item {bad[0]!r} is not an email address" if bad else None
+
+
+def name_date_format(value: Any) -> str | None:
+    """A strftime format novajobs can find in an index name ("" = use creation_date)."""
+    if not value:
+        return None
+    from novajobs.jobs.forcemerge_indices import name_date_regex
+
+    try:
+        name_date_regex(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
