@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -81,11 +80,8 @@ def main() -> int:
     from novajobs.output import setup_logging
 
     setup_logging("json", "warning")
-    stack_module = load_stack()
-    stack = stack_module.Stack(tempfile.mkdtemp(prefix="novajobs-bench-"),
-                               stack_module.free_base_port())
-    env = stack.up(("redis",))
-    try:
+    with load_stack().temporary(("redis",)) as stack:
+        env = stack.env()
         r = redis.Redis.from_url(env["REDIS_URL"])
         fill(r, "naive-stream", args.entries)
         fill(r, "bench", args.entries)
@@ -100,8 +96,6 @@ def main() -> int:
               f"(concurrency {args.concurrency}, whole run incl. lock and records)")
         print(f"ratio:              {rate_drain / rate_naive:7.1f}x  (goal >= 5x)")
         r.close()
-    finally:
-        stack.down()
     return 0
 
 

@@ -19,7 +19,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,68 +38,64 @@ def main() -> int:
     from novajobs.jobs.refresh_suggestions import CANDIDATES_SQL
     from novajobs.settings import load_settings
 
-    with tempfile.TemporaryDirectory(prefix="novajobs-bench-") as tmp:
-        local = stack.Stack(tmp, base_port=stack.free_base_port())
-        env = local.up(("redis",))
-        try:
-            settings = load_settings(environ=env)
-            client = clickhouse_client(settings)
-            counts = demo_data.load_clickhouse(
-                client,
-                users=args.users,
-                posts=10_000,
-                events=args.users * 4,
-                edges=args.edges,
-                hours=24,
-            )
-            active = [
-                r[0]
-                for r in client.query(
-                    "SELECT DISTINCT user_id FROM post_events ORDER BY user_id"
-                ).result_rows
-            ]
-            print(f"graph: {counts['user_relationships']:,} edges; {len(active):,} active users")
+    with stack.temporary(("redis",)) as local:
+        env = local.env()
+        settings = load_settings(environ=env)
+        client = clickhouse_client(settings)
+        counts = demo_data.load_clickhouse(
+            client,
+            users=args.users,
+            posts=10_000,
+            events=args.users * 4,
+            edges=args.edges,
+            hours=24,
+        )
+        active = [
+            r[0]
+            for r in client.query(
+                "SELECT DISTINCT user_id FROM post_events ORDER BY user_id"
+            ).result_rows
+        ]
+        print(f"graph: {counts['user_relationships']:,} edges; {len(active):,} active users")
 
-            import redis
+        import redis
 
-            r = redis.Redis.from_url(env["REDIS_URL"])
-            started = time.perf_counter()
-            for user in active[: args.sample]:
-                rows = client.query(CANDIDATES_SQL, parameters={"users": [user], "per_user": 20})
-                items = [{"user_id": c, "mutual_count": m} for _, c, m in rows.result_rows]
-                r.set(f"naive:{user}", json.dumps(items), ex=1200)
-            naive_rate = args.sample / (time.perf_counter() - started)
-            client.close()  # chdb: the job process needs the path
+        r = redis.Redis.from_url(env["REDIS_URL"])
+        started = time.perf_counter()
+        for user in active[: args.sample]:
+            rows = client.query(CANDIDATES_SQL, parameters={"users": [user], "per_user": 20})
+            items = [{"user_id": c, "mutual_count": m} for _, c, m in rows.result_rows]
+            r.set(f"naive:{user}", json.dumps(items), ex=1200)
+        naive_rate = args.sample / (time.perf_counter() - started)
+        client.close()  # chdb: the job process needs the path
 
-            started = time.perf_counter()
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "novajobs",
-                    "refresh-suggestions",
-                    "--batch-size",
-                    "0",
-                    "--json",
-                    "--log-format",
-                    "json",
-                    "--timeout",
-                    "3000",
-                ],
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            elapsed = time.perf_counter() - started
-            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            if proc.returncode != 0:
-                print(proc.stderr[-2000:])
-                return 1
-            record = json.loads(proc.stdout)
-            done = record["counters"]["users_refreshed"]
-        finally:
-            local.down()
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "novajobs",
+                "refresh-suggestions",
+                "--batch-size",
+                "0",
+                "--json",
+                "--log-format",
+                "json",
+                "--timeout",
+                "3000",
+            ],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        elapsed = time.perf_counter() - started
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:])
+            return 1
+        record = json.loads(proc.stdout)
+        done = record["counters"]["users_refreshed"]
     job_rate = done / elapsed
     print(
         f"naive loop, 1 query + 1 SET per user : {naive_rate:10.1f} users/s "

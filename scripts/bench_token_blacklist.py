@@ -22,7 +22,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -77,11 +76,8 @@ def main() -> int:
     from novajobs.settings import load_settings
 
     setup_logging("json", "warning")
-    stack_module = load_stack()
-    stack = stack_module.Stack(tempfile.mkdtemp(prefix="novajobs-bench-"),
-                               stack_module.free_base_port())
-    env = stack.up(("redis",))
-    try:
+    with load_stack().temporary(("redis",)) as stack:
+        env = stack.env()
         r = redis.Redis.from_url(env["REDIS_URL"])
         now = int(time.time())
         for first in range(0, args.keys, 100_000):
@@ -107,8 +103,6 @@ def main() -> int:
         print(f"ratio vs redis-cli default:     {rate / (args.keys / t_cli):6.2f}x  (goal >= 0.5x)")
         print(f"peak RSS growth during the job: {rss_growth / 1024:6.1f} MiB")
         r.close()
-    finally:
-        stack.down()
     return 0
 
 

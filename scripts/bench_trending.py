@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,35 +45,31 @@ def main() -> int:
     from novajobs.runner import run_job
     from novajobs.settings import load_settings
 
-    with tempfile.TemporaryDirectory(prefix="novajobs-bench-") as tmp:
-        local = stack.Stack(tmp, base_port=stack.free_base_port())
-        env = local.up(("redis",))
-        try:
-            settings = load_settings(environ=env)
-            client = clickhouse_client(settings)
-            started = time.perf_counter()
-            demo_data.load_clickhouse(
-                client, users=100_000, posts=args.posts, events=args.events, edges=10, hours=1
-            )
-            print(f"loaded {args.events:,} events in {time.perf_counter() - started:.1f} s")
-            now = int(time.time())
-            params = {"start": now - 3600, "end": now, "k": settings.trending_topk}
+    with stack.temporary(("redis",)) as local:
+        env = local.env()
+        settings = load_settings(environ=env)
+        client = clickhouse_client(settings)
+        started = time.perf_counter()
+        demo_data.load_clickhouse(
+            client, users=100_000, posts=args.posts, events=args.events, edges=10, hours=1
+        )
+        print(f"loaded {args.events:,} events in {time.perf_counter() - started:.1f} s")
+        now = int(time.time())
+        params = {"start": now - 3600, "end": now, "k": settings.trending_topk}
 
-            def bare() -> None:
-                # What a hand-written cron script does each run: connect, query, done.
-                own = clickhouse_client(settings)
-                assert own.query(TRENDING_SQL, parameters=params).result_rows
-                own.close()
+        def bare() -> None:
+            # What a hand-written cron script does each run: connect, query, done.
+            own = clickhouse_client(settings)
+            assert own.query(TRENDING_SQL, parameters=params).result_rows
+            own.close()
 
-            def job() -> None:
-                rec = run_job("refresh-trending", settings)
-                assert rec.outcome.ok, rec.error
+        def job() -> None:
+            rec = run_job("refresh-trending", settings)
+            assert rec.outcome.ok, rec.error
 
-            bare()  # warm caches for both
-            t_bare, t_job = interleaved(bare, job, args.runs)
-            client.close()
-        finally:
-            local.down()
+        bare()  # warm caches for both
+        t_bare, t_job = interleaved(bare, job, args.runs)
+        client.close()
     print(f"bare SQL through clickhouse-connect : {t_bare * 1000:8.1f} ms (median of {args.runs})")
     print(f"novajobs refresh-trending (run_job)  : {t_job * 1000:8.1f} ms (median of {args.runs})")
     print(f"ratio job / bare                     : {t_job / t_bare:8.2f}x  (goal <= 1.2x)")

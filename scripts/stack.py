@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SERVICES = ("redis", "postgres", "s3", "neo4j", "es")
@@ -401,6 +401,23 @@ class Stack:
     def _write_env(self) -> None:
         lines = [f"export {k}={v!r}" for k, v in self.env().items()]
         (self.dir / "env").write_text("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def temporary(services: tuple[str, ...] = SERVICES) -> Iterator[Stack]:
+    """A throwaway stack on free ports in a temp dir, stopped and removed afterwards
+    (what benchmarks and crash scripts run against)."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="novajobs-stack-")
+    os.chmod(directory, 0o755)  # the postgres user must reach its data dir
+    stack = Stack(directory, free_base_port())
+    try:
+        stack.up(services)
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> int:
