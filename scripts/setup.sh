@@ -13,7 +13,10 @@ APT_PACKAGES=(
   openssl               # a throwaway certificate for the SMTP-over-TLS alert tests
 )
 
+PYTHON=${PYTHON:-python3}
 missing=()
+# Debian's own python3 needs python3-venv to make a virtualenv (pyenv/official builds don't).
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
@@ -25,7 +28,6 @@ if ((${#missing[@]})); then
   # Debian starts a system Redis/PostgreSQL on install; novajobs' stack never uses them.
 fi
 
-PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.novajobs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
