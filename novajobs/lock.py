@@ -97,16 +97,17 @@ class JobLock:
         self._thread: threading.Thread | None = None
 
     # -- acquire / release -------------------------------------------------------------
-    def acquire(self, wait_sec: float = 0.0) -> bool:
-        """Try to take the lock, polling for up to ``wait_sec`` seconds."""
-        give_up = time.monotonic() + wait_sec
+    def acquire(self, wait_sec: float = 0.0, give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Try to take the lock, polling for up to ``wait_sec`` seconds (or until
+        ``give_up()``, e.g. SIGTERM arrived while waiting)."""
+        deadline = time.monotonic() + wait_sec
         delay = 0.05
         while True:
             sent = time.monotonic()
             if self.redis.set(self.key, self.value, nx=True, px=self.ttl_ms):
                 self._renewed_at = sent
                 return True
-            if time.monotonic() + delay > give_up:
+            if time.monotonic() + delay > deadline or give_up():
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 1.0)

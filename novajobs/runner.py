@@ -21,7 +21,7 @@ from typing import Any
 from novajobs import alerts, checkins, metrics
 from novajobs.connections import Connections
 from novajobs.context import Guard, JobContext, Shard
-from novajobs.errors import JobTimeout, NovajobsError, Outcome
+from novajobs.errors import Interrupted, JobTimeout, NovajobsError, Outcome
 from novajobs.lock import JobLock, lock_key, read_holder
 from novajobs.output import JobLog
 from novajobs.records import RunRecord, now_iso, record_end, record_skip, record_start
@@ -113,16 +113,29 @@ def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> J
     key = lock_key(ctx.settings.redis_prefix, spec.name, scope)
     holder = {"job": rec.unit, "host": rec.host, "pid": rec.pid, "run_id": rec.run_id}
     lock = JobLock(ctx.redis, key, ctx.settings.lock_ttl_sec or spec.lock_ttl_sec, holder)
-    if ctx.retry(lambda: lock.acquire(wait), "acquire the lock"):
+
+    def stopping() -> bool:
+        return ctx.guard.stop_reason is not None
+
+    taken = ctx.retry(lock.acquire, "acquire the lock")
+    if not taken and wait > 0:
+        ctx.log.info(f"lock held by {_who(ctx, key)}; waiting up to {wait:g} s", lock_key=key)
+        taken = ctx.retry(lambda: lock.acquire(wait, stopping), "acquire the lock")
+    if taken:
         ctx.guard.lock = lock
         lock.start_heartbeat(
             lambda exc: ctx.log.warning("lock heartbeat failed", error=describe_error(exc))
         )
         return lock
-    current = read_holder(ctx.redis, key)
-    who = current.describe() if current else "another run (released just now)"
-    rec.outcome, rec.message = Outcome.SKIPPED, f"lock {key} is held by {who}"
+    if stopping():  # SIGTERM while waiting for the lock: interrupted, not skipped
+        raise Interrupted(f"stopped by {ctx.guard.stop_reason} while waiting for the lock")
+    rec.outcome, rec.message = Outcome.SKIPPED, f"lock {key} is held by {_who(ctx, key)}"
     return None
+
+
+def _who(ctx: JobContext, key: str) -> str:
+    current = read_holder(ctx.redis, key)
+    return current.describe() if current else "another run (released just now)"
 
 
 def _finish(ctx: JobContext, rec: RunRecord, lock: JobLock | None, started: float) -> None:

@@ -350,3 +350,20 @@ def test_a_job_stuck_in_one_call_is_cut_off_at_its_timeout(redis_client, cli, na
     assert redis_client.get(f"{names['prefix']}job:lock:refresh-trending") is None
     status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-trending")
     assert status[b"outcome"] == b"timeout"
+
+
+def test_sigterm_while_waiting_for_the_lock_is_interrupted_not_skipped(redis_client, env, names):
+    holder = JobLock(redis_client, f"{names['prefix']}job:lock:refresh-trending", 30,
+                     {"job": "x", "host": "h", "pid": 1, "run_id": "r"})
+    assert holder.acquire()
+    proc = spawn(env, "refresh-trending", "--wait", "60")
+    wait_for_line(proc, "waiting up to 60 s")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    proc.communicate()
+
+    assert code == 130
+    assert time.monotonic() - started < 5  # did not sit out the 60 s wait
+    assert json.loads(redis_client.get(f"{names['prefix']}job:lock:refresh-trending"))["pid"] == 1
+    assert holder.release()
