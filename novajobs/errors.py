@@ -7,6 +7,7 @@ CLI is the one place that turns an error into a process exit.
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -68,9 +69,14 @@ _OUTCOME_EXIT = {
 
 
 class NovajobsError(Exception):
-    """Base of every error novajobs raises on purpose. The message is one line for humans."""
+    """Base of every error novajobs raises on purpose. The message is one line for humans;
+    ``details`` is what the job did before it failed (shown by ``--json``)."""
 
     outcome = Outcome.FAILED
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
 
     @property
     def exit_code(self) -> ExitCode:

@@ -75,7 +75,7 @@ def run_job(
             result = func(ctx, **params)
             rec.outcome, rec.message, rec.details = result.outcome, result.message, result.details
     except NovajobsError as exc:
-        rec.outcome, rec.error = exc.outcome, str(exc)
+        rec.outcome, rec.error, rec.details = exc.outcome, str(exc), exc.details
     except KeyboardInterrupt:
         rec.outcome, rec.error = Outcome.INTERRUPTED, "stopped by a second SIGINT"
     except Exception as exc:

@@ -194,9 +194,13 @@ def test_bad_tables_exit_78_and_the_good_ones_are_still_handled(pg, pg_tables, c
     pg.execute("CREATE TABLE by_int (id bigint) PARTITION BY RANGE (id)")
     tables = "users,no_such_table,by_list,by_int,chat_messages"
 
-    done = cli("create-partitions", "--months", "0", extra_env={"JOB_PARTITION_TABLES": tables})
+    done = cli("create-partitions", "--months", "0", "--json",
+               extra_env={"JOB_PARTITION_TABLES": tables})
 
     assert done.returncode == 78, done.stderr
+    record = json.loads(done.stdout)  # what was done before the error is still reported
+    assert [(p["table"].rpartition(".")[2], p["action"])
+            for p in record["details"]["partitions"]] == [("chat_messages", "created")]
     errors = [json.loads(line) for line in done.stderr.splitlines()]
     messages = [e["message"] for e in errors if e["level"] == "error"]
     assert messages[:4] == [

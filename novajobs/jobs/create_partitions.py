@@ -365,10 +365,10 @@ def run(ctx: JobContext, table: tuple[str, ...] = (), move_default_rows: bool = 
             job.handle_table(name, months)
     details = {"table": "partitions", "partitions": job.rows, "ddl": job.ddl,
                "months": [m.suffix for m in months]}
-    if job.problems:
-        raise ConfigError("; ".join(job.problems))
+    if job.problems:  # the other tables were still handled: say what was done
+        raise ConfigError("; ".join(job.problems), details)
     if job.failures:
-        raise JobFailed("; ".join(job.failures))
+        raise JobFailed("; ".join(job.failures), details)
     created = ctx.counters["partitions_created"]
     if ctx.dry_run:
         return Result(Outcome.DRY_RUN, f"would create {len(job.ddl)} partitions", details)
