@@ -211,7 +211,8 @@ def test_a_missing_users_table_is_a_configuration_error(pg, graph, check_setting
     rec = run_job("check-consistency", check_settings())
 
     assert rec.outcome is Outcome.CONFIG_ERROR and rec.exit_code == 78
-    assert rec.error == "PostgreSQL has no users table in the search_path of DATABASE_URL"
+    assert rec.error == ("table users does not exist in this database (it belongs to another "
+                         "service: check DATABASE_URL and its search_path)")
 
 
 def test_neo4j_uri_schemes_are_checked_up_front(cli):

@@ -20,6 +20,7 @@ from typing import Any
 from novajobs.context import JobContext, Result, batched
 from novajobs.errors import ConfigError, Outcome
 from novajobs.pgsession import open_session, pg_errors
+from novajobs.schema import require_tables
 
 COUNT_USERS = "SELECT count(*) FROM users"
 SAMPLE_USERS = """
@@ -48,6 +49,7 @@ SHOWN_IDS = 20  # ids named in the message and log line (all are in the details)
 def run(ctx: JobContext) -> Result:
     s = ctx.settings
     pg = open_session(ctx)
+    require_tables(pg, read=("users",))
     pg_count = pg_rows(ctx, pg, COUNT_USERS)[0][0]
     neo_count = cypher(ctx, COUNT_NODES, "count Neo4j :User nodes")[0]["n"]
     diff, share = abs(pg_count - neo_count), relative(pg_count, neo_count)
@@ -168,15 +170,9 @@ def found_in_postgres(ctx: JobContext, pg: Any, ids: list[int]) -> set[int]:
 def pg_rows(ctx: JobContext, conn: Any, query: str, params: dict[str, Any] | None = None
             ) -> list[Any]:
     """Rows of a read query on the job's autocommit session (no transaction left open)."""
-    import psycopg
-
-    try:
-        with pg_errors("check-consistency"):
-            return ctx.retry(lambda: conn.execute(query, params).fetchall(),
-                             "query PostgreSQL users")
-    except psycopg.errors.UndefinedTable:
-        raise ConfigError("PostgreSQL has no users table in the search_path of DATABASE_URL") \
-            from None
+    with pg_errors("check-consistency"):
+        return ctx.retry(lambda: conn.execute(query, params).fetchall(),
+                         "query PostgreSQL users")
 
 
 def cypher(ctx: JobContext, query: str, what: str, **params: Any) -> list[dict[str, Any]]:

@@ -29,8 +29,9 @@ from typing import Any, NamedTuple
 
 from novajobs.checks import duration_sec
 from novajobs.context import JobContext, Result, Shard, batched
-from novajobs.errors import ConfigError, JobFailed, Outcome
+from novajobs.errors import JobFailed, Outcome
 from novajobs.retry import describe_error, is_transient
+from novajobs.schema import require_tables
 
 S3_MAX_KEYS_PER_DELETE = 1000  # the S3 API's limit for one multi-object delete
 GONE_CODES = {"NoSuchKey"}  # the object is not there: exactly what we wanted
@@ -144,15 +145,9 @@ def run(ctx: JobContext) -> Result:
 
 def open_scope(ctx: JobContext, shard: Shard, grace_sec: float) -> Scope:
     """Fix the cutoff once, on the database's clock (the one that wrote updated_at)."""
-    import psycopg
-
     try:
+        require_tables(ctx.pg, read=("file_metadata",))
         row = ctx.pg.execute(CUTOFF_SQL, {"grace": grace_sec}).fetchone()
-        ctx.pg.execute("SELECT 1 FROM file_metadata LIMIT 0")
-    except psycopg.errors.UndefinedTable:
-        raise ConfigError(
-            "table file_metadata does not exist (check DATABASE_URL and its search_path)"
-        ) from None
     finally:
         ctx.pg.rollback()
     assert row is not None
