@@ -17,24 +17,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack
-
-
-def interleaved(a, b, runs: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Median seconds of a() and b(), alternating so load on the machine hits both alike."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(runs):
-        for fn, out in ((a, times[0]), (b, times[1])):
-            started = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - started)
-    return statistics.median(times[0]), statistics.median(times[1])
+from benchlib import interleaved
 
 
 def cypher(driver: Any, query: str, **params: Any) -> list[Any]:
@@ -77,7 +66,6 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--base-port", type=int, default=0, help="default: a free one")
     args = parser.parse_args()
 
     from novajobs.context import JobContext
@@ -94,52 +82,48 @@ def main() -> int:
 
     setup_logging("json", "critical")  # the numbers, not the job's log lines
 
-    with tempfile.TemporaryDirectory(prefix="novajobs-bench-") as tmp:
-        local = stack.Stack(tmp, base_port=args.base_port or stack.free_base_port())
-        env = local.up(("redis", "postgres", "neo4j"))
-        try:
-            started = time.perf_counter()
-            load(env, args.users)
-            print(f"loaded {args.users:,} users on each side in "
-                  f"{time.perf_counter() - started:.1f} s")
-            settings = load_settings(environ=env, overrides={
-                "connect_timeout_sec": 1, "consistency_lookup_batch": 100, "retry_attempts": 5,
-                "consistency_sample_size": args.sample})
-            ctx = JobContext(settings, "check-consistency")
-            pg = open_session(ctx)
-            ids = [row[0] for row in pg_rows(ctx, pg, SAMPLE_USERS, {"n": args.sample})]
-            session = ctx.conns.neo4j.session()
+    with stack.temporary(("redis", "postgres", "neo4j")) as local:
+        env = local.env()
+        started = time.perf_counter()
+        load(env, args.users)
+        print(f"loaded {args.users:,} users on each side in "
+              f"{time.perf_counter() - started:.1f} s")
+        settings = load_settings(environ=env, overrides={
+            "connect_timeout_sec": 1, "consistency_lookup_batch": 100, "retry_attempts": 5,
+            "consistency_sample_size": args.sample})
+        ctx = JobContext(settings, "check-consistency")
+        pg = open_session(ctx)
+        ids = [row[0] for row in pg_rows(ctx, pg, SAMPLE_USERS, {"n": args.sample})]
+        session = ctx.conns.neo4j.session()
 
-            def batched() -> tuple[set[int], set[int]]:
-                return found_in_neo4j(ctx, ids), found_in_postgres(ctx, pg, ids)
+        def batched() -> tuple[set[int], set[int]]:
+            return found_in_neo4j(ctx, ids), found_in_postgres(ctx, pg, ids)
 
-            def one_by_one() -> tuple[set[int], set[int]]:
-                in_graph = {i for i in ids if session.run(
-                    "MATCH (u:User {id: $id}) RETURN u.id AS id", id=i).single() is not None}
-                in_pg = {i for i in ids if pg.execute(
-                    "SELECT id FROM users WHERE id = %s", [i]).fetchone() is not None}
-                return in_graph, in_pg
+        def one_by_one() -> tuple[set[int], set[int]]:
+            in_graph = {i for i in ids if session.run(
+                "MATCH (u:User {id: $id}) RETURN u.id AS id", id=i).single() is not None}
+            in_pg = {i for i in ids if pg.execute(
+                "SELECT id FROM users WHERE id = %s", [i]).fetchone() is not None}
+            return in_graph, in_pg
 
-            assert batched() == one_by_one(), "the two ways disagree"
-            fast, slow = interleaved(batched, one_by_one, args.runs)
-            session.close()
-            ctx.close()
+        assert batched() == one_by_one(), "the two ways disagree"
+        fast, slow = interleaved(batched, one_by_one, args.runs)
+        session.close()
+        ctx.close()
 
-            whole = []
-            for _ in range(3):
-                rec = run_job("check-consistency", settings)
-                whole.append(rec.duration_ms / 1000)
-            print(f"sample of {len(ids):,} ids, looked up on both sides "
-                  f"({args.runs} runs, median):")
-            print(f"  batched (UNWIND / = ANY, 100 ids a query): {fast * 1000:8.1f} ms")
-            print(f"  one query per id (baseline):               {slow * 1000:8.1f} ms")
-            print(f"  ratio baseline / batched:                  {slow / fast:8.1f}x")
-            print(f"whole job (--sample {args.sample}, lock, counts, record): "
-                  f"{statistics.median(whole):.2f} s median of 3 (FalkorDB's handshake hang on "
-                  f"a fresh connection costs up to 2 s of it); outcome {rec.outcome}, "
-                  f"{rec.counters.get('missing_in_neo4j')} sampled ids missing in the graph")
-        finally:
-            local.down()
+        whole = []
+        for _ in range(3):
+            rec = run_job("check-consistency", settings)
+            whole.append(rec.duration_ms / 1000)
+        print(f"sample of {len(ids):,} ids, looked up on both sides "
+              f"({args.runs} runs, median):")
+        print(f"  batched (UNWIND / = ANY, 100 ids a query): {fast * 1000:8.1f} ms")
+        print(f"  one query per id (baseline):               {slow * 1000:8.1f} ms")
+        print(f"  ratio baseline / batched:                  {slow / fast:8.1f}x")
+        print(f"whole job (--sample {args.sample}, lock, counts, record): "
+              f"{statistics.median(whole):.2f} s median of 3 (FalkorDB's handshake hang on "
+              f"a fresh connection costs up to 2 s of it); outcome {rec.outcome}, "
+              f"{rec.counters.get('missing_in_neo4j')} sampled ids missing in the graph")
     return 0
 
 

@@ -21,10 +21,7 @@ The job's rows and the naive loop's rows must be identical, or the script fails.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -34,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import demo_data  # noqa: E402 -- scripts/ is not a package
-from stack import Stack, free_base_port  # noqa: E402
+from stack import temporary  # noqa: E402
 
 NAIVE_SQL = {
     "total_users": "SELECT count(*) FROM users WHERE created_at < %(hi)s",
@@ -139,7 +136,6 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--base-port", type=int, default=0, help="default: a free one")
     args = parser.parse_args()
 
     import psycopg
@@ -147,11 +143,8 @@ def main() -> int:
     from novajobs import schema
     from novajobs.settings import load_settings
 
-    directory = tempfile.mkdtemp(prefix="novajobs-bench-daily-")
-    os.chmod(directory, 0o755)
-    stack = Stack(directory, args.base_port or free_base_port())
-    try:
-        env = stack.up(("postgres",))
+    with temporary(("postgres",)) as stack:
+        env = stack.env()
         settings = load_settings(environ={"DATABASE_URL": env["DATABASE_URL"]})
         conn = psycopg.connect(env["DATABASE_URL"], autocommit=True)
         started = time.monotonic()
@@ -184,9 +177,6 @@ def main() -> int:
         print(f"speed-up vs naive: {best_naive / best_job:.1f}x (goal >= 5x); "
               f"vs GROUP BY day: {best_grouped / best_job:.1f}x; results identical: yes")
         conn.close()
-    finally:
-        stack.down()
-        shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 

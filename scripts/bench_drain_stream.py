@@ -13,7 +13,6 @@ Prints entries per second of both and the ratio (goal >= 5x).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -21,14 +20,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def load_stack() -> Any:
-    spec = importlib.util.spec_from_file_location("stack", ROOT / "scripts" / "stack.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import stack as stack_module  # noqa: E402 -- scripts/, next to this file
 
 
 def fill(r: Any, key: str, n: int) -> None:
@@ -80,7 +72,7 @@ def main() -> int:
     from novajobs.output import setup_logging
 
     setup_logging("json", "warning")
-    with load_stack().temporary(("redis",)) as stack:
+    with stack_module.temporary(("redis",)) as stack:
         env = stack.env()
         r = redis.Redis.from_url(env["REDIS_URL"])
         fill(r, "naive-stream", args.entries)

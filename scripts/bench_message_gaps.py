@@ -22,10 +22,7 @@ then with a plain ``(created_at)`` index. The deleted messages must be found exa
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import demo_data  # noqa: E402 -- scripts/ is not a package
-from stack import Stack, free_base_port  # noqa: E402
+from stack import temporary  # noqa: E402
 
 RECENT = timedelta(minutes=15)
 
@@ -100,7 +97,6 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--gaps", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--base-port", type=int, default=0, help="default: a free one")
     args = parser.parse_args()
 
     import psycopg
@@ -109,11 +105,8 @@ def main() -> int:
     from novajobs.pgsession import open_session
     from novajobs.settings import load_settings
 
-    directory = tempfile.mkdtemp(prefix="novajobs-bench-gaps-")
-    os.chmod(directory, 0o755)
-    stack = Stack(directory, args.base_port or free_base_port())
-    try:
-        env = stack.up(("postgres",))
+    with temporary(("postgres",)) as stack:
+        env = stack.env()
         conn = psycopg.connect(env["DATABASE_URL"], autocommit=True)
         now = datetime.now(UTC).replace(microsecond=0)
         until = now - timedelta(seconds=30)
@@ -149,9 +142,6 @@ def main() -> int:
                   f" check {check * 1000:.0f} ms, ratio {check / count:.2f}x (goal <= 3x)")
         print(f"all {len(deleted)} deleted messages reported as gaps, nothing else")
         conn.close()
-    finally:
-        stack.down()
-        shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 

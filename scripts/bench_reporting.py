@@ -13,7 +13,6 @@ prometheus-pushgateway) and a local ping server, all on loopback, and stops them
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import socket
 import statistics
@@ -30,6 +29,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import stack as stack_module  # noqa: E402 -- scripts/, next to this file
 
 from novajobs.context import JobContext, Result  # noqa: E402 -- after the path setup
 from novajobs.errors import Outcome  # noqa: E402
@@ -101,18 +101,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
     setup_logging("json", "error")  # the refused endpoints' warnings are expected here
-    stack_spec = importlib.util.spec_from_file_location("stack", ROOT / "scripts" / "stack.py")
-    assert stack_spec and stack_spec.loader
-    stack_module = importlib.util.module_from_spec(stack_spec)
-    stack_spec.loader.exec_module(stack_module)
-    directory = tempfile.mkdtemp(prefix="novajobs-bench-reporting-")
-    stack = stack_module.Stack(directory, stack_module.free_base_port())
-    with tempfile.TemporaryFile() as log:
+    with stack_module.temporary(("redis",)) as stack, tempfile.TemporaryFile() as log:
         gateway, gateway_url = start_pushgateway(log)
         pings, ping_url = start_ping_server()
         refused = f"http://127.0.0.1:{free_port()}"
         try:
-            env = stack.up(("redis",))
+            env = stack.env()
             make: Callable[..., Any] = lambda **o: load_settings(  # noqa: E731
                 environ=env, overrides={"redis_prefix": "bench:", "log_level": "error", **o})
             cases = {
@@ -129,8 +123,6 @@ def main() -> int:
             gateway.terminate()
             gateway.wait()
             pings.shutdown()
-            stack.down()
-            shutil.rmtree(directory, ignore_errors=True)
     base = results["no reporting (baseline)"]
     print(f"median of {args.runs} runs of a trivial job under the run contract:")
     for name, ms in results.items():

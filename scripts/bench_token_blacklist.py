@@ -17,17 +17,16 @@ growth of the process's peak RSS during the job (memory stays flat: one batch at
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import stack as stack_module  # noqa: E402 -- scripts/, next to this file
 
 # KEYS none; ARGV[1] first index, ARGV[2] count, ARGV[3] now. 100k keys per call.
 _POPULATE = """
@@ -46,14 +45,6 @@ for i = tonumber(ARGV[1]), tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1 do
 end
 return 1
 """
-
-
-def load_stack() -> Any:
-    spec = importlib.util.spec_from_file_location("stack", ROOT / "scripts" / "stack.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def redis_cli_scan(port: int, extra: list[str]) -> tuple[float, int]:
@@ -76,7 +67,7 @@ def main() -> int:
     from novajobs.settings import load_settings
 
     setup_logging("json", "warning")
-    with load_stack().temporary(("redis",)) as stack:
+    with stack_module.temporary(("redis",)) as stack:
         env = stack.env()
         r = redis.Redis.from_url(env["REDIS_URL"])
         now = int(time.time())

@@ -12,7 +12,6 @@ Starts its own Redis (scripts/stack.py) and an embedded ClickHouse (chdb) in a t
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,17 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_data
 import stack
-
-
-def interleaved(a, b, runs: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Median seconds of a() and b(), alternating so load on the machine hits both alike."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(runs):
-        for fn, out in ((a, times[0]), (b, times[1])):
-            started = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - started)
-    return statistics.median(times[0]), statistics.median(times[1])
+from benchlib import interleaved
 
 
 def main() -> int:

@@ -14,30 +14,23 @@ and the built-in audit-log handler wrote each event exactly once into audit_logs
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import demo_data  # noqa: E402 -- scripts/, next to this file
+import stack as stack_module  # noqa: E402
+
 STREAM = "stream:audit:log"
 ARGS = ["--concurrency", "4", "--message-timeout", "5", "--max-messages", "10000000",
         "--max-seconds", "3000", "--timeout", "3600", "-s", "stream_claim_idle_sec=6",
         "-s", "drain_block_ms=200", "--log-format", "json"]
-
-
-def load_script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fill(r: Any, n: int) -> None:
@@ -74,15 +67,11 @@ def main() -> int:
 
     from novajobs.schema import ensure_tables
 
-    directory = Path(tempfile.mkdtemp(prefix="novajobs-crash-"))
-    os.chmod(directory, 0o755)
-    stack_module = load_script("stack")
-    stack = stack_module.Stack(directory, stack_module.free_base_port())
-    env = stack.up(("redis", "postgres"))
-    try:
+    with stack_module.temporary(("redis", "postgres")) as stack:
+        env, directory = stack.env(), stack.dir
         r = redis.Redis.from_url(env["REDIS_URL"])
         pg = psycopg.connect(env["DATABASE_URL"], autocommit=True)
-        pg.execute(load_script("demo_data").POSTGRES_DDL["audit_logs"])
+        pg.execute(demo_data.POSTGRES_DDL["audit_logs"])
         ensure_tables(pg, ["novajobs_stream_dedupe"])
         fill(r, args.entries)
         print(f"seed {seed}: {args.entries} entries; killing {args.kills} drains with -9")
@@ -114,8 +103,6 @@ def main() -> int:
         pg.close()
         r.close()
         return 0 if ok else 1
-    finally:
-        stack.down()
 
 
 if __name__ == "__main__":

@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,20 +168,6 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, files: Files, *, kill
     return problems
 
 
-def start_stack(prefix: str) -> Any:
-    from stack import Stack, free_base_port
-
-    directory = tempfile.mkdtemp(prefix=prefix)
-    os.chmod(directory, 0o755)  # the postgres user must reach its data dir
-    stack = Stack(directory, free_base_port())
-    try:
-        stack.up(("redis", "postgres", "s3"))
-    except BaseException:
-        stack.down()
-        raise
-    return stack
-
-
 def job_env(stack_env: dict[str, str], schema: str, prefix: str, page_size: int) -> dict[str, str]:
     env = {**os.environ, **stack_env}
     env.pop("NOVAJOBS_CONFIG", None)
@@ -209,9 +193,9 @@ def main() -> int:
 
     import psycopg
     from minio import Minio
+    from stack import temporary
 
-    stack = start_stack("novajobs-crash-")
-    try:
+    with temporary(("redis", "postgres", "s3")) as stack:
         stack_env = stack.env()
         pg = psycopg.connect(stack_env["DATABASE_URL"], autocommit=True)
         pg.execute("CREATE SCHEMA crash")
@@ -226,9 +210,6 @@ def main() -> int:
                                 rng=random.Random(seed),
                                 say=lambda line: print(line, flush=True))
         pg.close()
-    finally:
-        stack.down()
-        shutil.rmtree(stack.dir, ignore_errors=True)
     for problem in problems[:50]:
         print("PROBLEM", problem)
     print(f"{args.kills} kills: {'OK' if not problems else f'{len(problems)} problems'}")
