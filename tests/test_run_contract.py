@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from novajobs.errors import Outcome
 from novajobs.lock import JobLock
 from novajobs.runner import RunOptions, run_job
@@ -367,3 +369,24 @@ def test_sigterm_while_waiting_for_the_lock_is_interrupted_not_skipped(redis_cli
     assert time.monotonic() - started < 5  # did not sit out the 60 s wait
     assert json.loads(redis_client.get(f"{names['prefix']}job:lock:refresh-trending"))["pid"] == 1
     assert holder.release()
+
+
+def test_an_overdue_lease_stops_the_job_even_while_redis_still_shows_the_lock(
+    redis_client, names
+):
+    """What a paused process sees on waking, before its heartbeat thread has run: the lock
+    key may still exist, but a renewal is overdue, so a write is no longer safe."""
+    from novajobs.context import Guard
+    from novajobs.errors import LockLost
+
+    key = f"{names['prefix']}job:lock:paused"
+    lock = JobLock(redis_client, key, 1.5, {"run_id": "paused"})
+    assert lock.acquire()  # no heartbeat: nothing renews it, as in a frozen process
+    guard = Guard(lock=lock)
+    guard.check()  # a fresh lease: writing is fine
+
+    time.sleep(1.1)  # more than 2/3 of the TTL without a renewal
+
+    assert redis_client.get(key) is not None  # Redis would still say "yours"
+    with pytest.raises(LockLost):
+        guard.check()
