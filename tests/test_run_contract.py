@@ -390,3 +390,17 @@ def test_an_overdue_lease_stops_the_job_even_while_redis_still_shows_the_lock(
     assert redis_client.get(key) is not None  # Redis would still say "yours"
     with pytest.raises(LockLost):
         guard.check()
+
+
+def test_the_heartbeat_keeps_a_run_longer_than_its_ttl_alive(ch, redis_client, cli, names):
+    many_users(ch, 600)
+    ch.release()
+
+    result = cli("refresh-suggestions", "--batch-size", "0", "--json",
+                 "-s", "suggestion_chunk_size=1", "-s", "lock_ttl_sec=1")
+
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["duration_ms"] > 3000  # three TTLs: it only lived on renewals
+    assert record["counters"]["keys_written"] == 600
+    assert redis_client.get(f"{names['prefix']}job:lock:refresh-suggestions") is None
