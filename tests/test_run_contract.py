@@ -122,6 +122,9 @@ def test_twenty_racing_processes_exactly_one_runs(ch, redis_client, env, names, 
     ]
     outcomes = sorted(h["outcome"] for h in history)
     assert outcomes == ["skipped"] * 19 + ["success"]
+    # The skips never hide the run that held the lock: the status is still its record.
+    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    assert status[b"outcome"] == b"success" and status[b"last_skipped_at"]
     # Without --skip-ok a skipped run exits 75; with it, 0.
     assert len(ran) + len(skipped) == 10
     assert all(code in (0, 75) for code, _ in results)
