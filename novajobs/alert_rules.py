@@ -23,7 +23,8 @@ WHERE = "{{ $labels.job }}{{ if $labels.shard }} shard {{ $labels.shard }}{{ end
 
 def render_rules(plans: list[Plan], *, header: str) -> str:
     groups = [
-        {"name": "novajobs", "rules": [_failed(), _problem_found(), _skipped()]},
+        {"name": "novajobs", "rules": [_failed(), _problem_found(), _skipped(),
+                                       _missed_periods()]},
         {"name": "novajobs-freshness", "rules": [_stale(p.spec.name, p.interval_sec)
                                                  for p in plans]},
     ]
@@ -68,6 +69,22 @@ def _skipped() -> dict[str, Any]:
             "description": "Every run finds the job's lock held: a run is stuck or a lock "
             "is left over. `novajobs locks` shows the holder; "
             "`novajobs locks release {{ $labels.job }}` frees it.",
+        },
+    }
+
+
+def _missed_periods() -> dict[str, Any]:
+    return {
+        "alert": "NovajobsMissedPeriods",
+        "expr": "novajobs_missed_periods > 0",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": f"novajobs {WHERE} found {{{{ $value }}}} missed report periods",
+            "description": "The schedule skipped runs of {{ $labels.job }} (a host or cluster "
+            "was down, or the CronJob stopped after too many missed starts), so its table "
+            "had holes. The run fills up to catchup_max_periods of them, oldest first; "
+            "novajobs_missed_periods_left counts the rest, which the next runs fill; the "
+            "run's log lines name them. Resolves after a run that finds none.",
         },
     }
 

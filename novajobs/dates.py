@@ -16,10 +16,14 @@ from zoneinfo import ZoneInfo
 from novajobs.errors import UsageError
 
 MAX_BACKFILL_DAYS = 3660  # ten years: a longer range is far more likely a typo than a wish
+CLOCK_SKEW_SEC = 300  # a scheduled time this far ahead of our clock is still believed
 
 _WEEK = re.compile(r"^(\d{4})-?W?(\d{1,2})$", re.IGNORECASE)
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)$", re.IGNORECASE)
 _UNIT_SEC = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+# A Kubernetes object name (DNS-1123 label); a CronJob names its Jobs <cronjob>-<minutes>.
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_CRONJOB_MINUTES = re.compile(r"-(\d{8,})$")  # minutes since 1970: 8 digits since 1989
 
 
 def parse_date(text: str, flag: str) -> date:
@@ -91,6 +95,12 @@ class IsoWeek:
         """``[Monday 00:00, next Monday 00:00)`` in ``tz``."""
         return day_start(self.monday, tz), day_start(self.monday + timedelta(days=7), tz)
 
+    def __str__(self) -> str:
+        return self.label
+
+    def next(self) -> IsoWeek:
+        return IsoWeek.of(self.monday + timedelta(days=7))
+
     @classmethod
     def of(cls, day: date) -> IsoWeek:
         year, week, _ = day.isocalendar()
@@ -155,3 +165,45 @@ def resolve_range(
     if start >= end:
         raise UsageError(f"--since {start.isoformat()} is not before --until {end.isoformat()}")
     return start, end
+
+
+# --- the scheduled time of a run (its logical "now") -----------------------------------
+
+
+def scheduled_instant(value: str, cronjob: str) -> datetime | None:
+    """The time a run was scheduled for, from the setting ``scheduled_time``.
+
+    ``value`` is an ISO time with an offset, or the name of the Kubernetes Job running
+    this pod: a CronJob names its Jobs ``<cronjob>-<scheduled minute since 1970>``, which
+    the generated manifests pass in (the CronJob's scheduled-timestamp annotation is on
+    the Job only, out of the pod's reach). None means "use the clock": no value, or a
+    Job of another name (made by hand with ``kubectl create job --from=cronjob/...``).
+    """
+    if not value:
+        return None
+    if not _K8S_NAME.match(value):
+        return datetime.fromisoformat(value).astimezone(UTC)
+    minutes = _CRONJOB_MINUTES.search(value)
+    if minutes is None or value[: minutes.start()] != cronjob:
+        return None
+    return datetime.fromtimestamp(int(minutes[1]) * 60, UTC)
+
+
+def check_scheduled_time(value: str) -> str | None:
+    """The settings check of ``scheduled_time`` (a complaint, or None when fine)."""
+    if not value:
+        return None
+    if _K8S_NAME.match(value):
+        minutes = _CRONJOB_MINUTES.search(value)
+        at = datetime.fromtimestamp(int(minutes[1]) * 60, UTC) if minutes else None
+    else:
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            return ("must be an ISO time with an offset (2025-11-24T01:00:00Z) or the "
+                    "Kubernetes Job name a CronJob gave the run")
+        if at.tzinfo is None:
+            return "needs an offset (Z or +01:00): the scheduled time must be unambiguous"
+    if at is not None and (at - datetime.now(UTC)).total_seconds() > CLOCK_SKEW_SEC:
+        return f"is in the future ({at.isoformat()}): a run cannot be scheduled later than now"
+    return None

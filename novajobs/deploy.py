@@ -16,6 +16,9 @@ Derived per job (see ``plan``):
 - retries: only when the next scheduled run is far away (all tries fit in half an
   interval), at most 2 (seed 003: three attempts). A job running every minute is not
   retried: its next run is the retry;
+- a report job (``catchup``) gets the name of its Job, which the CronJob derives from
+  the scheduled minute, as ``NOVAJOBS_SCHEDULED_TIME`` (downward API): a late start
+  computes the period it was scheduled for (novajobs/catchup.py);
 - pods: a shardable job runs as an Indexed Job of ``k8s_default_shards`` pods, one
   shard each (``--shard auto``), unless ``k8s_pods`` says ``job=N``; N = 1 is a plain
   CronJob. A job locked per consumer (``lock_scope``, drain-stream) runs N pods at once
@@ -34,6 +37,7 @@ from zoneinfo import ZoneInfo
 
 from novajobs import __version__, yamltext
 from novajobs.alert_rules import render_rules
+from novajobs.catchup import cronjob_name
 from novajobs.errors import ConfigError, ExitCode
 from novajobs.registry import JOBS, JobSpec
 from novajobs.runner import hard_timeout_grace
@@ -56,6 +60,14 @@ FAIL_JOB_CODES = (ExitCode.USAGE, ExitCode.CONFIG)
 # skip means another run holds the lock (only reachable without --skip-ok). No retry;
 # for an Indexed Job only that index fails, the other shards carry on.
 NO_RETRY_CODES = (ExitCode.PROBLEM_FOUND, ExitCode.SKIPPED)
+
+# The CronJob's scheduled-timestamp annotation is set on the Job, not on its pods, so the
+# downward API cannot read it; the Job's name can: "<cronjob>-<scheduled minute since
+# 1970>", on every pod as this label (Kubernetes >= 1.27).
+SCHEDULED_TIME_ENV = {
+    "name": "NOVAJOBS_SCHEDULED_TIME",
+    "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}},
+}
 
 
 @dataclass(frozen=True)
@@ -229,7 +241,7 @@ def _cron_args(job: str) -> list[str]:
 
 def render_cronjob(p: Plan, settings: Settings) -> str:
     spec = p.spec
-    name = f"novajobs-{spec.name}"
+    name = cronjob_name(spec.name)
     if len(name) > 52:  # Kubernetes appends an 11-character suffix to the Job's name
         raise ConfigError(f"job name {spec.name!r} is too long for a CronJob name ({name})")
     labels = {
@@ -317,10 +329,12 @@ def _pod_spec(p: Plan, settings: Settings) -> dict[str, Any]:
 
 def _container(p: Plan, settings: Settings) -> dict[str, Any]:
     args = _cron_args(p.spec.name)[1:]
-    env = [{"name": "NOVAJOBS_TIMEZONE", "value": settings.timezone}]  # = the CronJob's
+    env: list[dict[str, Any]] = [{"name": "NOVAJOBS_TIMEZONE", "value": settings.timezone}]
     if p.indexed:
         args += ["--shard", "auto"]
         env.append({"name": "NOVAJOBS_SHARD_COUNT", "value": str(p.pods)})  # = completions
+    if p.spec.catchup:
+        env.append(SCHEDULED_TIME_ENV)
     return {
         "name": CONTAINER,
         "image": settings.k8s_image or f"novajobs:{__version__}",

@@ -13,6 +13,8 @@ keeps its own "last run" picture in the Pushgateway. What is pushed:
 | ``novajobs_last_success_timestamp_seconds`` | success / nothing to do | end of the run |
 | ``novajobs_skipped_in_a_row`` | each run, each skip | skips since the last run (0 after a run) |
 | ``novajobs_last_skip_timestamp_seconds`` | each skip | when a run was skipped (lock held) |
+| ``novajobs_missed_periods`` | each scheduled report run | missed periods it found |
+| ``novajobs_missed_periods_left`` | each scheduled report run | of those, left for the next run |
 
 A successful run PUTs (replaces the whole group, so no stale series survive); any other
 run POSTs (replaces only the metric families it sends), so the last-success timestamp
@@ -89,10 +91,23 @@ def run_families(rec: RunRecord) -> list[Family]:
     if rec.counters:
         families.append(("novajobs_last_run_counter", "Counters of the last run.",
                          [({"counter": k}, float(v)) for k, v in sorted(rec.counters.items())]))
+    families += missed_families(rec.counters)
     if rec.outcome in SUCCESS_OUTCOMES:
         families.append(("novajobs_last_success_timestamp_seconds",
                          "End of the last successful run, Unix time.", [({}, end)]))
     return families
+
+
+def missed_families(counters: dict[str, int | float]) -> list[Family]:
+    """A report job's catch-up (novajobs/catchup.py), when its run looked for missed periods."""
+    if "periods_missed" not in counters:
+        return []
+    return [
+        ("novajobs_missed_periods", "Missed report periods the last run found (skipped runs).",
+         [({}, float(counters["periods_missed"]))]),
+        ("novajobs_missed_periods_left", "Missed report periods left for the next run.",
+         [({}, float(counters.get("periods_left", 0)))]),
+    ]
 
 
 def skip_families(rec: RunRecord, in_a_row: int | None) -> list[Family]:

@@ -58,11 +58,17 @@ class JobSpec:
     options: tuple[Option, ...] = ()
     # A setting whose value scopes the lock: job:lock:{job}:{value} (e.g. one per consumer).
     lock_scope: str | None = None
+    # A report job: its scheduled run computes the period of its scheduled time (the
+    # CronJob passes it in) and fills missed periods (novajobs/catchup.py).
+    catchup: bool = False
 
     def load(self) -> JobFunc:
         func: JobFunc = importlib.import_module(self.module).run
         return func
 
+
+NO_CATCHUP = Option("--no-catchup", "compute only the scheduled period; report missed "
+                    "ones without filling them", bool)
 
 JOBS: tuple[JobSpec, ...] = (
     JobSpec(
@@ -147,7 +153,9 @@ JOBS: tuple[JobSpec, ...] = (
             "storage added (sum of file_metadata.size created that day) and API QPS peak "
             "(the busiest second of audit_logs); upserted on stat_date. A --from/--to "
             "range is one set-wise query; days without data get zeros; a re-run over the "
-            "same data changes nothing. Needs `novajobs init-db` once."
+            "same data changes nothing. Without --date/--from it also fills the days "
+            "missing since the table's first (catchup_max_periods per run, oldest first). "
+            "Needs `novajobs init-db` once."
         ),
         example="novajobs daily-stats --from 2025-11-01 --to 2025-11-30 --json",
         module="novajobs.jobs.daily_stats",
@@ -160,7 +168,9 @@ JOBS: tuple[JobSpec, ...] = (
             Option("--from", "first day of a backfill", param="from_date", metavar="DATE"),
             Option("--to", "last day of a backfill (default: yesterday)", param="to_date",
                    metavar="DATE"),
+            NO_CATCHUP,
         ),
+        catchup=True,
     ),
     JobSpec(
         name="group-activity-rank",
@@ -170,7 +180,9 @@ JOBS: tuple[JobSpec, ...] = (
             "week): per channel the message count and distinct senders, score = messages "
             "* rank_weight_messages + senders * rank_weight_members; the top N by score "
             "(ties: lower channel id) with their rank replace the week's rows in one "
-            "transaction. Needs `novajobs init-db` once."
+            "transaction. Without --week it also fills the weeks with messages but no "
+            "ranking since the table's first (catchup_max_periods per run, oldest first). "
+            "Needs `novajobs init-db` once."
         ),
         example="novajobs group-activity-rank --week 2025-48",
         module="novajobs.jobs.group_activity_rank",
@@ -180,7 +192,9 @@ JOBS: tuple[JobSpec, ...] = (
         options=(
             Option("--week", "ISO week YYYY-WW (default: last week)", metavar="YYYY-WW"),
             Option("--top", "channels to keep", int, setting="rank_top_n", metavar="N"),
+            NO_CATCHUP,
         ),
+        catchup=True,
     ),
     JobSpec(
         name="check-message-gaps",

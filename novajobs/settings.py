@@ -43,6 +43,7 @@ from novajobs.checks import (
     timezone_name,
     url_with_scheme,
 )
+from novajobs.dates import check_scheduled_time
 from novajobs.errors import ConfigError, UsageError
 
 
@@ -264,6 +265,18 @@ class Settings:
     )
     rank_weight_members: float = setting(
         10.0, check=non_negative, help="weight of each distinct sender in the week's score"
+    )
+    catchup_max_periods: int = setting(
+        31,
+        check=non_negative,
+        help="missed days (daily-stats) or weeks (group-activity-rank) filled per run, "
+        "oldest first; the rest the next run fills",
+    )
+    scheduled_time: str = setting(
+        "",
+        check=check_scheduled_time,
+        help="the time a report run was scheduled for (its 'now'): ISO with offset, or the "
+        "Kubernetes Job name its CronJob gave it (set by the manifests); '' = the clock",
     )
     gaps_window_sec: int = setting(
         600, check=positive, help="recent time checked for seq gaps (the schedule's interval)"

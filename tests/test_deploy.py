@@ -206,6 +206,7 @@ def test_alert_rules_fire_on_the_series_novajobs_pushes(tmp_path):
         ('novajobs_last_run_outcome{job="daily-stats",outcome="success"}', "1x10"),
         ('novajobs_last_run_outcome{job="check-message-gaps",outcome="problem_found"}', "1x10"),
         ('novajobs_skipped_in_a_row{job="drain-stream"}', "1 2 3 3"),
+        ('novajobs_missed_periods{job="daily-stats"}', "0 3 0"),
     ]
     cases = [
         # last success at 0 s, every minute: 2 min of silence is fine, 3 min is stale
@@ -220,6 +221,10 @@ def test_alert_rules_fire_on_the_series_novajobs_pushes(tmp_path):
         ("NovajobsJobKeepsBeingSkipped", "1m", []),
         ("NovajobsJobKeepsBeingSkipped", "2m",
          [('{__name__="novajobs_skipped_in_a_row",job="drain-stream"}', 3)]),
+        ("NovajobsMissedPeriods", "0m", []),
+        ("NovajobsMissedPeriods", "1m",
+         [('{__name__="novajobs_missed_periods",job="daily-stats"}', 3)]),
+        ("NovajobsMissedPeriods", "2m", []),  # the next run found none
     ]
     test = {
         "rule_files": [str(ROOT / deploy.RULES)],

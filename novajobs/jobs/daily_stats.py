@@ -18,15 +18,19 @@ touches rows whose numbers changed, so a re-run over the same data writes nothin
 
 Relies on indexes on ``created_at`` of users, audit_logs, file_metadata and
 chat_messages (scripts/demo_data.py POSTGRES_INDEXES); without them every day scans.
+
+The scheduled run (no ``--date``/``--from``) computes yesterday of its scheduled time,
+then fills the days missing from ``daily_stats`` since its first row (novajobs.catchup).
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
+from novajobs.catchup import CatchUp, fill_missed, logical_now
 from novajobs.context import JobContext, Result
-from novajobs.dates import local_today, resolve_days
+from novajobs.dates import MAX_BACKFILL_DAYS, local_today, resolve_days
 from novajobs.errors import Outcome
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.schema import require_tables
@@ -98,6 +102,16 @@ RETURNING stat_date, xmax = 0 AS inserted
 """
 
 
+# The days before ``before`` that have no row, from the table's first day on (at most
+# MAX_BACKFILL_DAYS back): the days the schedule skipped.
+MISSED_SQL = """
+SELECT d::date
+FROM generate_series(%(first)s::date, %(before)s::date - 1, interval '1 day') AS d
+WHERE NOT EXISTS (SELECT 1 FROM daily_stats s WHERE s.stat_date = d::date)
+ORDER BY 1
+"""
+
+
 def compute_days(ctx: JobContext, first: date, last: date) -> list[dict[str, Any]]:
     """The metrics of every day from ``first`` to ``last`` (inclusive), in one query."""
     tz = ctx.settings.timezone
@@ -122,16 +136,48 @@ def upsert_days(ctx: JobContext, days: list[dict[str, Any]]) -> tuple[list[date]
     return inserted, updated
 
 
+class Written:
+    """The days one run computed, and which of them it inserted or updated."""
+
+    def __init__(self) -> None:
+        self.days: list[dict[str, Any]] = []
+        self.inserted: list[date] = []
+        self.updated: list[date] = []
+
+    def add(self, ctx: JobContext, first: date, last: date) -> None:
+        days = compute_days(ctx, first, last)
+        inserted, updated = upsert_days(ctx, days)
+        self.days += days
+        self.inserted += inserted
+        self.updated += updated
+
+
+def missed_days(ctx: JobContext, before: date) -> list[date]:
+    """Days before ``before`` missing from daily_stats since its first row, oldest first."""
+    row = ctx.pg.execute("SELECT min(stat_date) FROM daily_stats WHERE stat_date < %s",
+                         [before]).fetchone()
+    if row is None or row[0] is None:
+        return []  # no history yet: nothing was missed (a backfill is --from)
+    first = max(row[0], before - timedelta(days=MAX_BACKFILL_DAYS))
+    rows = ctx.pg.execute(MISSED_SQL, {"first": first, "before": before}).fetchall()
+    return [day for (day,) in rows]
+
+
 def run(
     ctx: JobContext,
     on: str | None = None,
     from_date: str | None = None,
     to_date: str | None = None,
+    no_catchup: bool = False,
 ) -> Result:
     tz = ctx.settings.timezone
-    first, last = resolve_days(tz, on=on, first=from_date, last=to_date)
+    scheduled = on is None and from_date is None and to_date is None
+    now = logical_now(ctx) if scheduled else None
+    first, last = resolve_days(tz, on=on, first=from_date, last=to_date, now=now)
     if last == local_today(tz):
         ctx.log.warning("today is not over: its numbers will grow", stat_date=str(last))
+    written = Written()
+    catch: CatchUp[date] | None = None
     with pg_errors("daily-stats"):
         conn = open_session(ctx)
         require_tables(
@@ -139,8 +185,19 @@ def run(
             owned=("daily_stats",),
             read=("users", "audit_logs", "chat_messages", "file_metadata"),
         )
-        days = compute_days(ctx, first, last)
-        inserted, updated = upsert_days(ctx, days)
+        written.add(ctx, first, last)
+        if scheduled:
+            catch = fill_missed(ctx, missed_days(ctx, first),
+                                lambda day: written.add(ctx, day, day),
+                                enabled=not no_catchup, unit="days")
+    return _result(ctx, first, last, written, catch)
+
+
+def _result(ctx: JobContext, first: date, last: date, written: Written,
+            catch: CatchUp[date] | None) -> Result:
+    tz = ctx.settings.timezone
+    days = sorted(written.days, key=lambda day: day["stat_date"])
+    inserted, updated = written.inserted, written.updated
     unchanged = len(days) - len(inserted) - len(updated)
     ctx.count("days", len(days))
     ctx.count("days_inserted", len(inserted))
@@ -150,15 +207,18 @@ def run(
     if len(days) <= LOGGED_DAYS_MAX:
         for day in days:
             ctx.log.info("daily stats", **{**day, "stat_date": str(day["stat_date"])})
+    details: dict[str, Any] = {
+        "table": "days",
+        "days": [{**day, "stat_date": day["stat_date"].isoformat()} for day in days],
+        "inserted": [d.isoformat() for d in sorted(inserted)],
+        "updated": [d.isoformat() for d in sorted(updated)],
+        "timezone": tz,
+    }
+    if catch is not None:
+        details["catchup"] = catch.details()
     return Result(
         Outcome.SUCCESS,
         f"daily stats for {span} ({tz}): {len(inserted)} inserted, {len(updated)} updated, "
-        f"{unchanged} unchanged",
-        {
-            "table": "days",
-            "days": [{**day, "stat_date": day["stat_date"].isoformat()} for day in days],
-            "inserted": [d.isoformat() for d in inserted],
-            "updated": [d.isoformat() for d in updated],
-            "timezone": tz,
-        },
+        f"{unchanged} unchanged" + (catch.summary() if catch else ""),
+        details,
     )

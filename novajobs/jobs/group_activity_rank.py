@@ -11,6 +11,10 @@ senders). The score, stored with 2 decimals, is
 1..N. The week's rows are deleted and written again in one transaction, so readers see
 the old ranking or the new one, never a mix; a transaction-scoped advisory lock per
 week keeps two runs at once (``--no-lock``) from colliding on the unique key.
+
+The scheduled run (no ``--week``) ranks last week of its scheduled time, then fills the
+weeks missing from the table since its first week (novajobs.catchup). A week without
+any message has no rows either way, so it is never counted as missed.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from novajobs.catchup import CatchUp, fill_missed, logical_now
 from novajobs.context import JobContext, Result
-from novajobs.dates import IsoWeek, local_today, resolve_week
-from novajobs.errors import Outcome
+from novajobs.dates import MAX_BACKFILL_DAYS, IsoWeek, local_today, parse_week, resolve_week
+from novajobs.errors import Outcome, UsageError
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.schema import require_tables
 
@@ -51,6 +56,13 @@ INSERT_SQL = """
 INSERT INTO group_activity_rank
     (stat_week, channel_id, msg_count, active_members, score, rank)
 SELECT %s, * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::numeric[], %s::int[])
+"""
+
+# Of the candidate weeks (their bounds), the ones with any message, by position (1-based).
+WEEKS_WITH_MESSAGES_SQL = """
+SELECT w.i FROM unnest(%s::timestamptz[], %s::timestamptz[]) WITH ORDINALITY AS w(s, e, i)
+WHERE EXISTS (SELECT 1 FROM chat_messages m WHERE m.created_at >= w.s AND m.created_at < w.e)
+ORDER BY w.i
 """
 
 COLUMNS = ("channel_id", "msg_count", "active_members", "score", "rank")
@@ -83,30 +95,76 @@ def replace_week(ctx: JobContext, week: IsoWeek, ranked: list[dict[str, Any]]) -
     return deleted
 
 
-def run(ctx: JobContext, week: str | None = None) -> Result:
-    tz = ctx.settings.timezone
-    target = resolve_week(tz, week)
-    if target.monday + timedelta(days=7) > local_today(tz):
-        ctx.log.warning("the week is not over: its ranking will change", stat_week=target.label)
-    with pg_errors("group-activity-rank"):
-        open_session(ctx)
-        require_tables(ctx.pg, owned=("group_activity_rank",), read=("chat_messages",))
-        ranked = rank_channels(ctx, target)
-        replaced = replace_week(ctx, target, ranked)
+def rank_week(ctx: JobContext, week: IsoWeek) -> tuple[list[dict[str, Any]], int]:
+    """Rank one week and replace its rows: (the ranking, old rows replaced); counted."""
+    ranked = rank_channels(ctx, week)
+    replaced = replace_week(ctx, week, ranked)
     ctx.count("channels_ranked", len(ranked))
     ctx.count("rows_replaced", replaced)
     if not ranked:
-        ctx.log.warning("no messages in the week; its ranking is now empty", stat_week=target.label)
+        ctx.log.warning("no messages in the week; its ranking is now empty", stat_week=week.label)
+    return ranked, replaced
+
+
+def missed_weeks(ctx: JobContext, before: IsoWeek) -> list[IsoWeek]:
+    """Weeks before ``before`` with messages but no ranking, since the table's first week."""
+    rows = ctx.pg.execute(
+        "SELECT DISTINCT stat_week FROM group_activity_rank WHERE stat_week < %s", [before.label]
+    ).fetchall()
+    present = {week for (label,) in rows if (week := _stored_week(label)) is not None}
+    if not present:
+        return []  # no history yet: nothing was missed (a backfill is --week)
+    oldest = before.monday - timedelta(days=MAX_BACKFILL_DAYS)
+    week = max(min(present, key=lambda w: w.monday), IsoWeek.of(oldest), key=lambda w: w.monday)
+    candidates = []
+    while week.monday < before.monday:
+        if week not in present:
+            candidates.append(week)
+        week = week.next()
+    if not candidates:
+        return []
+    tz = ctx.settings.timezone
+    bounds = [w.bounds(tz) for w in candidates]
+    rows = ctx.pg.execute(WEEKS_WITH_MESSAGES_SQL,
+                          [[b[0] for b in bounds], [b[1] for b in bounds]]).fetchall()
+    return [candidates[i - 1] for (i,) in rows]
+
+
+def _stored_week(label: str | None) -> IsoWeek | None:
+    try:
+        return parse_week(label or "")
+    except UsageError:  # not written by novajobs: not history it can reason about
+        return None
+
+
+def run(ctx: JobContext, week: str | None = None, no_catchup: bool = False) -> Result:
+    tz = ctx.settings.timezone
+    now = logical_now(ctx) if week is None else None
+    target = resolve_week(tz, week, now=now)
+    if target.monday + timedelta(days=7) > local_today(tz):
+        ctx.log.warning("the week is not over: its ranking will change", stat_week=target.label)
+    catch: CatchUp[IsoWeek] | None = None
+    with pg_errors("group-activity-rank"):
+        open_session(ctx)
+        require_tables(ctx.pg, owned=("group_activity_rank",), read=("chat_messages",))
+        ranked, replaced = rank_week(ctx, target)
+        if week is None:
+            catch = fill_missed(ctx, missed_weeks(ctx, target), lambda w: rank_week(ctx, w),
+                                enabled=not no_catchup, unit="weeks")
     start, end = target.bounds(tz)
     rows = [{**row, "score": float(row["score"])} for row in ranked]
+    details: dict[str, Any] = {
+        "table": "channels",
+        "stat_week": target.label,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "channels": rows,
+    }
+    if catch is not None:
+        details["catchup"] = catch.details()
     return Result(
         Outcome.SUCCESS,
-        f"week {target.label}: ranked {len(ranked)} channels (replaced {replaced} rows)",
-        {
-            "table": "channels",
-            "stat_week": target.label,
-            "from": start.isoformat(),
-            "to": end.isoformat(),
-            "channels": rows,
-        },
+        f"week {target.label}: ranked {len(ranked)} channels"
+        f" (replaced {replaced} rows)" + (catch.summary() if catch else ""),
+        details,
     )
