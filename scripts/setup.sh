@@ -3,6 +3,7 @@
 # Debian packages (as root, or via sudo), then a virtualenv in .venv with the project
 # and its test extra. Safe to run again: it only installs what is missing.
 set -euo pipefail
+export PIP_DISABLE_PIP_VERSION_CHECK=1  # no update check: pip talks to the index only to install
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(

@@ -181,6 +181,16 @@ class Stack:
                     proc.wait()
                 pidfile.unlink()
 
+    def pids(self) -> dict[str, int]:
+        """The main process of every service running now (postgres: the postmaster)."""
+        files = {name: self.dir / f"{name}.pid" for name in SERVICES}
+        files["postgres"] = self.dir / "postgres" / "data" / "postmaster.pid"
+        return {
+            name: int(path.read_text().split()[0])
+            for name, path in files.items()
+            if path.exists() and self._running(name)
+        }
+
     def _running(self, name: str) -> bool:
         if name == "postgres":
             pid = self.dir / "postgres" / "data" / "postmaster.pid"
@@ -336,6 +346,7 @@ class Stack:
                 "-s3.port.lance=0",
                 "-webdav=false",
                 "-admin.ui=false",
+                "-master.telemetry=false",  # on by default: reports to a public URL
                 f"-s3.config={config}",
             ],
         )
