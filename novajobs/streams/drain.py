@@ -1,34 +1,44 @@
-"""The drain loop: read (reclaim first, then new entries by stream priority), hand entries
-to the worker pool, and settle results (XACK, retry, DLQ) in one MULTI per round.
+"""The drain loop: read (see reader.py for the order), hand entries to the worker pool,
+and settle results (XACK, retry, DLQ) in one MULTI per round (settle.py).
 
 At-least-once: an entry is acked only after its handler returned (or after it was put
 in the retry set or the DLQ in the same MULTI), so a crash at any point leaves it
 pending, and XAUTOCLAIM gives it to a later run once it has been idle for
 ``stream_claim_idle_sec`` (which must exceed the per-message timeout, or a live but
 slow call would be handed to a second consumer).
+
+An outage is not a poison message: a handler error that says the infrastructure is
+down (``Unavailable``, or a driver's connection error: ``is_outage``) stops the run
+with exit 69 like a ``NovajobsError`` (e.g. a missing table, 78) does. The entries of
+such calls, and all read but not started, stay pending and are given back (settle.py):
+neither their attempt count nor their delivery count grows, so no outage, however
+long, sends an entry to the retry set or the DLQ.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from novajobs.errors import Interrupted, JobFailed, JobTimeout, LockLost, NovajobsError
-from novajobs.retry import describe_error
-from novajobs.streams.handlers import Message, PermanentError, StreamPlan
-from novajobs.streams.pool import CallResult, Task, TaskResult, WorkerPool
-from novajobs.streams.queues import (
-    PoisonEntry,
-    decode_entry,
-    dlq_fields,
-    dlq_key,
-    retry_delay,
-    retry_key,
-    retry_member,
+from novajobs.errors import (
+    Interrupted,
+    JobFailed,
+    JobTimeout,
+    LockLost,
+    NovajobsError,
+    UnavailableError,
 )
+from novajobs.retry import describe_error
+from novajobs.streams.handlers import Message, PermanentError, StreamPlan, is_outage
+from novajobs.streams.pool import CallResult, Task, TaskResult, WorkerPool
+from novajobs.streams.queues import PoisonEntry, decode_entry, dlq_fields, retry_delay, retry_member
+from novajobs.streams.reader import Entry, Reader, Taken, text
+from novajobs.streams.settle import Round, give_back, write_round
 from novajobs.streams.stats import DrainStats
 
 if TYPE_CHECKING:
@@ -43,18 +53,6 @@ CALLS_PER_TASK = 32  # one-message calls a worker takes at a time (fewer thread 
 class Budget:
     max_messages: int
     read_until: float  # monotonic: no reads after this
-
-
-@dataclass
-class _Pending:
-    """Writes of one settle round, applied in one MULTI/EXEC."""
-
-    acks: dict[str, list[str]] = field(default_factory=dict)  # stream -> entry ids
-    retries: list[tuple[str, str, float]] = field(default_factory=list)  # stream, member, due
-    dead: list[tuple[str, dict[Any, Any]]] = field(default_factory=list)  # stream, fields
-
-    def __bool__(self) -> bool:
-        return bool(self.acks or self.retries or self.dead)
 
 
 class Drainer:
@@ -72,12 +70,13 @@ class Drainer:
         self.calls = {name: max(1, CALLS_PER_TASK // size) for name, size in self.batch.items()}
         self.group, self.consumer = s.stream_group, s.stream_consumer
         self.timeout = s.drain_message_timeout_sec
-        self.pool = WorkerPool(s.drain_concurrency, lambda name: factories[name](s))
+        self.pool = WorkerPool(s.drain_concurrency, lambda name: factories[name](s),
+                               stops=_stops_any)
         self.stats = DrainStats()
-        self.pending = _Pending()
+        self.reader = Reader(ctx, self.plans)
+        self.pending = Round()
         self.backlog: deque[Task] = deque()  # read, not yet started (waiting for a slot)
-        self.claim_cursor = dict.fromkeys(self.by_name, "0-0")
-        self.next_claim = 0.0
+        self.untried: dict[str, list[str]] = {}  # stream -> ids left pending, to give back
         self.failures_in_row = 0
         self.fatal: NovajobsError | None = None
         self.halting = False  # stopping: what has not finished stays pending
@@ -90,9 +89,13 @@ class Drainer:
         except _STOPS as exc:  # SIGTERM, lost lock, deadline: finish in-flight, then report
             stopped = exc
         finally:
-            self._finish(leave_pending=stopped is not None or self.fatal is not None)
+            self._finish(leave_pending=stopped is not None or self.fatal is not None,
+                         give_back=not isinstance(stopped, LockLost))
         if self.fatal is not None:
-            raise self.fatal
+            fatal = copy.copy(self.fatal)
+            left = self.stats.counts["left_pending"]
+            fatal.args = (f"{self.fatal}; {left} entries left pending for a later run",)
+            raise fatal
         if stopped is not None:
             raise stopped
         if self.failures_in_row >= self.ctx.settings.drain_failure_limit:
@@ -138,20 +141,17 @@ class Drainer:
 
     # -- reading ----------------------------------------------------------------------------
     def _fill(self) -> int:
-        """Start calls on free workers: backlog, reclaimed entries, then new ones by priority."""
+        """Start calls on free workers: backlog, redelivered entries, then new ones by
+        priority (none while this consumer's own pending entries are still being read)."""
         started = self._start_backlog()
-        due = time.monotonic() >= self.next_claim
-        if due:
-            every = max(1.0, self.ctx.settings.stream_claim_idle_sec / 2)
-            self.next_claim = time.monotonic() + every
         for plan in self.plans:
-            # a scan of the pending list that stopped at our capacity goes on at once
-            if due or self.claim_cursor[plan.name] != "0-0":
-                started += self._take(plan, self._reclaim(plan, self._room(plan)))
+            started += self._take_redelivered(plan, self.reader.pending(plan, self._room(plan)))
+        if self.reader.resuming:
+            return started
         for plan in self.plans:
             room = self._room(plan)
             if room:
-                started += self._take(plan, self._read(plan, room))
+                started += self._take(plan, self.reader.new(plan, room))
         return started
 
     def _room(self, plan: StreamPlan) -> int:
@@ -162,74 +162,32 @@ class Drainer:
         per_task = self.calls[plan.name] * self.batch[plan.name]
         return max(0, min(self.pool.free * per_task, left))
 
-    def _read(self, plan: StreamPlan, count: int) -> list[tuple[Any, Any]]:
-        key = self.ctx.key(plan.name)
-        reply: Any = self.ctx.retry(
-            lambda: self.ctx.redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=count),
-            f"read {plan.name}",
-        )
-        return list(reply[0][1]) if reply else []
-
     def _wait_for_entries(self) -> bool:
         """Block (drain_block_ms) on every stream at once; False when nothing arrived."""
-        keys: Any = {self.ctx.key(p.name): ">" for p in self.plans}
-        block = self.ctx.settings.drain_block_ms
-        reply: Any = self.ctx.retry(
-            lambda: self.ctx.redis.xreadgroup(
-                self.group, self.consumer, keys, count=self.pool.free or 1, block=block
-            ),
-            "wait for stream entries",
-        )
-        names = {self.ctx.key(p.name): p for p in self.plans}
-        for key, entries in reply or []:
-            self._take(names[_text(key)], list(entries))
-        return bool(reply)
+        arrived = self.reader.wait(self.pool.free or 1)
+        for plan, entries in arrived:
+            self._take(plan, entries)
+        return bool(arrived)
 
-    def _reclaim(self, plan: StreamPlan, count: int) -> list[tuple[Any, Any]]:
-        if count <= 0:
-            return []
-        key, s = self.ctx.key(plan.name), self.ctx.settings
-        idle_ms = int(s.stream_claim_idle_sec * 1000)
-        reply: Any = self.ctx.retry(
-            lambda: self.ctx.redis.xautoclaim(
-                key, self.group, self.consumer, idle_ms, self.claim_cursor[plan.name], count
-            ),
-            f"reclaim {plan.name}",
-        )
-        cursor, claimed = reply[0], reply[1]
-        self.claim_cursor[plan.name] = _text(cursor)
-        entries = [(i, f) for i, f in claimed if f is not None]
-        if entries:
-            self.stats.add(plan.name, "reclaimed", len(entries))
-            self.ctx.log.info("reclaimed pending entries", stream=plan.name, entries=len(entries))
-        return self._too_often_delivered(plan, entries)
+    def _take_redelivered(self, plan: StreamPlan, taken: Taken) -> int:
+        """Entries handed out before: an entry delivered too often without any outcome
+        (its consumer died each time, e.g. killed by it) goes to the DLQ rather than
+        around forever; one no longer in the stream is acked (nothing to handle)."""
+        if taken.entries or taken.exhausted:
+            self.stats.add(plan.name, "reclaimed", len(taken.entries) + len(taken.exhausted))
+        for (entry_id, raw), delivered in taken.exhausted:
+            self.stats.add(plan.name, "received")
+            error = f"delivered {delivered} times without an outcome (its consumers died?)"
+            self._dead(plan.name, text(entry_id), raw, error, failures=delivered - 1)
+        for entry_id in taken.vanished:
+            self.pending.ack(plan.name, entry_id)
+        return self._take(plan, taken.entries)
 
-    def _too_often_delivered(self, plan: StreamPlan, entries: list[Any]) -> list[Any]:
-        """An entry that keeps coming back without an outcome (its consumer died each
-        time, e.g. killed by it) goes to the DLQ rather than around forever."""
-        if not entries:
-            return entries
-        key, limit = self.ctx.key(plan.name), self.ctx.settings.stream_max_retries + 2
-        info: Any = self.ctx.redis.xpending_range(
-            key, self.group, entries[0][0], entries[-1][0], len(entries) * 2, self.consumer
-        )
-        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in info}
-        keep = []
-        for entry_id, raw in entries:
-            delivered = counts.get(_text(entry_id), 0)
-            if delivered > limit:
-                self.stats.add(plan.name, "received")
-                error = f"delivered {delivered} times without an outcome (its consumers died?)"
-                self._dead(plan.name, _text(entry_id), raw, error, failures=delivered - 1)
-            else:
-                keep.append((entry_id, raw))
-        return keep
-
-    def _take(self, plan: StreamPlan, entries: Iterable[tuple[Any, Any]]) -> int:
+    def _take(self, plan: StreamPlan, entries: Iterable[Entry]) -> int:
         """Decode entries into tasks; poison goes to the DLQ. Returns calls started."""
         messages: list[Message] = []
         for raw_id, raw in entries:
-            entry_id = _text(raw_id)
+            entry_id = text(raw_id)
             self.stats.add(plan.name, "received")
             try:
                 messages.append(decode_entry(plan.name, entry_id, raw))
@@ -261,21 +219,42 @@ class Drainer:
     def _settle(self, results: Iterable[TaskResult]) -> None:
         for result in results:
             for call in result.completed:
-                self._settle_call(call)
+                self._settle_call(result.task.handler, call)
             self._not_started(result.task, result.unstarted)
         self._flush()
 
-    def _settle_call(self, call: CallResult) -> None:
-        if isinstance(call.error, NovajobsError):
-            self.fatal = self.fatal or call.error  # e.g. a missing table: stop, ack nothing
+    def _settle_call(self, handler: str, call: CallResult) -> None:
+        if _stops_run(call.error):  # e.g. a missing table, a database down: stop, ack nothing
+            self._leave(handler, call.messages, call.error)
             return
         self.stats.timed(call.duration, len(call.messages))
         for message in call.messages:
             error = call.error or call.failures.get(message.entry_id)
             if error is None:
                 self._ack(message)
+            elif _stops_run(error):
+                self._leave(handler, [message], error)
             else:
                 self._failed(message, error)
+
+    def _leave(self, handler: str, messages: list[Message], error: BaseException | None) -> None:
+        """The run must stop for what ``error`` says; ``messages`` are not at fault: they
+        stay pending, given back untouched."""
+        if self.fatal is None:
+            if isinstance(error, NovajobsError):
+                self.fatal = error
+            else:
+                self.fatal = UnavailableError(
+                    f"handler {handler} cannot reach what it depends on "
+                    f"({describe_error(error) if error else 'unavailable'})")
+            self.ctx.log.error("stopping the drain: not the entries' fault", handler=handler,
+                               error=describe_error(error) if error else "")
+        self._untried(messages)
+
+    def _untried(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            self.stats.add(message.stream, "left_pending")
+            self.untried.setdefault(message.stream, []).append(message.entry_id)
 
     def _not_started(self, task: Task, calls: list[list[Message]]) -> None:
         """Calls a task never began: other workers take them, unless the run is stopping
@@ -283,14 +262,14 @@ class Drainer:
         if not calls:
             return
         if self.halting or self.fatal is not None:
-            self.stats.add(task.stream, "left_pending", sum(len(c) for c in calls))
+            self._untried(m for call in calls for m in call)
         else:
             self._queue_calls(task.stream, task.handler, calls)
 
     def _expire(self) -> None:
         for result in self.pool.expire(self.timeout):
             for call in result.completed:
-                self._settle_call(call)
+                self._settle_call(result.task.handler, call)
             late = result.timed_out
             if self.halting:
                 self.stats.add(result.task.stream, "left_pending", len(late))
@@ -306,18 +285,19 @@ class Drainer:
     def _ack(self, message: Message) -> None:
         self.failures_in_row = 0
         self.stats.add(message.stream, "succeeded")
-        self.pending.acks.setdefault(message.stream, []).append(message.entry_id)
+        self.pending.ack(message.stream, message.entry_id)
 
     def _failed(self, message: Message, error: BaseException) -> None:
         self.failures_in_row += 1
         failures = message.attempts + 1
-        text = describe_error(error)
+        reason = describe_error(error)
         if isinstance(error, PermanentError) or failures > self.ctx.settings.stream_max_retries:
-            self._dead(message.stream, message.id, message.fields, text, failures, message.entry_id)
+            self._dead(message.stream, message.id, message.fields, reason, failures,
+                       message.entry_id)
             return
         due = time.time() + retry_delay(failures, self.ctx.settings)
-        self.pending.retries.append((message.stream, retry_member(message, failures, text), due))
-        self.pending.acks.setdefault(message.stream, []).append(message.entry_id)
+        self.pending.retries.append((message.stream, retry_member(message, failures, reason), due))
+        self.pending.ack(message.stream, message.entry_id)
         self.stats.add(message.stream, "retried")
 
     def _dead(
@@ -326,7 +306,7 @@ class Drainer:
     ) -> None:
         dead = dlq_fields(first_id, fields, failures, error, time.time())
         self.pending.dead.append((stream, dead))
-        self.pending.acks.setdefault(stream, []).append(entry_id or first_id)
+        self.pending.ack(stream, entry_id or first_id)
         self.stats.add(stream, "dead_lettered")
         self.ctx.log.warning("entry dead-lettered", stream=stream, entry_id=first_id, error=error)
 
@@ -335,26 +315,27 @@ class Drainer:
         No checkpoint here: acking finished work is right even after a stop signal."""
         if not self.pending:
             return
-        pending, self.pending = self.pending, _Pending()
+        writes, self.pending = self.pending, Round()
         prefix = self.ctx.settings.redis_prefix
+        self.ctx.retry(lambda: write_round(self.ctx.redis, prefix, self.group, writes),
+                       "ack and reschedule")
 
-        def write() -> None:
-            pipe = self.ctx.redis.pipeline(transaction=True)
-            for stream, member, due in pending.retries:
-                pipe.zadd(retry_key(prefix, stream), {member: due})
-            for stream, fields in pending.dead:
-                pipe.xadd(dlq_key(prefix, stream), fields)
-            for stream, ids in pending.acks.items():
-                pipe.xack(self.ctx.key(stream), self.group, *ids)
-            pipe.execute()
-
-        self.ctx.retry(write, "ack and reschedule")
+    def _give_back(self) -> None:
+        idle_ms = int(self.ctx.settings.stream_claim_idle_sec * 1000) + 1
+        for stream, ids in self.untried.items():
+            before = {i: self.reader.redelivered.get((stream, i), 0) for i in ids}
+            self.ctx.retry(functools.partial(give_back, self.ctx.redis, self.ctx.key(stream),
+                                             self.group, self.consumer, before, idle_ms),
+                           "give entries back")
+        self.untried.clear()
 
     # -- the end ----------------------------------------------------------------------------
-    def _finish(self, leave_pending: bool) -> None:
+    def _finish(self, leave_pending: bool, give_back: bool) -> None:
         """Let started work finish within the per-message timeout and settle it. After a
         stop, what has not finished stays pending (a later run reclaims it) instead of
-        being retried; so does whatever is still unfinished at the deadline."""
+        being retried; so does whatever is still unfinished at the deadline. What was
+        never tried (or hit an outage) is given back, unless the lock was lost (another
+        process may run under our consumer name now)."""
         if leave_pending:
             self._halt()
         deadline = time.monotonic() + self.timeout + 1
@@ -363,8 +344,7 @@ class Drainer:
                 if self.pool.stuck >= self.pool.size:  # nothing queued can start any more
                     self._halt()
                     for task in self.pool.drop_queued():
-                        self.stats.add(task.stream, "left_pending",
-                                       sum(len(c) for c in task.calls))
+                        self._untried(m for call in task.calls for m in call)
                 if time.monotonic() >= deadline:
                     if self.halting:
                         break
@@ -376,6 +356,8 @@ class Drainer:
                 self._settle(self.pool.collect(wait))
                 self._expire()
             self._flush()
+            if give_back:
+                self._give_back()
         finally:
             self.pool.shutdown()
 
@@ -383,9 +365,15 @@ class Drainer:
         self.halting = True
         self.pool.halt()
         for task in self.backlog:  # read but never started: still pending in the group
-            self.stats.add(task.stream, "left_pending", sum(len(c) for c in task.calls))
+            self._untried(m for call in task.calls for m in call)
         self.backlog.clear()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _stops_run(error: BaseException | None) -> bool:
+    return error is not None and (isinstance(error, NovajobsError) or is_outage(error))
+
+
+def _stops_any(call: CallResult) -> bool:
+    """For the pool: after such a call no worker starts another (a dead store must not
+    be tried once per queued call)."""
+    return _stops_run(call.error) or any(_stops_run(e) for e in call.failures.values())

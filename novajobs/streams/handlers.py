@@ -10,10 +10,16 @@ built-ins, and the ``novajobs.handlers`` entry-point group of installed packages
     story-gen = "mypkg.handlers:handle_story"      # a function(message) -> None
     memory-update = "mypkg.handlers:MemoryHandler"  # or a Handler subclass
 
-A handler signals failure by raising: any exception means "retry later" (with
-backoff, then the dead-letter queue); ``PermanentError`` means "this entry can never
-succeed" and sends it to the dead-letter queue at once; a ``NovajobsError`` such as
-``ConfigError`` stops the whole run and leaves the entry pending.
+A handler signals failure by raising:
+
+- any exception: this entry failed; retry it later (with backoff, then the
+  dead-letter queue);
+- ``PermanentError``: this entry can never succeed; to the dead-letter queue at once;
+- ``Unavailable`` (or a connection error of a known driver, see ``is_outage``): not
+  this entry, what the handler depends on is down; the run stops with exit 69 and
+  the entry stays pending, its attempt count untouched, for a later run;
+- a ``NovajobsError`` such as ``ConfigError`` (a missing table): the run stops with
+  that error's exit code and the entry stays pending, untouched.
 
 Each worker thread gets its own handler instances, so a handler needs no locking and
 may keep a connection per instance (the built-in audit-log handler does).
@@ -28,6 +34,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from novajobs.errors import ConfigError, UsageError
+from novajobs.retry import is_transient
 
 if TYPE_CHECKING:
     from novajobs.output import JobLog
@@ -45,6 +52,19 @@ META_ATTEMPTS = "novajobs:attempts"  # failed attempts so far
 class PermanentError(Exception):
     """Raised by a handler for an entry that can never succeed (malformed data):
     it goes to the dead-letter queue without retries."""
+
+
+class Unavailable(Exception):
+    """Raised by a handler when what it depends on is down, not the entry at fault (a
+    service answering 503, a database refusing connections). The run stops with exit 69;
+    the entry stays pending with its attempt and delivery counts untouched, for a later
+    run. Connection errors of the drivers novajobs knows (redis, psycopg, urllib3, ...,
+    see novajobs.retry.is_transient) count as this without being wrapped."""
+
+
+def is_outage(error: BaseException) -> bool:
+    """A handler error that is the infrastructure's fault, not the entry's."""
+    return isinstance(error, Unavailable) or is_transient(error)
 
 
 @dataclass(frozen=True)

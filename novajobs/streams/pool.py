@@ -57,8 +57,11 @@ _STOP = object()
 
 
 class WorkerPool:
-    def __init__(self, size: int, make_handler: Callable[[str], Handler]) -> None:
+    def __init__(self, size: int, make_handler: Callable[[str], Handler],
+                 stops: Callable[[CallResult], bool] = lambda call: False) -> None:
         self.size = size
+        self._stops = stops  # a call after which no task starts another (an outage)
+        self._halted = False
         self.capacity = 2 * size  # tasks running or queued: one queued per worker at most
         self._make_handler = make_handler
         self._tasks: queue.Queue[object] = queue.Queue()
@@ -94,6 +97,7 @@ class WorkerPool:
 
     def submit(self, task: Task) -> None:
         with self._lock:
+            task.halt = task.halt or self._halted
             self._busy += 1
             self._waiting.add(task)
         self._tasks.put(task)
@@ -145,8 +149,12 @@ class WorkerPool:
     def halt(self) -> None:
         """Every task stops before its next call; queued ones return without a call."""
         with self._lock:
-            for task in self._waiting:
-                task.halt = True
+            self._halt_all()
+
+    def _halt_all(self) -> None:
+        self._halted = True
+        for task in self._waiting:
+            task.halt = True
 
     def shutdown(self) -> None:
         """Let idle workers close their handlers and exit; stuck ones are left behind."""
@@ -194,6 +202,8 @@ class WorkerPool:
                     return
                 task.completed.append(result)
                 task.started = None
+                if self._stops(result):
+                    self._halt_all()
 
     def _call(self, name: str, messages: list[Message], handlers: dict[str, Handler]
               ) -> CallResult:
