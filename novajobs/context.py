@@ -82,6 +82,7 @@ class Guard:
         self.deadline = time.monotonic() + timeout_sec if timeout_sec else None
         self.lock = lock
         self.stop_reason: str | None = None
+        self.stop_message: str | None = None  # what the record says; default "stopped by ..."
         self._critical = 0
         self._deferred: BaseException | None = None
 
@@ -105,15 +106,16 @@ class Guard:
             return True
         return False
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, message: str | None = None) -> None:
         self.stop_reason = reason
+        self.stop_message = message
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def check(self) -> None:
         if self.stop_reason:
-            raise Interrupted(f"stopped by {self.stop_reason}")
+            raise Interrupted(self.stop_message or f"stopped by {self.stop_reason}")
         if self.lock is not None and not self.lock.lease_ok():
             raise LockLost(f"lock {self.lock.key} lost; stopped before the next write")
         left = self.remaining()

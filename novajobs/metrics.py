@@ -136,7 +136,7 @@ def consecutive_skips(ctx: JobContext, rec: RunRecord) -> int | None:
     for run in history:
         if run.get("outcome") != str(Outcome.SKIPPED):
             break
-        count += 1
+        count += run.get("skips") or 1  # skips in a row share one history entry
     return max(count, 1)
 
 

@@ -15,8 +15,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +68,43 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str, ensure_ascii=False)
+
+
+class RunLogCapture(logging.Handler):
+    """Keeps the last log lines of one run (those bound to its ``run_id``) as JSON lines,
+    each numbered (``seq``), at most ``max_lines`` lines and ``max_bytes`` bytes, secrets
+    removed by ``redact``. The run's heartbeat and its end store them with its record."""
+
+    LINE_MAX = 4000  # characters of one message or traceback kept
+
+    def __init__(self, run_id: str, max_lines: int, max_bytes: int,
+                 redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self.run_id, self.max_lines, self.max_bytes, self.redact = (
+            run_id, max_lines, max_bytes, redact)
+        self.lines: deque[str] = deque()
+        self.size = 0
+        self.seq = 0
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "fields", {}).get("run_id") != self.run_id:
+            return
+        data = json.loads(self.redact(self.format(record)))
+        for name in ("message", "traceback"):
+            if isinstance(data.get(name), str) and len(data[name]) > self.LINE_MAX:
+                data[name] = data[name][: self.LINE_MAX - 1] + "…"
+        self.seq += 1
+        line = json.dumps({"seq": self.seq, **data}, default=str, ensure_ascii=False)
+        self.lines.append(line)
+        self.size += len(line.encode())
+        while self.lines and (len(self.lines) > self.max_lines or self.size > self.max_bytes):
+            self.size -= len(self.lines.popleft().encode())
+
+    def snapshot(self) -> tuple[int, list[str]]:
+        """(number of the newest line, the lines kept), consistent with each other."""
+        with self.lock or nullcontext():
+            return self.seq, list(self.lines)
 
 
 class _RichFieldsFormatter(logging.Formatter):

@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from novajobs import alerts, checkins, metrics
+from novajobs.beacon import Beacon
 from novajobs.connections import Connections
 from novajobs.context import Guard, JobContext, Shard
 from novajobs.errors import Interrupted, JobTimeout, NovajobsError, Outcome
@@ -27,6 +28,7 @@ from novajobs.output import JobLog
 from novajobs.records import RunRecord, now_iso, record_end, record_skip, record_start
 from novajobs.registry import JobSpec, get_job
 from novajobs.retry import describe_error, is_transient
+from novajobs.runlog import RunLog
 from novajobs.settings import Settings, load_settings
 
 
@@ -58,10 +60,12 @@ def run_job(
         pid=os.getpid(),
         shard=shard.label if shard else None,
         started_at=now_iso(),
+        dry_run=options.dry_run,
     )
     timeout = options.timeout_sec or spec.timeout_sec
     started = time.monotonic()
     lock: JobLock | None = None
+    beacon = _new_beacon(ctx, rec)
     try:
         with _stop_on_signals(ctx.guard, ctx.log), _hard_timeout(ctx.guard, timeout):
             func = spec.load()
@@ -71,6 +75,7 @@ def run_job(
                     return rec
             checkins.ping_start(ctx, rec)
             ctx.retry(lambda: record_start(ctx.redis, settings.redis_prefix, rec), "record start")
+            beacon.start()
             ctx.log.info("run started", timeout_sec=timeout, dry_run=options.dry_run or None)
             result = func(ctx, **params)
             rec.outcome, rec.message, rec.details = result.outcome, result.message, result.details
@@ -84,7 +89,8 @@ def run_job(
         # A traceback helps with the unexpected; an unreachable store needs none.
         ctx.log.error("run failed", error=rec.error, exc_info=rec.outcome is Outcome.FAILED)
     finally:
-        _finish(ctx, rec, lock, started)
+        beacon.stop()
+        _finish(ctx, rec, lock, started, beacon)
     return rec
 
 
@@ -107,10 +113,15 @@ def _new_context(spec: JobSpec, settings: Settings, options: RunOptions) -> JobC
     )
 
 
+def _new_beacon(ctx: JobContext, rec: RunRecord) -> Beacon:
+    """The run's heartbeat (alive, stop requests) and its log lines kept in Redis."""
+    return Beacon(ctx, rec, RunLog(lambda: ctx.redis, ctx.settings, rec.unit, rec.run_id))
+
+
 def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> JobLock | None:
     """Take the job's lock and start its heartbeat; None (and a skip record) when held."""
     scope = rec.shard or (getattr(ctx.settings, spec.lock_scope) if spec.lock_scope else None)
-    key = lock_key(ctx.settings.redis_prefix, spec.name, scope)
+    key = rec.lock_key = lock_key(ctx.settings.redis_prefix, spec.name, scope)
     holder = {"job": rec.unit, "host": rec.host, "pid": rec.pid, "run_id": rec.run_id}
     lock = JobLock(ctx.redis, key, ctx.settings.lock_ttl_sec or spec.lock_ttl_sec, holder)
 
@@ -138,7 +149,9 @@ def _who(ctx: JobContext, key: str) -> str:
     return current.describe() if current else "another run (released just now)"
 
 
-def _finish(ctx: JobContext, rec: RunRecord, lock: JobLock | None, started: float) -> None:
+def _finish(
+    ctx: JobContext, rec: RunRecord, lock: JobLock | None, started: float, beacon: Beacon
+) -> None:
     """Release, record, log, close. Every step is best effort: none may hide the outcome."""
     log = ctx.log
     if lock is not None:
@@ -176,6 +189,7 @@ def _finish(ctx: JobContext, rec: RunRecord, lock: JobLock | None, started: floa
         log.info(text, **fields)
     else:
         log.error(text, **fields)
+    beacon.close()  # after the last line: it is kept with the record
     ctx.close()
 
 

@@ -128,6 +128,16 @@ class Settings:
         "info", check=one_of("debug", "info", "warning", "error"), help="least level logged"
     )
     history_size: int = setting(100, check=positive, help="run records kept per job")
+    run_heartbeat_sec: float = setting(
+        5.0, check=positive,
+        help="a running run says it is alive and looks for stop requests this often; "
+        "status calls it stale after 3 silent beats",
+    )
+    run_log_lines: int = setting(200, check=positive, help="last log lines kept per run")
+    run_log_bytes: int = setting(65536, check=positive, help="at most this much of them")
+    run_log_retention: str = setting(
+        "7d", check=duration, help="how long a run's log lines are kept in Redis"
+    )
     retry_attempts: int = setting(
         3, check=positive, help="tries for a transient connection error"
     )

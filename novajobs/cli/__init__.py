@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from novajobs import __version__
-from novajobs.cli import admin, db, deploy, dlq
+from novajobs.cli import admin, db, deploy, dlq, runs
 from novajobs.cli.jobs import job_command
 from novajobs.errors import ExitCode, NovajobsError
 from novajobs.registry import JOBS
@@ -49,6 +49,7 @@ admin.register(cli)
 deploy.register(cli)
 db.register(cli)
 dlq.register(cli)
+runs.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,82 +36,60 @@ def _redis(settings: Settings) -> redis.Redis:
 @click.command()
 @with_options(*SETTINGS_OPTIONS, JSON_OPTION)
 def status(as_json: bool, **kw: Any) -> None:
-    """Show the last run of every job (and shard) from Redis.
+    """Show every job (and shard): its last run, how long ago, and whether it can be
+    trusted: running (heartbeat seen), stale (died without a word), never run.
+
+    One line per job, cut to the terminal's width; `history JOB` has the full detail.
+    The JSON schema is documented under "Run records".
 
     Example:
 
     \b
-      novajobs status --json | jq '.[] | select(.outcome != "success")'
+      novajobs status --json | jq '.[] | select(.state == "stale" or .outcome == "failed")'
     """
-    from novajobs.output import print_json, print_line, print_table
-    from novajobs.records import read_statuses
+    import shutil
+
+    from novajobs.jobstatus import job_statuses
+    from novajobs.output import print_json, print_line
+    from novajobs.textview import status_lines
 
     settings = settings_from(kw)
-    rows = read_statuses(_redis(settings), settings.redis_prefix)
+    rows = job_statuses(_redis(settings), settings.redis_prefix, settings.run_heartbeat_sec)
     if as_json:
         print_json(rows)
         return
-    if not rows:
-        print_line("no runs recorded yet")
-        return
-    print_table(
-        "job status",
-        ("job", "outcome", "started", "duration", "last success", "host", "counters", "error"),
-        [
-            (
-                r["unit"],
-                r.get("outcome"),
-                r.get("started_at"),
-                _duration(r.get("duration_ms")),
-                r.get("last_success_at"),
-                r.get("host"),
-                r["counters"],
-                r.get("error") or r.get("message"),
-            )
-            for r in rows
-        ],
-    )
+    width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else 80
+    for line in status_lines(rows, width):
+        print_line(line)
 
 
 @click.command()
 @click.argument("job")
 @click.option("--shard", metavar="I/N", help="The history of one shard of a sharded job.")
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, help="Runs to show.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, help="Entries to show.")
 @with_options(*SETTINGS_OPTIONS, JSON_OPTION)
 def history(job: str, shard: str | None, limit: int, as_json: bool, **kw: Any) -> None:
-    """Show the latest runs of JOB, newest first.
+    """Show the latest runs of JOB in full, newest first (skips in a row: one entry).
 
     Example:
 
     \b
       novajobs history refresh-trending -n 5
     """
-    from novajobs.output import print_json, print_table
+    from novajobs.output import print_json, print_line
     from novajobs.records import read_history
+    from novajobs.textview import history_lines
 
     settings = settings_from(kw)
-    unit = _unit(job, shard)
+    unit = unit_name(job, shard)
     rows = read_history(_redis(settings), settings.redis_prefix, unit, limit)
     if as_json:
         print_json(rows)
         return
-    print_table(
-        f"history of {unit}",
-        ("started", "outcome", "exit", "duration", "host", "run id", "counters", "error"),
-        [
-            (
-                r["started_at"],
-                r["outcome"],
-                r["exit_code"],
-                _duration(r["duration_ms"]),
-                r["host"],
-                r["run_id"],
-                r["counters"],
-                r["error"] or r["message"],
-            )
-            for r in rows
-        ],
-    )
+    if not rows:
+        print_line(f"{unit} has no recorded runs")
+    for line in history_lines(rows, settings.timezone):
+        print_line(line)
 
 
 @click.group(invoke_without_command=True)
@@ -278,7 +256,7 @@ def config(as_json: bool, **kw: Any) -> None:
     print_table("settings", ("name", "value", "source", "env"), [list(r.values()) for r in rows])
 
 
-def _unit(job: str, shard: str | None) -> str:
+def unit_name(job: str, shard: str | None) -> str:
     name = get_job(job).name
     if not shard:
         return name
@@ -286,13 +264,6 @@ def _unit(job: str, shard: str | None) -> str:
 
     parsed = Shard.parse(shard, completion_index=None, shard_count=0)
     return f"{name}:{parsed.label}"
-
-
-def _duration(ms: Any) -> str:
-    try:
-        return f"{int(ms) / 1000:.2f} s"
-    except (TypeError, ValueError):
-        return ""
 
 
 def _s(value: bytes | str) -> str:

@@ -1,0 +1,97 @@
+"""Each run's last log lines, kept in Redis beside its record (``job:log:{unit}:{run_id}``,
+a list of JSON lines, for ``run_log_retention``), read back by ``novajobs logs`` and the
+console. The lines are the run's own JSON log lines, numbered (``seq``), capped by
+``run_log_lines`` and ``run_log_bytes``, with every secret setting's value and URL
+password replaced by ``****`` before they leave the process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from novajobs.checks import duration_sec
+from novajobs.output import RunLogCapture
+from novajobs.records import log_key
+from novajobs.retry import redact_text
+from novajobs.settings import setting_names
+
+if TYPE_CHECKING:
+    import redis
+
+    from novajobs.settings import Settings
+
+
+def redactor(settings: Settings) -> Callable[[str], str]:
+    """Replace the values of secret settings and URL passwords, raw or JSON-escaped."""
+    secrets: set[str] = set()
+    for name in setting_names():
+        value = getattr(settings, name)
+        if not isinstance(value, str) or not value:
+            continue
+        if settings.redacted(name) == "****":
+            secrets.add(value)
+        elif settings.redacted(name) != value:  # a URL with a password
+            password = urlsplit(value).password
+            if password:
+                secrets.add(password)
+    forms = sorted({f for s in secrets if len(s) >= 4 for f in (s, json.dumps(s)[1:-1])},
+                   key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        for secret in forms:
+            text = text.replace(secret, "****")
+        return redact_text(text)
+
+    return redact
+
+
+class RunLog:
+    """Captures one run's log lines and stores them; ``store()`` is cheap when nothing
+    new was logged (the heartbeat calls it every beat)."""
+
+    def __init__(self, client: Callable[[], redis.Redis], settings: Settings, unit: str,
+                 run_id: str) -> None:
+        self.client, self.key = client, log_key(settings.redis_prefix, unit, run_id)
+        self.retention = max(int(duration_sec(settings.run_log_retention)), 60)
+        self.capture = RunLogCapture(run_id, settings.run_log_lines, settings.run_log_bytes,
+                                     redactor(settings))
+        self._stored = 0
+        logging.getLogger("novajobs").addHandler(self.capture)
+
+    def store(self) -> None:
+        seq, lines = self.capture.snapshot()
+        if seq == self._stored or not lines:
+            return
+        pipe = self.client().pipeline(transaction=True)
+        pipe.delete(self.key)
+        pipe.rpush(self.key, *lines)
+        pipe.expire(self.key, self.retention)
+        pipe.execute()
+        self._stored = seq
+
+    def close(self) -> None:
+        logging.getLogger("novajobs").removeHandler(self.capture)
+
+
+def read_lines(r: redis.Redis, prefix: str, unit: str, run_id: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in r.lrange(log_key(prefix, unit, run_id), 0, -1)]
+
+
+def follow(r: redis.Redis, prefix: str, unit: str, run_id: str, running: Callable[[], bool],
+           poll_sec: float = 1.0) -> Iterator[dict[str, Any]]:
+    """The run's lines as they arrive, until it has ended and its last lines are read."""
+    shown = 0
+    while True:
+        still_running = running()  # asked before reading: the last lines come after the end
+        for line in read_lines(r, prefix, unit, run_id):
+            if int(line.get("seq", 0)) > shown:
+                shown = int(line["seq"])
+                yield line
+        if not still_running:
+            return
+        time.sleep(poll_sec)
