@@ -27,6 +27,9 @@ def render_rules(plans: list[Plan], *, header: str) -> str:
                                        _missed_periods()]},
         {"name": "novajobs-freshness", "rules": [_stale(p.spec.name, p.interval_sec)
                                                  for p in plans]},
+        {"name": "novajobs-never-reported", "rules": [_never_reported(p.spec.name,
+                                                                      p.interval_sec)
+                                                      for p in plans]},
     ]
     return header + yamltext.dump({"groups": groups})
 
@@ -100,6 +103,26 @@ def _stale(job: str, interval_sec: int) -> dict[str, Any]:
             "description": f"No successful run of {job} for more than twice its schedule's "
             f"interval ({human(interval_sec)}). Check NovajobsJobFailed, "
             "NovajobsJobKeepsBeingSkipped and whether the CronJob runs at all.",
+        },
+    }
+
+
+def _never_reported(job: str, interval_sec: int) -> dict[str, Any]:
+    """A job with no run pushed at all: "last success too old" needs a first report, so a
+    crontab line that never starts novajobs (a wrong PATH, a shell redirect into a missing
+    directory) would otherwise stay silent forever."""
+    limit = 2 * interval_sec
+    return {
+        "alert": "NovajobsJobNeverReported",
+        "expr": f'absent(novajobs_last_run_timestamp_seconds{{job="{job}"}})',
+        "for": human(limit),
+        "labels": {"severity": "warning", "job": job},
+        "annotations": {
+            "summary": f"novajobs {job} has reported no run for {human(limit)}",
+            "description": f"The Pushgateway has no run of {job} for more than twice its "
+            f"schedule's interval ({human(interval_sec)}): it never ran, or every run died "
+            "before reporting (or the Pushgateway lost its data). Check that cron or the "
+            "CronJob starts it: its log file, `novajobs status`, `kubectl get jobs`.",
         },
     }
 

@@ -207,7 +207,11 @@ def render_crontab(plans: list[Plan], settings: Settings) -> str:
         "# Each line runs one job once; novajobs takes the job's Redis lock, so the same",
         "# crontab on two hosts (for availability) runs each job once: the other run is",
         "# skipped, exits 0 with --skip-ok, and is counted in the run history and metrics.",
-        "# Logs are JSON lines appended per job: rotate them with logrotate's copytruncate.",
+        "# Logs: novajobs appends JSON lines to /var/log/novajobs/JOB.log itself (--log-file):",
+        "# it creates the directory, and reopens the file each run, so logrotate needs no",
+        "# copytruncate. If it cannot write there it says so on stderr (cron mails it where",
+        "# a mailer is set up) and in the run record, logs to stderr, and the job still runs:",
+        "# no shell redirection that could fail before novajobs starts.",
         "# Sharded jobs run unsharded here (one host); scale-out is Kubernetes' job.",
         "",
         "SHELL=/bin/sh",
@@ -221,8 +225,7 @@ def render_crontab(plans: list[Plan], settings: Settings) -> str:
     ]
     for p in plans:
         spec = p.spec
-        command = " ".join([*_cron_args(spec.name), ">>", f"/var/log/novajobs/{spec.name}.log",
-                            "2>&1"])
+        command = " ".join([*_cron_args(spec.name), "--log-file", cron_log_file(spec.name)])
         lines += [
             "",
             f"# {spec.name}: {spec.summary}",
@@ -230,6 +233,10 @@ def render_crontab(plans: list[Plan], settings: Settings) -> str:
             f"{spec.schedule} {command}".replace("%", "\\%"),  # % ends a cron command
         ]
     return "\n".join(lines) + "\n"
+
+
+def cron_log_file(job: str) -> str:
+    return f"/var/log/novajobs/{job}.log"
 
 
 def _cron_args(job: str) -> list[str]:

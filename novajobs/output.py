@@ -32,14 +32,20 @@ def resolve_format(requested: str, stream: Any = None) -> str:
     return "rich" if hasattr(stream, "isatty") and stream.isatty() else "json"
 
 
-def setup_logging(log_format: str = "auto", level: str = "info") -> str:
-    """Configure the ``novajobs`` logger; returns the format chosen ("rich" or "json")."""
-    fmt = resolve_format(log_format)
+def setup_logging(log_format: str = "auto", level: str = "info", log_file: str = "") -> str:
+    """Configure the ``novajobs`` logger; returns the format chosen ("rich" or "json").
+
+    With ``log_file`` the lines go there (JSON) instead of stderr, if it can be opened."""
+    file_handler = open_log_file(log_file) if log_file else None
+    fmt = "json" if file_handler else resolve_format(log_format)
     _state["format"] = fmt
     for old in list(_LOGGER.handlers):
         _LOGGER.removeHandler(old)
+        old.close()  # a log file's handler closes its file; stderr's leaves stderr open
     handler: logging.Handler
-    if fmt == "rich":
+    if file_handler is not None:
+        handler = file_handler
+    elif fmt == "rich":
         from rich.logging import RichHandler
 
         handler = RichHandler(console=_console(stderr=True), show_path=False, markup=False)
@@ -51,6 +57,31 @@ def setup_logging(log_format: str = "auto", level: str = "info") -> str:
     _LOGGER.setLevel(level.upper())
     _LOGGER.propagate = False
     return fmt
+
+
+def open_log_file(path: str) -> logging.Handler | None:
+    """A handler appending JSON lines to ``path`` (its directory created). It reopens the
+    file when it was moved or removed, so logrotate needs no copytruncate. If it cannot
+    be opened: one line on stderr, remembered for the run record (``log_file_problem``),
+    and None: the lines go to stderr and the job still runs."""
+    from logging.handlers import WatchedFileHandler
+
+    _state["log_file_problem"] = ""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        handler = WatchedFileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        problem = f"cannot write the log file {path}: {exc.strerror or exc}; logging to stderr"
+        sys.stderr.write(f"novajobs: {problem}\n")
+        _state["log_file_problem"] = problem
+        return None
+    handler.setFormatter(JsonFormatter())
+    return handler
+
+
+def log_file_problem() -> str:
+    """Why the configured log file could not be opened ("" when it could, or none is set)."""
+    return _state.get("log_file_problem", "")
 
 
 def is_rich() -> bool:

@@ -45,6 +45,7 @@ class RunRecord:
     counters: dict[str, int | float] = field(default_factory=dict)
     dry_run: bool = False
     lock_key: str | None = None  # the lock this run holds (None: --no-lock)
+    warning: str | None = None  # a problem that did not stop the run (its log file)
     details: dict[str, Any] = field(default_factory=dict)  # for --json; not stored
 
     @property
@@ -183,7 +184,7 @@ def _flat(rec: RunRecord) -> Fields:
 
 INTS = ("pid", "duration_ms", "exit_code", "skips")
 TEXTS = ("shard", "run_id", "host", "started_at", "ended_at", "outcome", "message", "error",
-         "lock_key")
+         "warning", "lock_key")
 STATUS_TEXTS = ("seen_at", "last_success_at", "last_skipped_at", "skipped_by")
 
 

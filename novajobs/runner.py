@@ -24,7 +24,7 @@ from novajobs.connections import Connections
 from novajobs.context import Guard, JobContext, Shard
 from novajobs.errors import Interrupted, JobTimeout, NovajobsError, Outcome
 from novajobs.lock import JobLock, lock_key, read_holder
-from novajobs.output import JobLog
+from novajobs.output import JobLog, log_file_problem
 from novajobs.records import RunRecord, now_iso, record_end, record_skip, record_start
 from novajobs.registry import JobSpec, get_job
 from novajobs.retry import describe_error, is_transient
@@ -62,6 +62,7 @@ def run_job(
         started_at=now_iso(),
         dry_run=options.dry_run,
     )
+    rec.warning = log_file_problem() or None  # the run goes on; its record says so
     timeout = options.timeout_sec or spec.timeout_sec
     started = time.monotonic()
     lock: JobLock | None = None
@@ -76,7 +77,8 @@ def run_job(
             checkins.ping_start(ctx, rec)
             ctx.retry(lambda: record_start(ctx.redis, settings.redis_prefix, rec), "record start")
             beacon.start()
-            ctx.log.info("run started", timeout_sec=timeout, dry_run=options.dry_run or None)
+            ctx.log.info("run started", timeout_sec=timeout, dry_run=options.dry_run or None,
+                         warning=rec.warning)
             result = func(ctx, **params)
             rec.outcome, rec.message, rec.details = result.outcome, result.message, result.details
     except NovajobsError as exc:

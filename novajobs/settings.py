@@ -124,6 +124,11 @@ class Settings:
     log_format: str = setting(
         "auto", check=one_of("auto", "rich", "json"), help="auto: rich on a terminal, else JSON"
     )
+    log_file: str = setting(
+        "",
+        help="append the log (JSON lines) to this file instead of stderr (directory created, "
+        "reopened after logrotate moves it); '' = stderr",
+    )
     log_level: str = setting(
         "info", check=one_of("debug", "info", "warning", "error"), help="least level logged"
     )

@@ -75,6 +75,8 @@ def status_note(status: dict[str, Any], now: float) -> str:
         text = ""
     else:
         text = status["error"] or status["message"] or ""
+    if status.get("warning"):
+        text = f"warning: {status['warning']}; {text}" if text else f"warning: {status['warning']}"
     return text
 
 
@@ -152,7 +154,7 @@ def history_lines(entries: list[dict[str, Any]], timezone: str,
                     f"  ({age(since(e['started_at'], now))} ago)")
         yield head
         yield f"    run {e['run_id']} on {e['host']} pid {e['pid']}"
-        for name in ("message", "error"):
+        for name in ("message", "error", "warning"):
             if e[name]:
                 yield f"    {name}: {e[name]}"
         if e["counters"]:

@@ -29,6 +29,11 @@ SETTINGS_OPTIONS = (
         type=click.Choice(["auto", "rich", "json"]),
         help="Log lines for a terminal (rich) or one JSON object per line. Default: auto.",
     ),
+    click.Option(
+        ["--log-file"],
+        metavar="PATH",
+        help="Append the log (JSON lines) to PATH instead of stderr; its directory is created.",
+    ),
     click.Option(["-v", "--verbose"], is_flag=True, help="Debug log lines."),
 )
 
@@ -59,8 +64,11 @@ def settings_from(kw: dict[str, Any], overrides: dict[str, Any] | None = None) -
     log_format = kw.pop("log_format", None)
     if log_format:
         values["log_format"] = log_format
+    log_file = kw.pop("log_file", None)
+    if log_file:
+        values["log_file"] = log_file
     if kw.pop("verbose", False):
         values["log_level"] = "debug"
     settings = load_settings(kw.pop("config_file", None), overrides=values)
-    setup_logging(settings.log_format, settings.log_level)
+    setup_logging(settings.log_format, settings.log_level, settings.log_file)
     return settings

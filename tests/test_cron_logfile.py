@@ -1,0 +1,116 @@
+"""cron without silent failures: novajobs' own log file, the crontab that uses it, and
+an alert for a job that never reported (issue #14)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from novajobs import deploy, yamltext
+from novajobs.output import setup_logging
+from novajobs.registry import JOBS
+from novajobs.runner import run_job
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_crontab_lines_run_as_cron_would(redis_server, stack, names):
+    """scripts/cron_check.py --tiny: the lines through /bin/sh with only cron's environment,
+    a log directory that does not exist yet, and one log path that cannot exist."""
+    cron_check = load_script("cron_check")
+    assert cron_check.check(stack.env()["REDIS_URL"], names["prefix"], daemon=False) == []
+
+
+def test_every_crontab_line_logs_through_novajobs_not_a_shell_redirect():
+    lines = [x for x in (ROOT / deploy.CRONTAB).read_text().splitlines()
+             if x and not x.startswith("#") and "=" not in x.split()[0]]
+    assert len(lines) == len(JOBS)
+    for spec, line in zip(JOBS, lines, strict=True):
+        assert line.endswith(f" --log-file /var/log/novajobs/{spec.name}.log"), line
+        assert ">" not in line
+
+
+def test_the_log_file_is_reopened_after_logrotate_moves_it(redis_server, settings, tmp_path):
+    path = tmp_path / "new" / "dir" / "clean-token-blacklist.log"
+    setup_logging("json", "info", str(path))
+    try:
+        first = run_job("clean-token-blacklist", settings)
+        path.rename(path.with_suffix(".log.1"))  # logrotate without copytruncate
+        second = run_job("clean-token-blacklist", settings)
+    finally:
+        setup_logging("json", "info")
+
+    def run_ids(p: Path) -> set[str]:
+        return {json.loads(line)["run_id"] for line in p.read_text().splitlines()}
+
+    assert run_ids(path.with_suffix(".log.1")) == {first.run_id}
+    assert run_ids(path) == {second.run_id}
+
+
+def test_a_log_file_that_cannot_be_opened_is_reported_and_the_job_still_runs(cli, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    target = blocked / "logs" / "job.log"
+
+    done = cli("clean-token-blacklist", "--log-file", str(target))
+
+    assert done.returncode == 0
+    first, *rest = done.stderr.splitlines()
+    assert first == (f"novajobs: cannot write the log file {target}: Not a directory; "
+                     "logging to stderr")
+    assert json.loads(rest[-1])["outcome"] == "nothing_to_do"  # the log went to stderr
+    status = next(s for s in json.loads(cli("status", "--json").stdout)
+                  if s["unit"] == "clean-token-blacklist")
+    assert status["warning"] == first.removeprefix("novajobs: ")
+    row = next(x for x in cli("status").stdout.splitlines() if x.startswith("clean-token"))
+    assert row.endswith(" warning: cannot wri…")
+
+
+def test_the_alert_rules_catch_a_job_that_never_reported(tmp_path):
+    rules = yaml.safe_load((ROOT / deploy.RULES).read_text())
+    never = {r["labels"]["job"]: r for g in rules["groups"] for r in g["rules"]
+             if r["alert"] == "NovajobsJobNeverReported"}
+    assert sorted(never) == sorted(spec.name for spec in JOBS)
+    assert never["refresh-trending"]["for"] == "2m"  # twice its every-minute schedule
+    test = {
+        "rule_files": [str(ROOT / deploy.RULES)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'novajobs_last_run_timestamp_seconds{job="refresh-trending"}',
+                 "values": "_ _ _ _ 240 240 240"},  # reports from minute 4 on
+                *({"series": f'novajobs_last_run_timestamp_seconds{{job="{s.name}"}}',
+                   "values": "0x6"} for s in JOBS if s.name != "refresh-trending"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "1m", "alertname": "NovajobsJobNeverReported", "exp_alerts": []},
+                {"eval_time": "3m", "alertname": "NovajobsJobNeverReported",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning",
+                                                "job": "refresh-trending"},
+                                 "exp_annotations": never["refresh-trending"]["annotations"]}]},
+                {"eval_time": "5m", "alertname": "NovajobsJobNeverReported", "exp_alerts": []},
+            ],
+        }],
+    }
+    path = tmp_path / "never_reported_test.yml"
+    path.write_text(yamltext.dump(test))
+    done = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ})
+    assert done.returncode == 0, done.stdout + done.stderr
