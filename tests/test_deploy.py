@@ -65,7 +65,7 @@ def test_every_job_has_a_crontab_line_that_cron_can_read():
         assert " ".join(fields[:5]) == spec.schedule
         CronSim(" ".join(fields[:5]), __import__("datetime").datetime(2025, 1, 1))
         assert fields[5:10] == ["novajobs", spec.name, "--skip-ok", "--log-format", "json"]
-        assert fields[-3:] == [">>", f"/var/log/novajobs/{spec.name}.log", "2>&1"]
+        assert fields[-2:] == ["--log-file", f"/var/log/novajobs/{spec.name}.log"]
 
 
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
