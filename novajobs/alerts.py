@@ -86,16 +86,17 @@ def channels(settings: Settings) -> list[tuple[str, Callable[[Settings, Alert], 
     return found
 
 
-def send_alerts(ctx: JobContext, rec: RunRecord) -> None:
-    """Send this run's alert if it needs one. Never raises; adds alerts_* counters."""
+def send_alerts(ctx: JobContext, rec: RunRecord, use_redis: bool = True) -> None:
+    """Send this run's alert if it needs one. Never raises; adds alerts_* counters.
+    ``use_redis=False``: Redis just failed to answer, send without the cooldown."""
     try:
-        _send_alerts(ctx, rec)
+        _send_alerts(ctx, rec, use_redis)
     except Exception as exc:  # a bug or a broken setting here must not hide the outcome
         ctx.log.warning("alerting failed", error=describe_error(exc))
         _count(ctx, rec, "alerts_failed")
 
 
-def _send_alerts(ctx: JobContext, rec: RunRecord) -> None:
+def _send_alerts(ctx: JobContext, rec: RunRecord, use_redis: bool) -> None:
     settings = ctx.settings
     kind = alert_kind(settings, rec)
     ways = channels(settings)
@@ -103,7 +104,7 @@ def _send_alerts(ctx: JobContext, rec: RunRecord) -> None:
     if kind is None or not ways or ctx.dry_run:
         return
     cooldown_key = ctx.key(f"job:alert:{rec.unit}:{kind}")
-    if not _start_cooldown(ctx, cooldown_key):
+    if use_redis and not _start_cooldown(ctx, cooldown_key):
         ctx.log.info("alert suppressed: one was sent within alert_cooldown_sec",
                      redis_key=cooldown_key, cooldown_sec=settings.alert_cooldown_sec)
         _count(ctx, rec, "alerts_suppressed")
@@ -120,7 +121,7 @@ def _send_alerts(ctx: JobContext, rec: RunRecord) -> None:
             ctx.log.info("alert sent", channel=name, kind=kind)
             _count(ctx, rec, "alerts_sent")
             sent += 1
-    if not sent:  # nobody heard it: let the next run try again
+    if not sent and use_redis:  # nobody heard it: let the next run try again
         _end_cooldown(ctx, cooldown_key)
 
 

@@ -44,17 +44,20 @@ class Beacon:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            # Briefly: a beat stuck on a Redis that stopped answering must not hold up the
+            # end of the run (the thread is a daemon; its next wait sees the stop).
+            self._thread.join(timeout=0.5)
         self._thread = None
 
-    def close(self) -> None:
+    def close(self, store: bool = True) -> None:
         """Store the run's last lines (all of them, the final one included); stop capturing.
 
         Only for a run that got as far as its start record (a skip's one line is its
-        record; a run that never reached Redis would only wait for it once more)."""
+        record; a run that never reached Redis would only wait for it once more), and
+        not with ``store=False`` (Redis just failed to answer)."""
         self.stop()
         try:
-            if self.started and self.rec.outcome is not Outcome.SKIPPED:
+            if store and self.started and self.rec.outcome is not Outcome.SKIPPED:
                 self.log.store()
         except Exception as exc:  # debug: the line before this one must stay the last word
             self.ctx.log.debug("could not keep the run's log lines in Redis",

@@ -6,6 +6,7 @@ skipped because the lock is held never pay for (or touch) ClickHouse, PostgreSQL
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,10 +18,13 @@ if TYPE_CHECKING:
     import psycopg
     import redis
 
+    from novajobs.context import Guard
     from novajobs.output import JobLog
     from novajobs.settings import Settings
 
 T = TypeVar("T")
+
+FINISH_TIMEOUT_SEC = 2.0  # per Redis call after a run (see shorten_redis_timeouts)
 
 
 class Connections:
@@ -28,32 +32,43 @@ class Connections:
         self,
         settings: Settings,
         log: JobLog,
-        remaining: Callable[[], float | None] = lambda: None,
+        guard: Guard | None = None,
     ) -> None:
         self.settings = settings
         self.log = log
-        self.remaining = remaining
+        self.guard = guard  # the run's deadline and stop request bound every retry
         self._closers: list[Callable[[], Any]] = []
 
     def retry(self, fn: Callable[[], T], what: str) -> T:
-        return call_with_retry(
-            fn, what=what, settings=self.settings, log=self.log, remaining=self.remaining
-        )
+        return call_with_retry(fn, what=what, settings=self.settings, log=self.log,
+                               guard=self.guard)
 
-    @cached_property
-    def redis(self) -> redis.Redis:
-        import redis
+    def _redis_client(self, timeout_sec: float, connect_timeout_sec: float) -> redis.Redis:
+        from redis import Redis
 
         s = self.settings
-        client = redis.Redis.from_url(
+        client = Redis.from_url(
             s.redis_url,
             max_connections=s.redis_pool_size,
-            socket_timeout=s.redis_timeout_sec,
-            socket_connect_timeout=s.connect_timeout_sec,
+            socket_timeout=timeout_sec,
+            socket_connect_timeout=connect_timeout_sec,
             health_check_interval=30,
         )
         self._closers.append(client.close)
         return client
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        s = self.settings
+        return self._redis_client(s.redis_timeout_sec, s.connect_timeout_sec)
+
+    def shorten_redis_timeouts(self) -> None:
+        """From now on ``redis`` waits at most FINISH_TIMEOUT_SEC per call: for the writes
+        after a run (release, record, alert cooldown), which must not hang on a Redis that
+        stopped answering. A healthy Redis answers them in milliseconds."""
+        s = self.settings
+        short = min(s.redis_timeout_sec, FINISH_TIMEOUT_SEC)
+        self.__dict__["redis"] = self._redis_client(short, min(s.connect_timeout_sec, short))
 
     @cached_property
     def clickhouse(self) -> Any:
@@ -72,7 +87,7 @@ class Connections:
             ),
             "connect to PostgreSQL",
         )
-        self._closers.append(conn.close)
+        self._closers.append(lambda: close_pg(conn))
         return conn
 
     @cached_property
@@ -130,6 +145,17 @@ class Connections:
                 closer()
             except Exception as exc:  # closing must never mask the run's own outcome
                 self.log.debug("closing a connection failed", error=str(exc))
+
+
+def close_pg(conn: psycopg.Connection[Any]) -> None:
+    """Close, cancelling first a query a stop left running: the server would otherwise go
+    on waiting in it (a lock wait does not notice the client left), holding its locks."""
+    from psycopg.pq import TransactionStatus
+
+    if conn.info.transaction_status == TransactionStatus.ACTIVE:
+        with contextlib.suppress(Exception):  # best effort: the server ends it when it can
+            conn.cancel_safe(timeout=FINISH_TIMEOUT_SEC)
+    conn.close()
 
 
 def clickhouse_client(settings: Settings) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
@@ -83,7 +84,9 @@ class Guard:
         self.lock = lock
         self.stop_reason: str | None = None
         self.stop_message: str | None = None  # what the record says; default "stopped by ..."
+        self._stopped = threading.Event()  # wakes every sleep() at once on a stop request
         self._critical = 0
+        self._store_calls = 0
         self._deferred: BaseException | None = None
 
     @contextmanager
@@ -106,9 +109,31 @@ class Guard:
             return True
         return False
 
+    @contextmanager
+    def store_call(self) -> Iterator[None]:
+        """Around one try of a retried store call: a stop signal may end it at once. Any
+        store call can fail, so its callers already cope with one that did not finish."""
+        self._store_calls += 1
+        try:
+            yield
+        finally:
+            self._store_calls -= 1
+
+    @property
+    def interruptible(self) -> bool:
+        """In a store call and in no critical section: a stop need not wait."""
+        return self._store_calls > 0 and not self._critical
+
     def request_stop(self, reason: str, message: str | None = None) -> None:
         self.stop_reason = reason
         self.stop_message = message
+        self._stopped.set()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on a stop request and raise Interrupted: a retry
+        backoff or a poll interval never holds a stopping run."""
+        if self._stopped.wait(max(seconds, 0.0)):
+            raise Interrupted(self.stop_message or f"stopped by {self.stop_reason}")
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -145,7 +170,7 @@ class JobContext:
         self.dry_run = dry_run
         self.guard = guard or Guard()
         self.log = log or JobLog(job=job, run_id=self.run_id)
-        self.conns = connections or Connections(settings, self.log, self.guard.remaining)
+        self.conns = connections or Connections(settings, self.log, self.guard)
         self.counters: Counter[str] = Counter()
 
     # -- stores --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ _CRONJOB_MINUTES = re.compile(r"-(\d{8,})$")  # minutes since 1970: 8 digits sin
 def parse_date(text: str, flag: str) -> date:
     """``2025-11-24`` -> a date."""
     try:
-        return date.fromisoformat(text.strip())
+        return date.fromisoformat(str(text).strip())
     except ValueError:
         raise UsageError(f"{flag} {text!r}: expected a date like 2025-11-24") from None
 
@@ -109,7 +109,7 @@ class IsoWeek:
 
 def parse_week(text: str) -> IsoWeek:
     """``2025-48`` (also ``2025-W48``, ``2025W48``) -> an ISO week that exists."""
-    match = _WEEK.match(text.strip())
+    match = _WEEK.match(str(text).strip())
     if not match:
         raise UsageError(f"--week {text!r}: expected an ISO week like 2025-48")
     year, week = int(match[1]), int(match[2])
@@ -134,7 +134,7 @@ def resolve_week(tz: str, text: str | None = None, now: datetime | None = None) 
 
 def parse_instant(text: str, flag: str, tz: str, now: datetime) -> datetime:
     """An ISO date-time (naive = in ``tz``), ``now``, or an age such as ``15m``, ``2h``, ``1d``."""
-    raw = text.strip()
+    raw = str(text).strip()
     if raw.lower() == "now":
         return now
     ago = _AGO.match(raw)

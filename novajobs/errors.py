@@ -127,3 +127,18 @@ class Interrupted(NovajobsError):
 
 class JobFailed(NovajobsError):
     """The job ran and failed (e.g. too many items failed)."""
+
+
+class HardStop(BaseException):
+    """Raised from a signal handler wherever the main thread is (the run's hard timeout,
+    a stop request that found no safe point within its grace, a second Ctrl-C).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way
+    out can swallow or transform it: a job's per-item isolation would count it as one
+    failed item and go on, and elastic-transport wraps every Exception into its own
+    ConnectionError, which our retry policy would retry. The runner unwraps ``error``.
+    """
+
+    def __init__(self, error: NovajobsError) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -112,13 +112,14 @@ class JobLock:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def release(self) -> bool:
-        """Delete the lock if it is still ours. Safe to call more than once."""
+    def release(self, client: redis.Redis | None = None) -> bool:
+        """Delete the lock if it is still ours (through ``client``, e.g. one with short
+        timeouts for the end of a run). Safe to call more than once."""
         self.stop_heartbeat()
         if self._renewed_at is None:
             return False
         self._renewed_at = None
-        return bool(self.redis.eval(_RELEASE, 1, self.key, self.value))
+        return bool((client or self.redis).eval(_RELEASE, 1, self.key, self.value))
 
     def renew(self) -> bool:
         sent = time.monotonic()
@@ -161,5 +162,7 @@ class JobLock:
     def stop_heartbeat(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            # Briefly: a renewal stuck on a hung Redis must not hold up the release (and a
+            # renewal landing after it finds the key gone or not ours: it changes nothing).
+            self._thread.join(timeout=0.5)
         self._thread = None

@@ -4,8 +4,11 @@ The only module that imports rich, and only when a terminal is being written to:
 JSON mode (cron, Kubernetes) never pays for it.
 
 Logs go to stderr: rich lines on a terminal, otherwise one JSON object per line with
-``ts``, ``level``, ``job``, ``run_id``, ``message`` and the line's fields. Results
-(tables, ``--json``) go to stdout.
+``ts``, ``level``, ``job``, ``run_id``, ``message`` and the line's fields. Drivers that
+log on their own (clickhouse-connect, urllib3, ...) and Python warnings go through the
+same formatter, so the log stays one JSON object per line. Results (tables, ``--json``)
+go to stdout. Everything written passes ``redact_text``; stored or user-supplied text is
+printed literally (never read as rich markup or emoji codes).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
+
+from novajobs.redact import redact_text
 
 _LOGGER = logging.getLogger("novajobs")
 _state = {"format": "json"}
@@ -39,13 +44,29 @@ def setup_logging(log_format: str = "auto", level: str = "info", log_file: str =
     file_handler = open_log_file(log_file) if log_file else None
     fmt = "json" if file_handler else resolve_format(log_format)
     _state["format"] = fmt
+    root = logging.getLogger()
     for old in list(_LOGGER.handlers):
         _LOGGER.removeHandler(old)
         old.close()  # a log file's handler closes its file; stderr's leaves stderr open
+    for old in [h for h in root.handlers if getattr(h, "novajobs", False)]:
+        root.removeHandler(old)
+    handler = file_handler or _handler(fmt)
+    setattr(handler, "novajobs", True)  # noqa: B010 -- ours, to replace on a new setup
+    _LOGGER.addHandler(handler)
+    _LOGGER.setLevel(level.upper())
+    _LOGGER.propagate = False
+    # Other libraries' warnings and errors go to the same place in the same format (not
+    # Python's bare "last resort" lines in the middle of the JSON); their chatter below
+    # warning is not ours to show.
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    return fmt
+
+
+def _handler(fmt: str) -> logging.Handler:
     handler: logging.Handler
-    if file_handler is not None:
-        handler = file_handler
-    elif fmt == "rich":
+    if fmt == "rich":
         from rich.logging import RichHandler
 
         handler = RichHandler(console=_console(stderr=True), show_path=False, markup=False)
@@ -53,10 +74,7 @@ def setup_logging(log_format: str = "auto", level: str = "info", log_file: str =
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-    _LOGGER.addHandler(handler)
-    _LOGGER.setLevel(level.upper())
-    _LOGGER.propagate = False
-    return fmt
+    return handler
 
 
 def open_log_file(path: str) -> logging.Handler | None:
@@ -95,10 +113,14 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "message": record.getMessage(),
         }
+        if record.name != _LOGGER.name:
+            data["logger"] = record.name  # a driver's own line
         data.update(getattr(record, "fields", {}))
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+        # Redacted as a whole: a secret in a field, a message or a traceback is masked
+        # alike, and "****" never breaks the JSON around it.
+        return redact_text(json.dumps(data, default=str, ensure_ascii=False))
 
 
 class RunLogCapture(logging.Handler):
@@ -142,10 +164,13 @@ class _RichFieldsFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = dict(getattr(record, "fields", {}))
         fields.pop("run_id", None)  # noise on a terminal; it is in the JSON and the record
-        job = fields.pop("job", None)
+        job = fields.pop("job", None) or (record.name if record.name != _LOGGER.name else None)
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
         head = f"[{job}] " if job else ""
-        return f"{head}{record.getMessage()}" + (f"  {extra}" if extra else "")
+        text = f"{head}{record.getMessage()}" + (f"  {extra}" if extra else "")
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return redact_text(text)
 
 
 class JobLog:
@@ -220,7 +245,8 @@ def progress(log: JobLog, description: str, total: int | None = None) -> Iterato
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    sys.stdout.write(redact_text(text) + "\n")
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -231,29 +257,34 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
             sys.stdout.write("\t".join(_cell(c) for c in row) + "\n")
         return
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    # Text(), not str: a stored message with "[/]" or ":lock:" is shown as it is, never
+    # read as markup (which raised) or an emoji code.
+    table = Table(title=Text(redact_text(title)), title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(Text(column))
     for row in rows:
-        table.add_row(*(_cell(c) for c in row))
+        table.add_row(*(Text(_cell(c)) for c in row))
     _console(stderr=False).print(table)
 
 
 def print_line(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(redact_text(text) + "\n")
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict):
-        return " ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
+        return redact_text(" ".join(f"{k}={v}" for k, v in value.items()))
+    return redact_text(str(value))
 
 
 def _console(stderr: bool) -> Any:
     from rich.console import Console
 
     # rich honours NO_COLOR itself; say so explicitly for terminals that lie about colour.
-    return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")) or None)
+    # No markup, emoji codes or highlighting of what we print: it is data, not rich text.
+    return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")) or None,
+                   markup=False, emoji=False, highlight=False)

@@ -2,20 +2,23 @@
 
 Importing this module must stay cheap (no drivers): cron starts novajobs every minute.
 Adding a job = one module under ``novajobs/jobs/`` with a ``run(ctx, **params)``
-function + one ``JobSpec`` below.
+function (and, if it takes parameters, a ``check_params(settings, **params)`` that
+refuses bad values before the lock) + one ``JobSpec`` below.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from novajobs.errors import UsageError
 
 if TYPE_CHECKING:
     from novajobs.context import Result
+    from novajobs.settings import Settings
 
 JobFunc = Callable[..., "Result"]
 
@@ -65,6 +68,21 @@ class JobSpec:
     def load(self) -> JobFunc:
         func: JobFunc = importlib.import_module(self.module).run
         return func
+
+    def check_params(self, settings: Settings, params: dict[str, Any]) -> None:
+        """Refuse, with one UsageError line, parameters the job does not take or whose
+        values are wrong: the runner calls this before the lock, the record and any
+        connection. A job checks its values in its module's optional
+        ``check_params(settings, **params)`` (usually the parsers ``run`` uses too)."""
+        module = importlib.import_module(self.module)
+        taken = list(inspect.signature(module.run).parameters)[1:]  # after ctx
+        unknown = sorted(set(params) - set(taken))
+        if unknown:
+            known = ", ".join(taken) or "none"
+            raise UsageError(f"{self.name} takes no parameter {unknown[0]!r} (it takes: {known})")
+        check = getattr(module, "check_params", None)
+        if check is not None:
+            check(settings, **params)
 
 
 NO_CATCHUP = Option("--no-catchup", "compute only the scheduled period; report missed "
@@ -384,6 +402,12 @@ JOBS: tuple[JobSpec, ...] = (
         ),
     ),
 )
+
+
+def check_flag(flag: str, value: object) -> None:
+    """For a job's check_params: a flag's value is True or False (from Python too)."""
+    if not isinstance(value, bool):
+        raise UsageError(f"{flag} {value!r}: expected True or False")
 
 
 def get_job(name: str) -> JobSpec:

@@ -1,8 +1,9 @@
-"""Which errors are transient, and the one retry policy used at every named retry point.
+"""Which errors are transient, which are misconfiguration, and the one retry policy used
+at every named retry point.
 
-Drivers are imported lazily, so the transient exception types are looked up by name
-among the modules already loaded: an error from a driver that was never imported
-cannot be raised anyway.
+Drivers are imported lazily, so the exception types are looked up by name among the
+modules already loaded: an error from a driver that was never imported cannot be raised
+anyway.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from novajobs.errors import Interrupted, Outcome
+from novajobs.redact import redact_text
+
 if TYPE_CHECKING:
+    from novajobs.context import Guard
     from novajobs.output import JobLog
     from novajobs.settings import Settings
 
@@ -26,14 +31,80 @@ _TRANSIENT_BY_MODULE = {
     "neo4j.exceptions": ("ServiceUnavailable", "SessionExpired", "TransientError"),
     "elastic_transport": ("ConnectionError", "ConnectionTimeout"),
 }
+# Errors no retry can fix: credentials, names of things that do not exist, TLS setup.
+# Checked before the transient ones (redis-py's AuthenticationError is a ConnectionError).
+_MISCONFIGURED_BY_MODULE = {
+    "redis.exceptions": ("AuthenticationError", "AuthorizationError",
+                         "AuthenticationWrongNumberOfArgsError", "NoPermissionError"),
+    "neo4j.exceptions": ("AuthError", "ConfigurationError"),
+    "elasticsearch.exceptions": ("AuthenticationException", "AuthorizationException"),
+    "elastic_transport": ("TlsError",),
+    "ssl": ("SSLCertVerificationError",),
+}
 # PostgreSQL: connection exceptions (class 08) and administrator shutdowns only; a
 # statement timeout or a deadlock is not something to blindly run again.
 _PG_TRANSIENT_STATES = ("08", "57P01", "57P02", "57P03")
+# A failed connection carries no SQLSTATE in psycopg: libpq's message tells. These are
+# the server's (and libpq's) words for "this configuration can never connect".
+_PG_MISCONFIGURED = re.compile(
+    r"password authentication failed|database \S+ does not exist|role \S+ does not exist"
+    r"|no pg_hba\.conf entry|authentication failed for user|permission denied for database"
+    r"|no password supplied|invalid \w+ value|invalid connection option"
+    r"|invalid URI query parameter|invalid (?:integer|percent-encoded) value"
+    r"|server does not support SSL|certificate verify failed|is not permitted to log in"
+)
+_PG_MISCONFIGURED_STATES = ("28", "3D")  # invalid authorization, invalid catalog name
+# ClickHouse server error codes: unknown database/table/user, wrong password, no access.
+_CH_MISCONFIGURED_CODES = {60, 81, 192, 193, 194, 195, 497, 516}
+_CH_CODE = re.compile(r"\bCode: (\d+)\.|error code (\d+)")
+# S3: the store answered, and no retry changes its answer.
+_S3_MISCONFIGURED_CODES = {
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "NoSuchBucket",
+    "InvalidBucketName", "AuthorizationHeaderMalformed",
+}
 # S3: the codes a store answers when it is overloaded or briefly down.
 _S3_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
+# redis-py reports these server replies as plain ResponseErrors.
+_REDIS_MISCONFIGURED = ("DB index is out of range", "invalid DB index", "NOAUTH", "WRONGPASS",
+                        "NOPERM")
+
+
+def classify(exc: BaseException) -> Outcome:
+    """What a run that ended with ``exc`` ended as: misconfigured (78, retrying cannot
+    help), unavailable (69, a retry later may), or failed (1)."""
+    if is_misconfigured(exc):
+        return Outcome.CONFIG_ERROR
+    if is_transient(exc):
+        return Outcome.UNAVAILABLE
+    return Outcome.FAILED
+
+
+def is_misconfigured(exc: BaseException) -> bool:
+    if _any_of(exc, _MISCONFIGURED_BY_MODULE):
+        return True
+    text = str(exc)
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        state = exc.sqlstate or ""
+        return state.startswith(_PG_MISCONFIGURED_STATES) or (
+            not state and _PG_MISCONFIGURED.search(text) is not None
+        )
+    redis_exceptions = sys.modules.get("redis.exceptions")
+    if redis_exceptions is not None and isinstance(exc, redis_exceptions.ResponseError):
+        return any(words in text for words in _REDIS_MISCONFIGURED)
+    ch_exceptions = sys.modules.get("clickhouse_connect.driver.exceptions")
+    if ch_exceptions is not None and isinstance(exc, ch_exceptions.DatabaseError):
+        code = _CH_CODE.search(text)
+        return code is not None and int(code[1] or code[2]) in _CH_MISCONFIGURED_CODES
+    minio_error = sys.modules.get("minio.error")
+    if minio_error is not None and isinstance(exc, minio_error.S3Error):
+        return exc.code in _S3_MISCONFIGURED_CODES
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
+    if is_misconfigured(exc):
+        return False
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
     psycopg = sys.modules.get("psycopg")
@@ -46,19 +117,18 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(exc, minio_error.S3Error):
             return exc.code in _S3_TRANSIENT_CODES
-    for module_name, names in _TRANSIENT_BY_MODULE.items():
+    return _any_of(exc, _TRANSIENT_BY_MODULE)
+
+
+def _any_of(exc: BaseException, types_by_module: dict[str, tuple[str, ...]]) -> bool:
+    for module_name, names in types_by_module.items():
         module = sys.modules.get(module_name)
-        if module is not None and isinstance(exc, tuple(getattr(module, n) for n in names)):
+        if module is None:
+            continue
+        types = tuple(t for t in (getattr(module, n, None) for n in names) if t is not None)
+        if isinstance(exc, types):
             return True
     return False
-
-
-_SECRET_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
-
-
-def redact_text(text: str) -> str:
-    """Hide passwords of any URL inside a message (driver errors sometimes quote the DSN)."""
-    return _SECRET_IN_URL.sub(r"\g<scheme>\g<user>:****@", text)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -78,16 +148,25 @@ def call_with_retry(
     settings: Settings,
     log: JobLog,
     remaining: Callable[[], float | None] = lambda: None,
+    guard: Guard | None = None,
 ) -> T:
     """Call ``fn``, retrying transient errors with capped exponential backoff and jitter.
 
     Gives up after ``settings.retry_attempts`` tries, or earlier when the next wait would
-    not fit in the time the run has left; the last error is then raised as is.
+    not fit in the time the run has left; the last error is then raised as is. With a
+    ``guard``, a stop request (SIGTERM) ends it: the backoff sleep wakes at once and no
+    new try starts; the run then ends as interrupted, not as unavailable.
     """
     import tenacity
 
+    if guard is not None:
+        remaining = guard.remaining
+
+    def stopping() -> bool:
+        return guard is not None and guard.stop_reason is not None
+
     def give_up(state: tenacity.RetryCallState) -> bool:
-        if state.attempt_number >= settings.retry_attempts:
+        if state.attempt_number >= settings.retry_attempts or stopping():
             return True
         left = remaining()  # never sleep past the run's deadline
         return left is not None and left <= (state.upcoming_sleep or 0.0)
@@ -107,7 +186,20 @@ def call_with_retry(
         wait=tenacity.wait_exponential(multiplier=0.2, max=settings.retry_max_wait_sec)
         + tenacity.wait_random(0, 0.2),
         before_sleep=log_retry,
-        sleep=time.sleep,
+        sleep=guard.sleep if guard is not None else time.sleep,
         reraise=True,
     )
-    return retrying(fn)
+    def attempt() -> T:
+        if guard is None:
+            return fn()
+        with guard.store_call():
+            return fn()
+
+    try:
+        return retrying(attempt)
+    except Exception as exc:
+        if stopping() and is_transient(exc) and guard is not None:
+            raise Interrupted(
+                f"stopped by {guard.stop_reason} while {what} failed: {describe_error(exc)}"
+            ) from exc
+        raise

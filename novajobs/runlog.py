@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from novajobs.checks import duration_sec
 from novajobs.output import RunLogCapture
 from novajobs.records import log_key
-from novajobs.retry import redact_text
+from novajobs.redact import redact_text
 from novajobs.settings import setting_names
 
 if TYPE_CHECKING:

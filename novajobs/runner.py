@@ -2,7 +2,8 @@
 
 ``run_job`` is what the CLI calls for every job, and what Python callers use to get
 the same guarantees. It never raises for a job's failure: the returned ``RunRecord``
-carries the outcome and the exit code.
+carries the outcome and the exit code. Bad arguments raise UsageError before anything
+is locked, recorded or connected.
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ from novajobs import alerts, checkins, metrics
 from novajobs.beacon import Beacon
 from novajobs.connections import Connections
 from novajobs.context import Guard, JobContext, Shard
-from novajobs.errors import Interrupted, JobTimeout, NovajobsError, Outcome
+from novajobs.errors import (
+    HardStop,
+    Interrupted,
+    JobTimeout,
+    NovajobsError,
+    Outcome,
+    UsageError,
+)
 from novajobs.lock import JobLock, lock_key, read_holder
 from novajobs.output import JobLog, log_file_problem
 from novajobs.records import RunRecord, now_iso, record_end, record_skip, record_start
+from novajobs.redact import redact_text
 from novajobs.registry import JobSpec, get_job
-from novajobs.retry import describe_error, is_transient
+from novajobs.retry import classify, describe_error, is_transient
 from novajobs.runlog import RunLog
 from novajobs.settings import Settings, load_settings
 
@@ -47,53 +56,101 @@ def run_job(
     options: RunOptions | None = None,
     **params: Any,
 ) -> RunRecord:
-    """Run one job once under the full contract and return its record."""
+    """Run one job once under the full contract and return its record.
+
+    Bad arguments (an unknown parameter, a malformed date, a shard the job does not
+    take) raise UsageError before anything is locked, recorded or connected. After that
+    it never raises for the job's outcome: the record carries it and its exit code.
+    """
     spec = get_job(job) if isinstance(job, str) else job
     settings = settings or load_settings()
     options = options or RunOptions()
-    shard = options.shard
+    check_run(spec, settings, options, params)
     ctx = _new_context(spec, settings, options)
     rec = RunRecord(
         job=spec.name,
         run_id=ctx.run_id,
         host=socket.gethostname(),
         pid=os.getpid(),
-        shard=shard.label if shard else None,
+        shard=options.shard.label if options.shard else None,
         started_at=now_iso(),
         dry_run=options.dry_run,
     )
     rec.warning = log_file_problem() or None  # the run goes on; its record says so
     timeout = options.timeout_sec or spec.timeout_sec
     started = time.monotonic()
-    lock: JobLock | None = None
+    redis_hung = False
     beacon = _new_beacon(ctx, rec)
-    try:
-        with _stop_on_signals(ctx.guard, ctx.log), _hard_timeout(ctx.guard, timeout):
-            func = spec.load()
-            if options.use_lock:
-                lock = _take_lock(ctx, spec, rec, options.wait_sec)
-                if lock is None:
-                    return rec
-            checkins.ping_start(ctx, rec)
-            ctx.retry(lambda: record_start(ctx.redis, settings.redis_prefix, rec), "record start")
-            beacon.start()
-            ctx.log.info("run started", timeout_sec=timeout, dry_run=options.dry_run or None,
-                         warning=rec.warning)
-            result = func(ctx, **params)
-            rec.outcome, rec.message, rec.details = result.outcome, result.message, result.details
-    except NovajobsError as exc:
-        rec.outcome, rec.error, rec.details = exc.outcome, str(exc), exc.details
-    except KeyboardInterrupt:
-        rec.outcome, rec.error = Outcome.INTERRUPTED, "stopped by a second SIGINT"
-    except Exception as exc:
-        rec.outcome = Outcome.UNAVAILABLE if is_transient(exc) else Outcome.FAILED
-        rec.error = describe_error(exc)
-        # A traceback helps with the unexpected; an unreachable store needs none.
-        ctx.log.error("run failed", error=rec.error, exc_info=rec.outcome is Outcome.FAILED)
-    finally:
-        beacon.stop()
-        _finish(ctx, rec, lock, started, beacon)
+    with _StopSignals(ctx.guard, ctx.log, settings.stop_grace_sec) as signals:
+        try:
+            with signals.deadline(timeout):
+                _run(ctx, spec, rec, options, params, beacon)
+        except HardStop as stop:  # raised where the job was: the timeout, a forced stop
+            _fail(rec, stop.error)
+            redis_hung = _inside_redis(stop)
+        except NovajobsError as exc:
+            _fail(rec, exc)
+        except Exception as exc:
+            rec.outcome, rec.error = classify(exc), describe_error(exc)
+            redis_hung = rec.outcome is Outcome.UNAVAILABLE and _inside_redis(exc)
+            # A traceback helps with the unexpected; an unreachable store needs none.
+            ctx.log.error("run failed", error=rec.error, exc_info=rec.outcome is Outcome.FAILED)
+        finally:
+            try:
+                beacon.stop()
+                _finish(ctx, rec, started, beacon, redis_ok=not redis_hung)
+            except HardStop:  # a second Ctrl-C while finishing: leave now
+                ctx.log.warning("stopped while recording the run; the lock expires by itself")
+                ctx.close()
     return rec
+
+
+def check_run(spec: JobSpec, settings: Settings, options: RunOptions, params: dict[str, Any]
+              ) -> None:
+    """Everything about a run's arguments that can be wrong, checked before the lock."""
+    if options.timeout_sec is not None and not options.timeout_sec > 0:
+        raise UsageError(f"--timeout {options.timeout_sec}: must be greater than 0")
+    if options.wait_sec < 0:
+        raise UsageError(f"--wait {options.wait_sec}: must be 0 or more")
+    if options.shard is not None:
+        if not spec.shardable:
+            raise UsageError(f"{spec.name} is not sharded: it takes no --shard")
+        shard = options.shard
+        if shard.total < 1 or not 1 <= shard.index <= shard.total:
+            raise UsageError(f"--shard {shard.index}/{shard.total}: the index must be "
+                             f"between 1 and {max(shard.total, 1)}")
+    spec.check_params(settings, params)
+
+
+def _run(ctx: JobContext, spec: JobSpec, rec: RunRecord, options: RunOptions,
+         params: dict[str, Any], beacon: Beacon) -> None:
+    """Lock (kept in ctx.guard.lock for the finish), record the start, run the job."""
+    func = spec.load()
+    if options.use_lock and not _take_lock(ctx, spec, rec, options.wait_sec):
+        return  # skipped: the record says so
+    checkins.ping_start(ctx, rec)
+    ctx.retry(lambda: record_start(ctx.redis, ctx.settings.redis_prefix, rec), "record start")
+    beacon.start()
+    ctx.log.info("run started", timeout_sec=options.timeout_sec or spec.timeout_sec,
+                 dry_run=options.dry_run or None, warning=rec.warning)
+    result = func(ctx, **params)
+    rec.outcome, rec.message, rec.details = result.outcome, result.message, result.details
+
+
+def _fail(rec: RunRecord, exc: NovajobsError) -> None:
+    rec.outcome, rec.error, rec.details = exc.outcome, redact_text(str(exc)), exc.details
+
+
+def _inside_redis(exc: BaseException) -> bool:
+    """Whether the run ended inside a Redis call (stopped there, or Redis failed): then
+    Redis is the store that does not answer, and recording the run there would only wait
+    for it again."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith("redis."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _new_context(spec: JobSpec, settings: Settings, options: RunOptions) -> JobContext:
@@ -111,7 +168,7 @@ def _new_context(spec: JobSpec, settings: Settings, options: RunOptions) -> JobC
         guard=guard,
         shard=options.shard,
         dry_run=options.dry_run,
-        connections=Connections(settings, log, guard.remaining),
+        connections=Connections(settings, log, guard),
     )
 
 
@@ -120,8 +177,9 @@ def _new_beacon(ctx: JobContext, rec: RunRecord) -> Beacon:
     return Beacon(ctx, rec, RunLog(lambda: ctx.redis, ctx.settings, rec.unit, rec.run_id))
 
 
-def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> JobLock | None:
-    """Take the job's lock and start its heartbeat; None (and a skip record) when held."""
+def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> bool:
+    """Take the job's lock (ctx.guard.lock) and start its heartbeat; False (and a skip
+    record) when another run holds it."""
     scope = rec.shard or (getattr(ctx.settings, spec.lock_scope) if spec.lock_scope else None)
     key = rec.lock_key = lock_key(ctx.settings.redis_prefix, spec.name, scope)
     holder = {"job": rec.unit, "host": rec.host, "pid": rec.pid, "run_id": rec.run_id}
@@ -139,11 +197,11 @@ def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> J
         lock.start_heartbeat(
             lambda exc: ctx.log.warning("lock heartbeat failed", error=describe_error(exc))
         )
-        return lock
+        return True
     if stopping():  # SIGTERM while waiting for the lock: interrupted, not skipped
         raise Interrupted(f"stopped by {ctx.guard.stop_reason} while waiting for the lock")
     rec.outcome, rec.message = Outcome.SKIPPED, f"lock {key} is held by {_who(ctx, key)}"
-    return None
+    return False
 
 
 def _who(ctx: JobContext, key: str) -> str:
@@ -151,31 +209,35 @@ def _who(ctx: JobContext, key: str) -> str:
     return current.describe() if current else "another run (released just now)"
 
 
-def _finish(
-    ctx: JobContext, rec: RunRecord, lock: JobLock | None, started: float, beacon: Beacon
-) -> None:
-    """Release, record, log, close. Every step is best effort: none may hide the outcome."""
-    log = ctx.log
-    if lock is not None:
+def _finish(ctx: JobContext, rec: RunRecord, started: float, beacon: Beacon,
+            redis_ok: bool = True) -> None:
+    """Release, record, report, log, close. Every step is best effort: none may hide the
+    outcome. Redis gets short timeouts here and is given up on after its first failure
+    (or at once, ``redis_ok=False``, when the run ended in a Redis call that hung): a run
+    that ended because Redis does not answer must not then wait on it once per write."""
+    log, lock = ctx.log, ctx.guard.lock
+    ctx.conns.shorten_redis_timeouts()
+    if lock is not None and redis_ok:
         try:
-            if not lock.release() and rec.outcome.ok:
+            if not lock.release(ctx.redis) and rec.outcome.ok:
                 log.warning("the lock was not ours any more at release", lock_key=lock.key)
         except Exception as exc:
+            redis_ok = not is_transient(exc)
             error = describe_error(exc)
             log.warning("releasing the lock failed; it expires by itself", error=error)
+    elif lock is not None:
+        lock.stop_heartbeat()  # no renewals of a lock we cannot release: it expires
     rec.ended_at = now_iso()
     rec.duration_ms = round((time.monotonic() - started) * 1000)
     rec.counters = dict(ctx.counters)
     rec.exit_code = int(rec.outcome.exit_code)
-    alerts.send_alerts(ctx, rec)  # before the record, so alerts_sent/alerts_failed land in it
-    prefix, keep = ctx.settings.redis_prefix, ctx.settings.history_size
-    try:
-        if rec.outcome is Outcome.SKIPPED:
-            record_skip(ctx.redis, prefix, rec, keep)
-        else:
-            record_end(ctx.redis, prefix, rec, keep)
-    except Exception as exc:
-        log.warning("could not record the run in Redis", error=describe_error(exc))
+    rec.message = redact_text(rec.message)
+    # before the record, so alerts_sent/alerts_failed land in it
+    alerts.send_alerts(ctx, rec, use_redis=redis_ok)
+    if redis_ok:
+        _record(ctx, rec)
+    else:
+        log.warning("the run is not recorded: Redis did not answer")
     metrics.push_run(ctx, rec)  # after the record: a skip counts the skips before it
     checkins.ping_end(ctx, rec)
     fields: dict[str, Any] = {
@@ -191,32 +253,22 @@ def _finish(
         log.info(text, **fields)
     else:
         log.error(text, **fields)
-    beacon.close()  # after the last line: it is kept with the record
+    beacon.close(store=redis_ok)  # after the last line: it is kept with the record
     ctx.close()
 
 
-@contextmanager
-def _stop_on_signals(guard: Guard, log: JobLog) -> Iterator[None]:
-    """SIGTERM/SIGINT ask the job to stop at its next safe point; a second SIGINT stops now."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if guard.stop_reason and signum == signal.SIGINT:
-            if not guard.hard_stop(KeyboardInterrupt()):
-                raise KeyboardInterrupt
-            return
-        guard.request_stop(name)
-        log.warning(f"{name} received; stopping at the next safe point")
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+def _record(ctx: JobContext, rec: RunRecord) -> None:
+    prefix, keep = ctx.settings.redis_prefix, ctx.settings.history_size
     try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if rec.outcome is Outcome.SKIPPED:
+            record_skip(ctx.redis, prefix, rec, keep)
+        else:
+            record_end(ctx.redis, prefix, rec, keep)
+    except Exception as exc:
+        ctx.log.warning("could not record the run in Redis", error=describe_error(exc))
+
+
+STORE_CALL_GRACE_SEC = 1.0
 
 
 def hard_timeout_grace(timeout_sec: float) -> float:
@@ -224,25 +276,96 @@ def hard_timeout_grace(timeout_sec: float) -> float:
     return min(max(timeout_sec * 0.1, 2.0), 30.0)
 
 
-@contextmanager
-def _hard_timeout(guard: Guard, timeout_sec: float) -> Iterator[None]:
-    """The deadline is checked at safe points; if the job is stuck in one call past it
-    (plus a grace), SIGALRM raises JobTimeout right there so the run ends regardless."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    grace = hard_timeout_grace(timeout_sec)
+class _StopSignals:
+    """SIGTERM/SIGINT, the hard timeout and the stop grace, for one run in the main thread.
 
-    def expire(signum: int, frame: FrameType | None) -> None:
-        exc = JobTimeout(f"the run exceeded its timeout of {timeout_sec:g} s")
-        if not guard.hard_stop(exc):
-            raise exc
-        signal.setitimer(signal.ITIMER_REAL, guard.CRITICAL_HOLD_SEC)  # stuck: cut anyway
+    A stop signal asks the job to stop at its next safe point (``ctx.checkpoint()``);
+    retry backoffs wake at once and no new try starts. How a blocked call is ended:
+    Python runs a signal handler in the main thread between bytecodes; a blocking C call
+    (``recv``, ``poll``, a lock wait) returns EINTR, Python runs the handler, and an
+    exception the handler raises comes out of the call (PEP 475 retries the call only
+    when the handler returns normally). So:
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, timeout_sec + grace)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    - the job gets ``stop_grace_sec`` to reach a safe point, or STORE_CALL_GRACE_SEC if
+      the signal found it in a retried store call (``ctx.retry``: a healthy call ends in
+      milliseconds, one blocked on a store that does not answer would not); then
+      SIGALRM raises HardStop right where the main thread is. It is a BaseException, so
+      no driver wraps it into an error of its own on the way out;
+    - inside a critical section (``ctx.critical()``) a hard stop waits for the section
+      to end, or ``Guard.CRITICAL_HOLD_SEC`` more;
+    - the hard timeout is the same alarm, set to the run's timeout plus its grace;
+    - a second stop signal is a hard stop at once.
+
+    Outside the main thread Python delivers no signals: only the deadline and the lease,
+    checked at safe points, apply.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, guard: Guard, log: JobLog, stop_grace_sec: float) -> None:
+        self.guard, self.log, self.stop_grace_sec = guard, log, stop_grace_sec
+        self.enabled = threading.current_thread() is threading.main_thread()
+        self._previous: dict[int, Any] = {}
+        self._timeout_sec = 0.0
+        self._armed = False
+        self._grace = stop_grace_sec
+
+    def __enter__(self) -> _StopSignals:
+        if self.enabled:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_stop_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @contextmanager
+    def deadline(self, timeout_sec: float) -> Iterator[None]:
+        """While the job runs: the alarm for the hard timeout (and a forced stop)."""
+        if not self.enabled:
+            yield
+            return
+        self._timeout_sec = timeout_sec
+        previous = signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout_sec + hard_timeout_grace(timeout_sec))
+        self._armed = True
+        try:
+            yield
+        finally:
+            self._armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.guard.stop_reason:  # asked twice: stop now
+            self._hard_stop(Interrupted(f"stopped by a second {name}"))
+            return
+        self.guard.request_stop(name)
+        self.log.warning(f"{name} received; stopping at the next safe point")
+        grace = self.stop_grace_sec
+        if self.guard.interruptible:  # in a store call: a healthy one ends in milliseconds
+            grace = min(grace, STORE_CALL_GRACE_SEC)
+        if self._armed:  # not stopped within the grace: forced where it is
+            left = signal.getitimer(signal.ITIMER_REAL)[0]
+            signal.setitimer(signal.ITIMER_REAL, min(left or grace, grace))
+        self._grace = grace
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self.guard.stop_reason:
+            error: NovajobsError = Interrupted(
+                f"stopped by {self.guard.stop_reason} (forced: no safe point within "
+                f"{self._grace:g} s)"
+            )
+        else:
+            error = JobTimeout(f"the run exceeded its timeout of {self._timeout_sec:g} s")
+        if self._hard_stop(error):  # deferred by a critical section: if stuck, cut anyway
+            signal.setitimer(signal.ITIMER_REAL, self.guard.CRITICAL_HOLD_SEC)
+
+    def _hard_stop(self, error: NovajobsError) -> bool:
+        """Raise HardStop now, or True when a critical section defers it."""
+        stop = HardStop(error)
+        if self.guard.hard_stop(stop):
+            return True
+        raise stop

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from novajobs import redact
 from novajobs.checks import (
     Check,
     at_least_one,
@@ -52,11 +52,15 @@ def setting(
     *,
     env: tuple[str, ...] = (),
     secret: bool = False,
+    scrub: bool | None = None,
     check: Check | None = None,
     help: str = "",
 ) -> Any:
-    meta = {"env": env, "secret": secret, "check": check, "help": help}
-    return field(default=default, metadata=meta)
+    """``secret``: shown as **** by `config`; ``scrub`` (default: ``secret``): its value
+    is also masked wherever it appears in anything novajobs prints or stores."""
+    scrub = secret if scrub is None else scrub
+    meta = {"env": env, "secret": secret, "scrub": scrub, "check": check, "help": help}
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,11 @@ class Settings:
     minio_endpoint: str = setting(
         "127.0.0.1:9000", env=("MINIO_ENDPOINT",), check=host_port, help="S3/MinIO host:port"
     )
-    minio_access_key: str = setting("", env=("MINIO_ACCESS_KEY",), secret=True, help="S3 key")
+    # An identifier rather than a credential: hidden by `config`, not scrubbed from logs
+    # (the demo's key is "novajobs", a word every log line may contain).
+    minio_access_key: str = setting(
+        "", env=("MINIO_ACCESS_KEY",), secret=True, scrub=False, help="S3 key"
+    )
     minio_secret_key: str = setting("", env=("MINIO_SECRET_KEY",), secret=True, help="S3 secret")
     minio_secure: bool = setting(False, env=("MINIO_SECURE",), help="HTTPS to S3")
     minio_region: str = setting("us-east-1", env=("MINIO_REGION",), help="S3 signing region")
@@ -149,6 +157,12 @@ class Settings:
     retry_max_wait_sec: float = setting(5.0, check=positive, help="cap of the retry backoff")
     shard_count: int = setting(
         0, check=non_negative, help="shards of a sharded job under --shard auto"
+    )
+    stop_grace_sec: float = setting(
+        5.0,
+        check=positive,
+        help="after SIGTERM/SIGINT, time to reach a safe point before the run is stopped "
+        "where it is (critical sections excepted)",
     )
     lock_ttl_sec: float = setting(
         0.0, check=non_negative, help="lock TTL for every job; 0 = each job's own (registry)"
@@ -424,21 +438,22 @@ class Settings:
         """The value of a setting as it may be shown or logged."""
         value = getattr(self, name)
         if _field(name).metadata["secret"]:
-            return "****" if value else ""
-        return redact_url(value) if isinstance(value, str) else str(value)
+            return redact.MASK if value else ""
+        if isinstance(value, tuple):
+            return ",".join(redact.redact_url(v) for v in value)
+        return redact.redact_url(value) if isinstance(value, str) else str(value)
 
-
-def redact_url(value: str) -> str:
-    """Hide the password of a URL (``redis://:s3cret@host`` -> ``redis://:****@host``)."""
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return value
-    if not parts.password:
-        return value
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{hostinfo}"))
+    def secret_values(self) -> list[str]:
+        """What must never be printed: secret settings, and the passwords and credential
+        parameters of every URL-valued setting."""
+        found: list[str] = []
+        for f in _settings_fields():
+            value = getattr(self, f.name)
+            if f.metadata["scrub"] and isinstance(value, str) and value:
+                found.append(value)
+            elif isinstance(value, str) and "://" in value:
+                found += redact.url_secrets(value)
+        return found
 
 
 def setting_names() -> list[str]:
@@ -489,7 +504,9 @@ def load_settings(
         if complaint:
             error = UsageError if sources[f.name] == "flag" else ConfigError
             raise error(f"setting {f.name} ({_origin(f.name, sources)}) {complaint}")
-    return Settings(**values, sources=sources)
+    settings = Settings(**values, sources=sources)
+    redact.remember(settings.secret_values())
+    return settings
 
 
 def parse_assignment(text: str) -> tuple[str, str]:
@@ -532,6 +549,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     flat: dict[str, Any] = {}

@@ -212,8 +212,8 @@ def test_bad_dates_are_one_line_and_exit_2(cli, args, message):
     done = cli("daily-stats", *args)
 
     assert done.returncode == 2
-    last = json.loads(done.stderr.splitlines()[-1])
-    assert last["error"].startswith(message)
+    [line] = done.stderr.splitlines()  # checked before the lock: one line, nothing else
+    assert line.startswith(f"novajobs: {message}")
 
 
 # ISO week 2025-01 is 2024-12-30 .. 2025-01-05; in Asia/Tokyo (UTC+9) it runs
@@ -287,7 +287,8 @@ def test_bad_weeks_are_one_line_and_exit_2(cli, week, message):
     done = cli("group-activity-rank", "--week", week)
 
     assert done.returncode == 2
-    assert json.loads(done.stderr.splitlines()[-1])["error"].startswith(message)
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"novajobs: {message}")
 
 
 def test_default_day_and_week_are_the_last_complete_ones_in_the_time_zone():

@@ -69,13 +69,22 @@ def run_cli(argv: list[str] | None = None) -> int:
         click.echo("novajobs: aborted", err=True)
         return int(ExitCode.INTERRUPTED)
     except NovajobsError as exc:
-        click.echo(f"novajobs: {exc}", err=True)
+        _error_line(str(exc))
         return int(exc.exit_code)
-    except Exception as exc:
-        from novajobs.retry import describe_error, is_transient
+    except Exception as exc:  # from a command outside the runner (status, dlq, init-db...)
+        from novajobs.errors import Outcome
+        from novajobs.retry import classify, describe_error
 
-        if is_transient(exc):
-            click.echo(f"novajobs: store unreachable: {describe_error(exc)}", err=True)
-            return int(ExitCode.UNAVAILABLE)
-        raise
+        outcome = classify(exc)
+        if outcome is Outcome.FAILED:
+            raise
+        what = "misconfigured" if outcome is Outcome.CONFIG_ERROR else "store unreachable"
+        _error_line(f"{what}: {describe_error(exc)}")
+        return int(outcome.exit_code)
     return result if isinstance(result, int) else 0
+
+
+def _error_line(text: str) -> None:
+    from novajobs.redact import redact_text
+
+    click.echo(f"novajobs: {redact_text(text)}", err=True)

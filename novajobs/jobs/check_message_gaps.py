@@ -30,13 +30,16 @@ Required index: ``chat_messages (channel_id, seq)``. Recommended:
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.dates import resolve_range
 from novajobs.errors import Outcome
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.schema import require_tables
+
+if TYPE_CHECKING:
+    from novajobs.settings import Settings
 
 RECENT_LOOKBACK = timedelta(days=1)  # where a predecessor is looked for first
 MARGIN = timedelta(seconds=30)  # scanned before the window for predecessors (step 1)
@@ -133,10 +136,9 @@ def _gap(channel: int, lo: int, hi: int, where: str) -> dict[str, Any]:
             "where": where}
 
 
-def run(ctx: JobContext, since: str | None = None, until: str | None = None) -> Result:
-    s = ctx.settings
+def window(s: Settings, since: str | None, until: str | None) -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
-    start, end = resolve_range(
+    return resolve_range(
         s.timezone,
         since=since,
         until=until,
@@ -144,6 +146,15 @@ def run(ctx: JobContext, since: str | None = None, until: str | None = None) -> 
         default_span=timedelta(seconds=s.gaps_window_sec + s.gaps_overlap_sec),
         now=now,
     )
+
+
+def check_params(settings: Settings, since: str | None = None, until: str | None = None) -> None:
+    window(settings, since, until)
+
+
+def run(ctx: JobContext, since: str | None = None, until: str | None = None) -> Result:
+    s = ctx.settings
+    start, end = window(s, since, until)
     with pg_errors("check-message-gaps"):
         open_session(ctx)
         require_tables(ctx.pg, read=("chat_messages",))

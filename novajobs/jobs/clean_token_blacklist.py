@@ -24,9 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
+from novajobs.registry import check_flag
 
 if TYPE_CHECKING:
     import redis
+
+    from novajobs.settings import Settings
 
 # KEYS[1] the key; ARGV[1] 'del' or 'expireat'; ARGV[2] 'string' or 'other' (its type
 # when read); ARGV[3] the value read (strings); ARGV[4] the Unix time for EXPIREAT.
@@ -49,6 +52,10 @@ class Fix:
     kind: str  # "string" or "other"
     value: bytes
     expire_at: int = 0
+
+
+def check_params(settings: Settings, delete_unreadable: bool = False) -> None:
+    check_flag("--delete-unreadable", delete_unreadable)
 
 
 def run(ctx: JobContext, delete_unreadable: bool = False) -> Result:

@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from novajobs.context import JobContext, Result
-from novajobs.errors import ConfigError, JobFailed, Outcome
+from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
 from novajobs.pgsession import open_session, pg_errors
+from novajobs.registry import check_flag
 
 if TYPE_CHECKING:
     import psycopg
+
+    from novajobs.settings import Settings
 
 PG_NAME_MAX = 63  # NAMEDATALEN - 1: PostgreSQL silently truncates longer identifiers
 KEY_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
@@ -351,6 +354,19 @@ class PartitionRun:
         self.rows.append(row)
         self.ctx.count(counter)
         self.ctx.log.info(f"{row['partition']}: {action}", table=row["table"], **fields)
+
+
+def check_params(
+    settings: Settings, table: tuple[str, ...] = (), move_default_rows: bool = False
+) -> None:
+    if isinstance(table, str) or not all(isinstance(t, str) for t in table):
+        raise UsageError(f"--table {table!r}: expected a list of [schema.]table names")
+    for name in table:
+        try:
+            split_name(name)
+        except TableProblem as exc:
+            raise UsageError(f"--table: {exc}") from None
+    check_flag("--move-default-rows", move_default_rows)
 
 
 def run(ctx: JobContext, table: tuple[str, ...] = (), move_default_rows: bool = False) -> Result:

@@ -26,14 +26,18 @@ then fills the days missing from ``daily_stats`` since its first row (novajobs.c
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from novajobs.catchup import CatchUp, fill_missed, logical_now
 from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, local_today, resolve_days
 from novajobs.errors import Outcome
 from novajobs.pgsession import open_session, pg_errors
+from novajobs.registry import check_flag
 from novajobs.schema import require_tables
+
+if TYPE_CHECKING:
+    from novajobs.settings import Settings
 
 LOGGED_DAYS_MAX = 31  # a longer backfill logs its summary only; --json has every day
 METRICS = ("total_users", "active_users", "total_msgs", "storage_usage", "api_qps_peak")
@@ -161,6 +165,14 @@ def missed_days(ctx: JobContext, before: date) -> list[date]:
     first = max(row[0], before - timedelta(days=MAX_BACKFILL_DAYS))
     rows = ctx.pg.execute(MISSED_SQL, {"first": first, "before": before}).fetchall()
     return [day for (day,) in rows]
+
+
+def check_params(
+    settings: Settings, on: str | None = None, from_date: str | None = None,
+    to_date: str | None = None, no_catchup: bool = False,
+) -> None:
+    resolve_days(settings.timezone, on=on, first=from_date, last=to_date)
+    check_flag("--no-catchup", no_catchup)
 
 
 def run(

@@ -83,6 +83,12 @@ def run(ctx: JobContext, streams: Sequence[str] = ()) -> Result:
     )
 
 
+def check_params(settings: Settings, streams: Sequence[str] = ()) -> None:
+    """Before the lock: settings that only make sense together, and the STREAM names."""
+    check_settings(settings)
+    plan_streams(settings, streams)
+
+
 def check_settings(s: Settings) -> None:
     """What single settings cannot check alone."""
     if s.drain_block_ms >= s.redis_timeout_sec * 1000:

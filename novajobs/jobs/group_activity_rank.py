@@ -21,14 +21,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from novajobs.catchup import CatchUp, fill_missed, logical_now
 from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, IsoWeek, local_today, parse_week, resolve_week
 from novajobs.errors import Outcome, UsageError
 from novajobs.pgsession import open_session, pg_errors
+from novajobs.registry import check_flag
 from novajobs.schema import require_tables
+
+if TYPE_CHECKING:
+    from novajobs.settings import Settings
 
 RANK_SQL = """
 WITH per_channel AS (
@@ -135,6 +139,11 @@ def _stored_week(label: str | None) -> IsoWeek | None:
         return parse_week(label or "")
     except UsageError:  # not written by novajobs: not history it can reason about
         return None
+
+
+def check_params(settings: Settings, week: str | None = None, no_catchup: bool = False) -> None:
+    resolve_week(settings.timezone, week)
+    check_flag("--no-catchup", no_catchup)
 
 
 def run(ctx: JobContext, week: str | None = None, no_catchup: bool = False) -> Result:

@@ -22,9 +22,13 @@ from array import array
 from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from novajobs.context import JobContext, Result
-from novajobs.errors import Outcome
+from novajobs.errors import Outcome, UsageError
+
+if TYPE_CHECKING:
+    from novajobs.settings import Settings
 
 REFRESHED_ZSET = "novajobs:suggestions:refreshed"
 
@@ -128,6 +132,12 @@ def write(ctx: JobContext, suggestions: dict[int, list[dict[str, int]]], ttl_sec
     pipe.zadd(ctx.key(REFRESHED_ZSET), {str(user): now for user in suggestions})
     ctx.checkpoint()
     ctx.retry(pipe.execute, "write suggestions to Redis")  # SET and ZADD: safe to repeat
+
+
+def check_params(settings: Settings, user: int | None = None) -> None:
+    valid = isinstance(user, int) and not isinstance(user, bool) and 0 <= user < 2**64
+    if user is not None and not valid:
+        raise UsageError(f"--user {user!r}: expected a user id (an integer from 0 to 2^64-1)")
 
 
 def run(ctx: JobContext, user: int | None = None) -> Result:
