@@ -18,12 +18,10 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import stack
-from benchlib import interleaved
+from novajobs_dev.bench import interleaved, parse_args
+from novajobs_dev.stack import temporary
 
 
 def cypher(driver: Any, query: str, **params: Any) -> list[Any]:
@@ -66,7 +64,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"users": 300, "sample": 50, "runs": 1})
 
     from novajobs.context import JobContext
     from novajobs.jobs.check_consistency import (
@@ -82,7 +80,7 @@ def main() -> int:
 
     setup_logging("json", "critical")  # the numbers, not the job's log lines
 
-    with stack.temporary(("redis", "postgres", "neo4j")) as local:
+    with temporary(("redis", "postgres", "neo4j")) as local:
         env = local.env()
         started = time.perf_counter()
         load(env, args.users)

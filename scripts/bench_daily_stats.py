@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_daily_stats.py --messages 1000000 --audit 500000   # quick
 
 Starts its own PostgreSQL 15 (scripts/stack.py) in a temporary directory, loads
-``scripts/demo_data.load_postgres`` data (generated inside PostgreSQL, appended in time
+``novajobs_dev.demo_data.load_postgres`` data (generated inside PostgreSQL, appended in time
 order, with the documented created_at indexes), then times on the same data:
 
 - the job: ``daily-stats --from D-365 --to D-1`` (one statement computes every day,
@@ -24,14 +24,11 @@ import argparse
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-import demo_data  # noqa: E402 -- scripts/ is not a package
-from stack import temporary  # noqa: E402
+from novajobs_dev import demo_data
+from novajobs_dev.bench import parse_args
+from novajobs_dev.stack import temporary
 
 NAIVE_SQL = {
     "total_users": "SELECT count(*) FROM users WHERE created_at < %(hi)s",
@@ -136,7 +133,8 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--repeat", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"messages": 2000, "audit": 1000, "users": 200, "files": 100,
+                                    "channels": 20, "days": 10, "repeat": 1})
 
     import psycopg
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import stack as stack_module  # noqa: E402 -- scripts/, next to this file
+from novajobs_dev.bench import parse_args
+from novajobs_dev.stack import temporary
 
 
 def fill(r: Any, key: str, n: int) -> None:
@@ -66,13 +64,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=10)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"entries": 500})
     import redis
 
     from novajobs.output import setup_logging
 
     setup_logging("json", "warning")
-    with stack_module.temporary(("redis",)) as stack:
+    with temporary(("redis",)) as stack:
         env = stack.env()
         r = redis.Redis.from_url(env["REDIS_URL"])
         fill(r, "naive-stream", args.entries)

@@ -22,15 +22,16 @@ import argparse
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import demo_data
-from crash_gc_files import job_env, start_stack
+from novajobs_dev import demo_data
+from novajobs_dev.bench import parse_args
+from novajobs_dev.gc_crash import job_env
+from novajobs_dev.stack import temporary
 
 # Rows for the memory runs, generated inside PostgreSQL: every 10th id eligible.
 _ROWS_SQL = """
@@ -151,13 +152,13 @@ def main() -> int:
     parser.add_argument("--naive-files", type=int, default=10_000, help="files for the seed loop")
     parser.add_argument("--singles", type=int, default=3_000, help="single deletes measured")
     parser.add_argument("--rss-rows", default="100000,1000000", help="table sizes for RSS")
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"files": 200, "naive_files": 50, "singles": 20,
+                                    "rss_rows": "1000"})
 
     import psycopg
     from minio import Minio
 
-    stack = start_stack("novajobs-bench-gc-")
-    try:
+    with temporary(("redis", "postgres", "s3")) as stack:
         e = stack.env()
         minio = Minio(e["MINIO_ENDPOINT"], e["MINIO_ACCESS_KEY"], e["MINIO_SECRET_KEY"],
                       secure=False, region="us-east-1")
@@ -182,9 +183,6 @@ def main() -> int:
                 rss, wall = bench_rss(pg, minio, env, rows)
                 print(f"peak RSS, {rows:>9,} rows ({rows // 10:,} eligible): {rss / 1024:6.1f} MiB"
                       f"  ({wall:.1f} s)", flush=True)
-    finally:
-        stack.down()
-        shutil.rmtree(stack.dir, ignore_errors=True)
     return 0
 
 

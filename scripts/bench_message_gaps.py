@@ -25,14 +25,11 @@ import argparse
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-import demo_data  # noqa: E402 -- scripts/ is not a package
-from stack import temporary  # noqa: E402
+from novajobs_dev import demo_data
+from novajobs_dev.bench import parse_args
+from novajobs_dev.stack import temporary
 
 RECENT = timedelta(minutes=15)
 
@@ -97,7 +94,8 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--gaps", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"messages": 5000, "recent": 1000, "channels": 50, "days": 2,
+                                    "gaps": 3, "repeat": 1})
 
     import psycopg
 
@@ -117,7 +115,7 @@ def main() -> int:
                                                    "gaps": args.gaps}).fetchall())
         conn.execute(COVERING)
         conn.execute("VACUUM ANALYZE chat_messages")
-        total = conn.execute("SELECT count(*) FROM chat_messages").fetchone()[0]
+        total = conn.execute("SELECT count(*) FROM chat_messages").fetchall()[0][0]
         print(f"loaded in {time.monotonic() - started:.0f} s: chat_messages {total:,} rows, "
               f"{args.channels:,} channels, {len(deleted)} messages deleted")
 

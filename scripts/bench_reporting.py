@@ -24,19 +24,16 @@ import time
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import stack as stack_module  # noqa: E402 -- scripts/, next to this file
-
-from novajobs.context import JobContext, Result  # noqa: E402 -- after the path setup
-from novajobs.errors import Outcome  # noqa: E402
-from novajobs.output import setup_logging  # noqa: E402
-from novajobs.registry import JobSpec  # noqa: E402
-from novajobs.runner import run_job  # noqa: E402
-from novajobs.settings import load_settings  # noqa: E402
+from novajobs.context import JobContext, Result
+from novajobs.errors import Outcome
+from novajobs.output import setup_logging
+from novajobs.registry import JobSpec
+from novajobs.runner import run_job
+from novajobs.settings import load_settings
+from novajobs_dev.bench import parse_args
+from novajobs_dev.stack import temporary
 
 JOB = JobSpec(name="bench-reporting", summary="", description="", example="", module="__main__",
               schedule="* * * * *", timeout_sec=30, stores=("redis",))
@@ -99,9 +96,9 @@ def median_ms(runs: int, settings: Any) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=200)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"runs": 3})
     setup_logging("json", "error")  # the refused endpoints' warnings are expected here
-    with stack_module.temporary(("redis",)) as stack, tempfile.TemporaryFile() as log:
+    with temporary(("redis",)) as stack, tempfile.TemporaryFile() as log:
         gateway, gateway_url = start_pushgateway(log)
         pings, ping_url = start_ping_server()
         refused = f"http://127.0.0.1:{free_port()}"

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from novajobs_dev.bench import parse_args
+
 
 def median_seconds(argv: list[str], runs: int) -> float:
     times = []
@@ -27,7 +29,7 @@ def median_seconds(argv: list[str], runs: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"runs": 1})
     py = sys.executable
     cases = {
         "python -c 'import click' (baseline)": [py, "-c", "import click"],

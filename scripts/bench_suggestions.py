@@ -20,11 +20,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo_data
-import stack
+from novajobs_dev import demo_data
+from novajobs_dev.bench import parse_args
+from novajobs_dev.stack import temporary
 
 
 def main() -> int:
@@ -32,13 +31,13 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--edges", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=300, help="users for the naive loop")
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"users": 300, "edges": 2000, "sample": 10})
 
     from novajobs.connections import clickhouse_client
     from novajobs.jobs.refresh_suggestions import CANDIDATES_SQL
     from novajobs.settings import load_settings
 
-    with stack.temporary(("redis",)) as local:
+    with temporary(("redis",)) as local:
         env = local.env()
         settings = load_settings(environ=env)
         client = clickhouse_client(settings)

@@ -22,11 +22,9 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import stack as stack_module  # noqa: E402 -- scripts/, next to this file
+from novajobs_dev.bench import parse_args
+from novajobs_dev.stack import temporary
 
 # KEYS none; ARGV[1] first index, ARGV[2] count, ARGV[3] now. 100k keys per call.
 _POPULATE = """
@@ -59,7 +57,7 @@ def redis_cli_scan(port: int, extra: list[str]) -> tuple[float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"keys": 2000})
     import redis
 
     from novajobs.output import setup_logging
@@ -67,7 +65,7 @@ def main() -> int:
     from novajobs.settings import load_settings
 
     setup_logging("json", "warning")
-    with stack_module.temporary(("redis",)) as stack:
+    with temporary(("redis",)) as stack:
         env = stack.env()
         r = redis.Redis.from_url(env["REDIS_URL"])
         now = int(time.time())

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import demo_data
-import stack
-from benchlib import interleaved
+from novajobs_dev import demo_data
+from novajobs_dev.bench import interleaved, parse_args
+from novajobs_dev.stack import temporary
 
 
 def main() -> int:
@@ -27,14 +25,14 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--posts", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=7)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"events": 5000, "posts": 200, "runs": 1})
 
     from novajobs.connections import clickhouse_client
     from novajobs.jobs.refresh_trending import TRENDING_SQL
     from novajobs.runner import run_job
     from novajobs.settings import load_settings
 
-    with stack.temporary(("redis",)) as local:
+    with temporary(("redis",)) as local:
         env = local.env()
         settings = load_settings(environ=env)
         client = clickhouse_client(settings)

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import demo_data  # noqa: E402 -- scripts/, next to this file
-import stack as stack_module  # noqa: E402
+from novajobs_dev import demo_data
+from novajobs_dev.bench import parse_args
+from novajobs_dev.stack import temporary
 
 STREAM = "stream:audit:log"
 ARGS = ["--concurrency", "4", "--message-timeout", "5", "--max-messages", "10000000",
@@ -59,7 +58,7 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--seed", type=int, default=None)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"entries": 300, "kills": 1})
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     import psycopg
@@ -67,7 +66,7 @@ def main() -> int:
 
     from novajobs.schema import ensure_tables
 
-    with stack_module.temporary(("redis", "postgres")) as stack:
+    with temporary(("redis", "postgres")) as stack:
         env, directory = stack.env(), stack.dir
         r = redis.Redis.from_url(env["REDIS_URL"])
         pg = psycopg.connect(env["DATABASE_URL"], autocommit=True)
@@ -91,8 +90,9 @@ def main() -> int:
         final = drain(env, "pod-final", directory / "final.log")
         assert final.wait() == 0, (directory / "final.log").read_text()[-2000:]
         info = r.xinfo_groups(STREAM)[0]
-        count, users = pg.execute(
-            "SELECT count(*), count(DISTINCT user_id) FROM audit_logs").fetchone()
+        row = pg.execute("SELECT count(*), count(DISTINCT user_id) FROM audit_logs").fetchone()
+        assert row is not None  # an aggregate always returns a row
+        count, users = row
         dead, retries = r.xlen("dlq:" + STREAM), r.zcard("retry:" + STREAM)
         print(f"final run: {time.monotonic() - started:.1f} s; pending {info['pending']}, "
               f"lag {info['lag']}, dlq {dead}, retry {retries}")

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from novajobs_dev.stack import temporary
+
 JOB, OTHER = "clean-token-blacklist", "promote-retries"  # both need only Redis
 
 
@@ -143,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="no daemon: run the lines via sh")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import stack
-
-    with stack.temporary(("redis",)) as s:
+    with temporary(("redis",)) as s:
         problems = check(s.env()["REDIS_URL"], "cron-check:", daemon=not args.tiny)
     mode = "shell, as cron would" if args.tiny else "a real cron daemon"
     for problem in problems:

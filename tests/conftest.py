@@ -1,4 +1,4 @@
-"""Real servers for the tests, started by the suite itself on loopback (scripts/stack.py).
+"""Real servers for the tests, started by the suite itself on loopback (novajobs_dev.stack).
 
 Each test gets its own Redis key prefix, PostgreSQL schema, ClickHouse database and
 (where used) bucket, so tests never see each other's data. A server that cannot start
@@ -7,7 +7,6 @@ fails the tests that need it; nothing is skipped.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -22,21 +21,10 @@ from typing import Any
 import pytest
 
 from novajobs.settings import Settings, load_settings
+from novajobs_dev import demo_data
+from novajobs_dev import stack as stack_module
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-stack_module = _load_script("stack")
-demo_data = _load_script("demo_data")
 
 
 @pytest.fixture(scope="session")
@@ -204,7 +192,7 @@ def cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 @pytest.fixture
 def pg_tables(pg: Any) -> Callable[..., None]:
-    """Create contract tables (scripts/demo_data.POSTGRES_DDL) in the test's schema."""
+    """Create contract tables (novajobs_dev.demo_data.POSTGRES_DDL) in the test's schema."""
 
     def create(*tables: str) -> None:
         for table in tables or tuple(demo_data.POSTGRES_DDL):

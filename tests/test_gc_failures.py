@@ -9,12 +9,12 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-import demo_data  # scripts/demo_data.py, loaded by conftest
 import pytest
 from s3_faults import FaultyProxy
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev import demo_data
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import demo_data  # scripts/demo_data.py, loaded by conftest
 import pytest
 
 from novajobs.context import Shard
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev import demo_data
 
 MIX = {"live": 40, "marked": 30, "recent": 10, "missing": 6, "held": 4}
 

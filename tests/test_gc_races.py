@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import demo_data  # scripts/demo_data.py, loaded by conftest
 import psycopg
 import pytest
 from minio.error import S3Error
@@ -22,6 +21,7 @@ from s3_faults import FaultyProxy
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev import demo_data
 
 REFERENCE_SQL = """
 UPDATE file_metadata SET ref_count = ref_count + 1, status = 0, updated_at = now()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,8 +10,7 @@ import pytest
 
 from novajobs.errors import Outcome
 from novajobs.runner import run_job
-
-demo_data = sys.modules["demo_data"]  # scripts/demo_data.py, loaded by conftest
+from novajobs_dev import demo_data
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # the window is [T0, T0 + 10 min)
 WINDOW = {"since": T0.isoformat(), "until": (T0 + timedelta(minutes=10)).isoformat()}

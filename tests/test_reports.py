@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,8 +13,7 @@ import pytest
 from novajobs import schema
 from novajobs.errors import Outcome
 from novajobs.runner import run_job
-
-demo_data = sys.modules["demo_data"]  # scripts/demo_data.py, loaded by conftest
+from novajobs_dev import demo_data
 
 
 @pytest.fixture(autouse=True)
