@@ -33,7 +33,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 SERVICES = ("redis", "postgres", "s3", "neo4j", "es")
 S3_ACCESS_KEY, S3_SECRET_KEY = "novajobs", "novajobs-secret"
@@ -103,7 +102,7 @@ def free_base_port(low: int = 20_000, high: int = 32_700) -> int:
     raise StackError(f"no free range of stack ports between {low} and {high}")
 
 
-_RESERVED: dict[int, IO[bytes]] = {}
+_RESERVED: dict[int, int] = {}
 
 
 def _reserve(base: int) -> bool:
@@ -115,13 +114,13 @@ def _reserve(base: int) -> bool:
 
     directory = Path(tempfile.gettempdir(), "novajobs-stack-ports")
     directory.mkdir(mode=0o777, exist_ok=True)
-    handle = (directory / f"{base}.lock").open("ab")
+    fd = os.open(directory / f"{base}.lock", os.O_CREAT | os.O_WRONLY, 0o666)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.close()
+        os.close(fd)
         return False
-    _RESERVED[base] = handle  # released when this process exits
+    _RESERVED[base] = fd  # released when this process exits
     return True
 
 
