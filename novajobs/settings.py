@@ -357,6 +357,21 @@ class Settings:
         "per consumer (drain-stream); 1 = one pod",
     )
 
+    # --- the web console (issue #14): novajobs/console/ ------------------------------
+    console_bind: str = setting(
+        "127.0.0.1:8787", check=host_port, help="where `novajobs console` listens (host:port)"
+    )
+    console_token: str = setting(
+        "",
+        secret=True,
+        help="needed for every console action, and for everything off loopback; '' = "
+        "a random one, printed at start (loopback only)",
+    )
+    console_read_only: bool = setting(False, help="the console shows, and refuses every action")
+    k8s_console: bool = setting(
+        False, help="render-deploy also writes the console's Deployment and Service"
+    )
+
     # --- alerts (issue #5): alerts.py ---------------------------------------------
     # Sent by the runner when a check finds a problem or a job fails; best effort.
     alert_webhook_url: str = setting(

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   prometheus            # promtool: checks and unit-tests the generated alert rules
   prometheus-pushgateway  # a real Pushgateway for the metrics tests (started by them)
   openssl               # a throwaway certificate for the SMTP-over-TLS alert tests
+  chromium              # the console's real-browser test (driven by PyPI playwright)
 )
 
 PYTHON=${PYTHON:-python3}

@@ -1,5 +1,6 @@
-"""Commands on one run: `logs` (its last log lines, kept in Redis) and `stop` (ask a
-running run, wherever it runs, to stop at its next safe point)."""
+"""Commands on runs: `logs` (a run's last log lines, kept in Redis), `stop` (ask a
+running run, wherever it runs, to stop at its next safe point) and `console` (the web
+console over the same records)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from novajobs.registry import get_job
 def register(group: click.Group) -> None:
     group.add_command(logs)
     group.add_command(stop)
+    group.add_command(console)
 
 
 @click.command()
@@ -156,3 +158,34 @@ def _report(targets: list[Any], ended: dict[str, dict[str, Any] | None], as_json
         return int(ExitCode.TIMEOUT)
     return int(ExitCode.OK)
 
+
+
+@click.command()
+@click.option("--bind", metavar="HOST:PORT",
+              help="Where to listen. Default: the setting console_bind (127.0.0.1:8787).")
+@click.option("--read-only", is_flag=True, help="Show everything; refuse every action.")
+@with_options(*SETTINGS_OPTIONS)
+def console(bind: str | None, read_only: bool, **kw: Any) -> int:
+    """Serve the web console: every job (schedule, last outcome, recent runs, lock), one
+    job's history, a run's counters, error and log lines, streams and dead letters; run
+    a job now, stop a run, release a stale lock, replay or purge dead letters. The JSON
+    API under /api/ has everything the pages show.
+
+    Loopback only unless console_token is set; every action needs the token (printed
+    at start when none is set). Stop with Ctrl-C or SIGTERM.
+
+    Example:
+
+    \b
+      novajobs console --bind 127.0.0.1:8787
+      NOVAJOBS_CONSOLE_TOKEN=... novajobs console --bind 0.0.0.0:8787 --read-only
+    """
+    from novajobs.checks import host_port
+
+    settings = settings_from(kw)
+    where = bind or settings.console_bind
+    if bind and (problem := host_port(bind)):
+        raise UsageError(f"--bind {bind!r} {problem}")
+    from novajobs.console.server import run_console
+
+    return run_console(settings, where, read_only or settings.console_read_only)

@@ -1,0 +1,276 @@
+"""`novajobs console`: its JSON API and its security, against a real Redis holding the
+records of real job runs (issue #14)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from test_status import slow_run
+
+from novajobs.console.server import build
+from novajobs.errors import ConfigError
+from novajobs.lock import JobLock
+from novajobs.output import setup_logging
+from novajobs.runner import RunOptions, run_job
+from novajobs.settings import Settings
+from novajobs.streams.handlers import Message
+
+TOKEN = "console-test-token-0123456789"
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.host = f"127.0.0.1:{port}"
+
+    def call(self, method: str, path: str, *, body: dict[str, Any] | None = None,
+             form: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+             token: str | None = None) -> tuple[int, dict[str, str], str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        head = {"Host": self.host, **(headers or {})}
+        payload = None
+        if body is not None:
+            payload, head["Content-Type"] = json.dumps(body), "application/json"
+        elif form is not None:
+            payload = urlencode(form)
+            head["Content-Type"] = "application/x-www-form-urlencoded"
+        if token:
+            head["Authorization"] = f"Bearer {token}"
+        conn.request(method, path, body=payload, headers=head)
+        response = conn.getresponse()
+        text = response.read().decode()
+        conn.close()
+        return response.status, dict(response.getheaders()), text
+
+    def get(self, path: str, **kw: Any) -> Any:
+        status, _, text = self.call("GET", path, **kw)
+        assert status == 200, (path, status, text)
+        return json.loads(text) if path.startswith("/api/") else text
+
+    def act(self, path: str, **body: Any) -> tuple[int, Any]:
+        status, _, text = self.call("POST", path, body={**body, "confirm": True}, token=TOKEN)
+        return status, json.loads(text)
+
+
+@pytest.fixture
+def start_console(redis_server: None) -> Iterator[Callable[..., Client]]:
+    servers = []
+
+    def start(settings: Settings, *, bind: str = "127.0.0.1:0", read_only: bool = False,
+              token: str = TOKEN) -> Client:
+        server, console = build(settings, bind, read_only, token)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return Client(console.guard.port)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_api_shows_every_job_from_real_runs(start_console, settings, redis_client, names):
+    setup_logging("json", "info")  # as the CLI does: the run keeps what it logs
+    done = run_job("clean-token-blacklist", settings)
+    run_job("clean-token-blacklist", settings, RunOptions(dry_run=True))
+    holder = JobLock(redis_client, f"{names['prefix']}job:lock:refresh-trending", 30,
+                     {"job": "refresh-trending", "host": "far", "pid": 7, "run_id": "held"})
+    assert holder.acquire()
+    client = start_console(settings)
+
+    jobs = {j["unit"]: j for j in client.get("/api/jobs")}
+    detail = client.get("/api/jobs/clean-token-blacklist")
+    run = client.get(f"/api/runs/clean-token-blacklist/{done.run_id[:8]}")
+    page = client.get("/")
+    holder.release()
+
+    blacklist = jobs["clean-token-blacklist"]
+    assert (blacklist["state"], blacklist["outcome"], blacklist["schedule"]) == (
+        "ended", "nothing_to_do", "17 * * * *")
+    assert blacklist["next_run_at"][14:16] == "17" and blacklist["last_success_at"]
+    assert [p["dry_run"] for p in blacklist["recent"]] == [True, False]
+    assert blacklist["attempt"]["dry_run"] is True
+    assert jobs["gc-files"]["state"] == "never_run" and jobs["gc-files"]["recent"] == []
+    assert jobs["refresh-trending"]["lock"] is None  # held, but by no run of its record
+    assert [h["run_id"] for h in detail["units"][0]["history"]][1] == done.run_id
+    assert run["run"]["run_id"] == done.run_id and run["run"]["counters"] == done.counters
+    assert next(line["message"] for line in run["log"]) == "run started"
+    assert run["log"][-1]["outcome"] == "nothing_to_do"
+    assert 'data-unit="clean-token-blacklist"' in page and "<svg class=\"chart\"" in page
+    assert page.count("<tr data-unit=") == len(jobs)
+
+
+def test_actions_need_the_token_and_a_confirmation(start_console, settings, redis_client, names):
+    client = start_console(settings)
+    path = "/api/jobs/clean-token-blacklist/trigger"
+
+    assert client.call("POST", path, body={"confirm": True})[0] == 401
+    assert client.call("POST", path, body={"confirm": True}, token="wrong")[0] == 401
+    status, _, text = client.call("POST", path, body={}, token=TOKEN)
+    assert status == 400 and "on the console's host" in json.loads(text)["question"]
+    assert redis_client.llen(f"{names['prefix']}job:history:clean-token-blacklist") == 0
+
+    status, started = client.act(path)
+    assert status == 202 and started["running"] is True
+    give_up = time.monotonic() + 60
+    while (t := client.get(f"/api/triggers/{started['id']}"))["running"]:
+        assert time.monotonic() < give_up
+        time.sleep(0.2)
+    assert t["exit_code"] == 0 and t["lines"][-1]["outcome"] == "nothing_to_do"
+    history = client.get("/api/jobs/clean-token-blacklist")["units"][0]["history"]
+    assert history[0]["run_id"] == t["run_id"] and history[0]["host"]
+
+
+def test_a_cross_site_post_is_refused(start_console, settings):
+    client = start_console(settings)
+    login = client.call("POST", "/login", form={"token": TOKEN})
+    assert login[0] == 303
+    cookie = login[1]["Set-Cookie"].split(";")[0]
+    assert "HttpOnly" in login[1]["Set-Cookie"] and "SameSite=Strict" in login[1]["Set-Cookie"]
+    page = client.call("GET", "/", headers={"Cookie": cookie})[2]
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    path, form = "/jobs/clean-token-blacklist/trigger", {"csrf": csrf}
+    own = f"http://{client.host}"
+
+    evil = client.call("POST", path, form=form,
+                       headers={"Cookie": cookie, "Origin": "http://evil.example"})
+    fetch_says = client.call("POST", path, form=form,
+                             headers={"Cookie": cookie, "Sec-Fetch-Site": "cross-site"})
+    no_csrf = client.call("POST", path, form={}, headers={"Cookie": cookie, "Origin": own})
+    ok = client.call("POST", path, form=form, headers={"Cookie": cookie, "Origin": own})
+    evil_login = client.call("POST", "/login", form={"token": TOKEN},
+                             headers={"Origin": "http://evil.example"})
+
+    assert (evil[0], fetch_says[0], no_csrf[0]) == (403, 403, 403)
+    assert "cross-site request refused" in evil[2] and "CSRF" in no_csrf[2]
+    assert ok[0] == 200 and "Yes, do it" in ok[2]  # the confirmation step, nothing ran yet
+    assert evil_login[0] == 403 and "Set-Cookie" not in evil_login[1]
+    assert client.call("GET", "/", headers={"Host": "evil.example"})[0] == 421  # rebinding
+
+
+def test_read_only_refuses_every_action_and_shows_none(start_console, settings):
+    client = start_console(settings, read_only=True)
+    status, body = client.act("/api/jobs/clean-token-blacklist/trigger")
+    assert status == 403 and body["error"] == "the console is read-only"
+    assert "Run now" not in client.get("/") and "read-only" in client.get("/")
+
+
+def test_a_non_loopback_bind_needs_a_token_for_everything(start_console, settings):
+    with pytest.raises(ConfigError, match="console_token must be set"):
+        build(settings, "0.0.0.0:0", False, "")
+    client = start_console(settings, bind="0.0.0.0:0")
+    assert client.call("GET", "/api/jobs")[0] == 401
+    assert client.call("GET", "/")[1]["Location"] == "/login"
+    assert client.call("GET", "/api/jobs", token=TOKEN)[0] == 200
+    assert client.call("GET", "/healthz")[0] == 200 and client.call("GET", "/readyz")[0] == 200
+
+
+def test_stop_a_running_run_and_release_a_stale_lock(start_console, ch, make_settings, env,
+                                                    redis_client, names):
+    settings = make_settings(run_heartbeat_sec=0.2)
+    client = start_console(settings)
+    beat = ("-s", "run_heartbeat_sec=0.2")
+    proc = slow_run(ch, env, 3000, *beat)
+    status, asked = client.act("/api/jobs/refresh-suggestions/stop")
+    assert status == 200 and asked["asked"][0]["unit"] == "refresh-suggestions"
+    assert proc.wait(timeout=30) == 130
+    proc.communicate()
+    stopped = client.get("/api/jobs/refresh-suggestions")["units"][0]["status"]
+    assert stopped["outcome"] == "interrupted" and "stop requested by" in stopped["error"]
+    assert client.act("/api/jobs/refresh-suggestions/stop")[0] == 409  # nothing running
+
+    proc = slow_run(ch, env, 3000, *beat, "-s", "lock_ttl_sec=60")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.communicate()
+    key = f"{names['prefix']}job:lock:refresh-suggestions"
+    time.sleep(1)
+    [lock] = client.get("/api/locks")
+    assert lock["key"] == key and lock["stale"] is True
+    assert client.act("/api/locks/release", key=key, run_id="someone-else")[0] == 409
+    status, done = client.act("/api/locks/release", key=key, run_id=lock["run_id"])
+    assert status == 200 and done["released"] == key and not redis_client.exists(key)
+
+
+def test_dead_letters_browse_replay_and_purge(start_console, fast, handlers, redis_client,
+                                              names):
+    def fails(message: Message) -> None:
+        raise ValueError(f"cannot handle {message.fields['n']}")
+
+    handlers("fails", fails)
+    settings = fast(stream_handlers=("jobs=fails",), stream_max_retries=0)
+    for n in range(3):
+        redis_client.xadd(names["prefix"] + "jobs", {"n": str(n)})
+    assert run_job("drain-stream", settings).counters["dead_lettered"] == 3
+    client = start_console(settings)
+
+    [stream] = client.get("/api/streams")
+    letters = client.get("/api/streams/jobs/dlq")
+    first = letters["entries"][0]
+    replayed = client.act("/api/streams/jobs/dlq/replay", ids=[first["id"]])
+    purged = client.act("/api/streams/jobs/dlq/purge", all=True)
+
+    assert (stream["stream"], stream["dead_letters"], stream["length"]) == ("jobs", 3, 3)
+    assert stream["group"]["pending"] == 0 and stream["group"]["lag"] == 0
+    assert first["error"] == "ValueError: cannot handle 0" and first["fields"] == {"n": "0"}
+    assert replayed == (200, {"replayed": 1, "missing": 0, "unreplayable": 0})
+    assert purged == (200, {"deleted": 2})
+    assert redis_client.xlen(names["prefix"] + "dlq:jobs") == 0
+    assert redis_client.xrange(names["prefix"] + "jobs")[-1][1][b"n"] == b"0"
+    assert client.call("GET", "/api/streams/nope/dlq")[0] == 404
+
+
+def test_no_secret_is_ever_rendered(start_console, make_settings, redis_client):
+    from test_logs_stop import PASSWORD, SECRET, SPEC
+
+    setup_logging("json", "info")
+    settings = make_settings(minio_secret_key=SECRET, neo4j_password=PASSWORD,
+                             alert_webhook_url="https://hooks.example/T0/SECRETHOOK")
+    rec = run_job(SPEC, settings, lines=1)
+    client = start_console(settings)
+    seen = "".join(
+        client.call("GET", path)[2]
+        for path in ("/", "/api/jobs", "/streams", "/api/streams", "/locks", "/api/locks",
+                     f"/api/runs/log-probe/{rec.run_id}", f"/runs/log-probe/{rec.run_id}"))
+    assert "connecting with secret ****" in seen
+    for secret in (SECRET, PASSWORD, "SECRETHOOK", TOKEN, json.dumps(SECRET)[1:-1]):
+        assert secret not in seen
+
+
+def test_render_deploy_adds_the_console_only_when_asked(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from novajobs import deploy
+    from novajobs.settings import load_settings
+
+    assert deploy.CONSOLE not in deploy.render_all(load_settings(environ={}))
+    files = deploy.render_all(load_settings(environ={}, overrides={"k8s_console": "true"}))
+    deploy.write_files(tmp_path, files)
+    tool = Path(sys.executable).parent / "kubernetes-validate"
+    done = subprocess.run([str(tool), "--strict", "--quiet", "-k", "1.37.0",
+                           str(tmp_path / deploy.CONSOLE)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    deployment, service = yaml.safe_load_all(files[deploy.CONSOLE])
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 1000
+    assert container["args"] == ["console", "--bind", "0.0.0.0:8787"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"secretRef": {"name": "novajobs"}} in container["envFrom"]
+    assert service["spec"]["ports"][0]["port"] == 8787 and service["kind"] == "Service"
