@@ -59,6 +59,7 @@ class Beacon:
         try:
             if store and self.started and self.rec.outcome is not Outcome.SKIPPED:
                 self.log.store()
+                self.log.store_details(self.rec.details)
         except Exception as exc:  # debug: the line before this one must stay the last word
             self.ctx.log.debug("could not keep the run's log lines in Redis",
                                error=describe_error(exc))

@@ -86,6 +86,10 @@ def log_key(prefix: str, unit: str, run_id: str) -> str:
     return f"{prefix}job:log:{unit}:{run_id}"
 
 
+def details_key(prefix: str, unit: str, run_id: str) -> str:
+    return f"{prefix}job:details:{unit}:{run_id}"
+
+
 def stop_key(prefix: str, unit: str) -> str:
     return f"{prefix}job:stop:{unit}"
 

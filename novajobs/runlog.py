@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from novajobs.checks import duration_sec
 from novajobs.output import RunLogCapture
-from novajobs.records import log_key
+from novajobs.records import details_key, log_key
 from novajobs.redact import redact_text
 from novajobs.settings import setting_names
 
@@ -57,6 +57,7 @@ class RunLog:
     def __init__(self, client: Callable[[], redis.Redis], settings: Settings, unit: str,
                  run_id: str) -> None:
         self.client, self.key = client, log_key(settings.redis_prefix, unit, run_id)
+        self.details_key = details_key(settings.redis_prefix, unit, run_id)
         self.retention = max(int(duration_sec(settings.run_log_retention)), 60)
         self.capture = RunLogCapture(run_id, settings.run_log_lines, settings.run_log_bytes,
                                      redactor(settings))
@@ -74,12 +75,28 @@ class RunLog:
         pipe.execute()
         self._stored = seq
 
+    def store_details(self, details: dict[str, Any]) -> None:
+        """What the job returned beside its counters (the record keeps only those): for
+        the console's run page, capped at ``run_log_bytes`` like the lines."""
+        if not details:
+            return
+        text = self.capture.redact(json.dumps(details, default=str, ensure_ascii=False))
+        if len(text.encode()) > self.capture.max_bytes:
+            text = json.dumps({"truncated": True, "bytes": len(text.encode()),
+                               "keys": sorted(details)[:50]})
+        self.client().set(self.details_key, text, ex=self.retention)
+
     def close(self) -> None:
         logging.getLogger("novajobs").removeHandler(self.capture)
 
 
 def read_lines(r: redis.Redis, prefix: str, unit: str, run_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in r.lrange(log_key(prefix, unit, run_id), 0, -1)]
+
+
+def read_details(r: redis.Redis, prefix: str, unit: str, run_id: str) -> dict[str, Any] | None:
+    raw = r.get(details_key(prefix, unit, run_id))
+    return json.loads(raw) if raw else None
 
 
 def follow(r: redis.Redis, prefix: str, unit: str, run_id: str, running: Callable[[], bool],

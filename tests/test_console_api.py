@@ -241,6 +241,8 @@ def test_no_secret_is_ever_rendered(start_console, make_settings, redis_client):
         for path in ("/", "/api/jobs", "/streams", "/api/streams", "/locks", "/api/locks",
                      f"/api/runs/log-probe/{rec.run_id}", f"/runs/log-probe/{rec.run_id}"))
     assert "connecting with secret ****" in seen
+    details = client.get(f"/api/runs/log-probe/{rec.run_id}")["details"]
+    assert details == {"checked": ["a", "b"], "secret": "****"}  # kept, and redacted
     for secret in (SECRET, PASSWORD, "SECRETHOOK", TOKEN, json.dumps(SECRET)[1:-1]):
         assert secret not in seen
 

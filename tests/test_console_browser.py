@@ -125,6 +125,7 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
     page.click('tr[data-unit="clean-token-blacklist"] a')
     page.click("table.history a")
     assert "run started" in page.locator("#log").inner_text()
+    page.screenshot(path=str(tmp_path / "console-run.png"), full_page=True)
 
     # log in, run a job now, see it finish
     page.goto(console_url + "/login")
@@ -153,6 +154,7 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
     page.goto(console_url + "/streams")
     page.click('tr[data-stream="jobs"] a')
     first = page.locator("table.dlq tr[data-id]").first.get_attribute("data-id")
+    page.screenshot(path=str(tmp_path / "console-dlq.png"), full_page=True)
     page.click(f'tr[data-id="{first}"] button:has-text("Replay")')
     page.click('button:has-text("Yes, do it")')
     assert "replayed 1" in page.locator("ul.result").inner_text()

@@ -30,7 +30,7 @@ def _probe_run(ctx: JobContext, lines: int = 3, big: int = 0) -> Result:
                  f"@cache:6379/0", password=s.neo4j_password)
     for i in range(lines):
         ctx.log.info(f"line {i}", n=i, padding="p" * big)
-    return Result(message="logged")
+    return Result(message="logged", details={"checked": ["a", "b"], "secret": s.neo4j_password})
 
 
 PROBE.run = _probe_run  # type: ignore[attr-defined]

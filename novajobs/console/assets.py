@@ -32,8 +32,11 @@ button { cursor: pointer; border: 1px solid #90a4ae; background: #fff; border-ra
          padding: .2em .7em; }
 button.danger { border-color: #c62828; color: #c62828; }
 td.actions { white-space: nowrap; }
-pre.log { background: #263238; color: #eceff1; padding: .8em; overflow-x: auto;
-          font-size: 12px; line-height: 1.4; max-height: 40em; }
+pre.log { background: #263238; color: #eceff1; padding: .8em; overflow: auto;
+          font-size: 12px; line-height: 1.4; max-height: 40em; white-space: pre-wrap;
+          word-break: break-word; }
+pre.details { background: #fff; border: 1px solid #e0e0e0; padding: .6em; font-size: 12px;
+              max-height: 30em; overflow: auto; }
 svg.chart { background: #f5f5f5; }
 .question { font-size: 1.1em; }
 """ + "".join(f".o-{name} {{ background: {tone}; }}\n" for name, tone in BADGE_COLOURS.items())

@@ -15,7 +15,7 @@ from novajobs.jobstatus import job_statuses, unit_status
 from novajobs.lock import read_holder
 from novajobs.records import find_run, read_history
 from novajobs.registry import JOBS, get_job
-from novajobs.runlog import read_lines
+from novajobs.runlog import read_details, read_lines
 
 if TYPE_CHECKING:
     import redis
@@ -77,7 +77,9 @@ def run_detail(r: redis.Redis, settings: Settings, unit: str,
         return None
     status = unit_status(r, prefix, unit, settings.run_heartbeat_sec)
     state = status["state"] if status["run_id"] == run["run_id"] else "ended"
-    return {"run": run, "state": state, "log": read_lines(r, prefix, unit, str(run["run_id"]))}
+    rid = str(run["run_id"])
+    return {"run": run, "state": state, "details": read_details(r, prefix, unit, rid),
+            "log": read_lines(r, prefix, unit, rid)}
 
 
 def locks(r: redis.Redis, settings: Settings) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ before it runs. The only script (assets.JS) follows a run started here.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from html import escape
@@ -174,8 +175,12 @@ def run_page(page: Page, unit: str, detail: dict[str, Any]) -> str:
     counters = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
                        for k, v in run["counters"].items()) or '<tr><td>none</td></tr>'
     log = "\n".join(_log_text(line) for line in detail["log"]) or "(no log lines kept)"
+    details = ""
+    if detail.get("details"):
+        shown = json.dumps(detail["details"], indent=2, ensure_ascii=False, default=str)
+        details = f'<h2>Details</h2><pre class="details">{e(shown)}</pre>'
     body = (f'<table class="facts">{rows}</table><h2>Counters</h2>'
-            f'<table class="facts">{counters}</table><h2>Log</h2>'
+            f'<table class="facts">{counters}</table>{details}<h2>Log</h2>'
             f'<pre class="log" id="log">{e(log)}</pre>')
     if detail["state"] == "running" and page.can_act:
         body = page.form(f"/jobs/{q(run['job'])}/stop", "Stop this run",
