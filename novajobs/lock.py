@@ -92,6 +92,7 @@ class JobLock:
         self.ttl_ms = max(int(ttl_sec * 1000), 1000)
         self.value = json.dumps({**holder, "since": time.time(), "token": secrets.token_hex(16)})
         self._renewed_at: float | None = None  # monotonic time a successful SET/PEXPIRE was sent
+        self.fence: int | None = None  # this acquisition's fencing token (novajobs/fencing.py)
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,13 +105,24 @@ class JobLock:
         delay = 0.05
         while True:
             sent = time.monotonic()
-            if self.redis.set(self.key, self.value, nx=True, px=self.ttl_ms):
+            if self._take():
                 self._renewed_at = sent
                 return True
             if time.monotonic() + delay > deadline or give_up():
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _take(self) -> bool:
+        """``SET NX PX`` and, in the same script, the next fence of this lock key."""
+        from novajobs.fencing import ACQUIRE, colocated
+
+        fence = self.redis.eval(ACQUIRE, 2, self.key, colocated(self.key, ":fence"),
+                                self.value, self.ttl_ms)
+        if fence is None:
+            return False
+        self.fence = int(fence)
+        return True
 
     def release(self, client: redis.Redis | None = None) -> bool:
         """Delete the lock if it is still ours (through ``client``, e.g. one with short

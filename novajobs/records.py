@@ -22,10 +22,12 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from novajobs.errors import Outcome
+from novajobs.errors import LockLost, Outcome
 
 if TYPE_CHECKING:
     import redis
+
+    from novajobs.fencing import Fence
 
 
 @dataclass
@@ -35,6 +37,7 @@ class RunRecord:
     host: str
     pid: int
     shard: str | None = None  # "2-of-3"
+    fence: int | None = None  # the lock's fencing token (novajobs/fencing.py); None: no lock
     started_at: str = ""
     ended_at: str = ""
     duration_ms: int = 0
@@ -99,7 +102,10 @@ Fields = dict[Any, str]
 _RUN_FIELDS = [f.name for f in fields(RunRecord) if f.name != "details"]
 
 
-def record_start(r: redis.Redis, prefix: str, rec: RunRecord) -> None:
+def record_start(r: redis.Redis, prefix: str, rec: RunRecord, fence: Fence | None = None) -> None:
+    """Write the status of a run that starts; refused (LockLost) behind a newer fence."""
+    from novajobs.fencing import FencedTransaction, Refused
+
     key = status_key(prefix, rec.unit)
     if rec.is_attempt:
         r.hset(key, "attempt", json.dumps(rec.to_json(with_details=False)))
@@ -107,16 +113,26 @@ def record_start(r: redis.Redis, prefix: str, rec: RunRecord) -> None:
     # Kept in case this run turns out to be an attempt (a usage error found mid-run).
     previous = r.hmget(key, _RUN_FIELDS)
     stash = {name: _s(v) for name, v in zip(_RUN_FIELDS, previous, strict=True) if v is not None}
-    pipe = r.pipeline(transaction=True)
+    pipe = FencedTransaction(r, fence)
     pipe.hset(key, mapping={**_flat(rec), "previous": json.dumps(stash), "skips": "0",
                             "seen_at": rec.started_at})
     pipe.hdel(key, "attempt")
-    pipe.execute()
+    try:
+        pipe.execute()
+    except Refused as exc:
+        raise LockLost(f"another run took the lock {rec.lock_key} before this one started "
+                       f"(fence {exc.seen} is newer than this run's {rec.fence})") from None
 
 
-def record_end(r: redis.Redis, prefix: str, rec: RunRecord, history_size: int) -> None:
+def record_end(
+    r: redis.Redis, prefix: str, rec: RunRecord, history_size: int, fence: Fence | None = None
+) -> bool:
+    """Record the run. False when a newer fence owns the status: a run that lost its lock
+    only goes into the history, and the status stays the newer run's."""
+    from novajobs.fencing import FencedTransaction, Refused
+
     key, hkey = status_key(prefix, rec.unit), history_key(prefix, rec.unit)
-    pipe = r.pipeline(transaction=True)
+    pipe = FencedTransaction(r, fence)
     if rec.is_attempt:
         pipe.hset(key, "attempt", json.dumps(rec.to_json(with_details=False)))
         if not rec.dry_run:  # started as a real run: put the real one back
@@ -126,9 +142,18 @@ def record_end(r: redis.Redis, prefix: str, rec: RunRecord, history_size: int) -
         if rec.outcome in (Outcome.SUCCESS, Outcome.NOTHING_TO_DO):
             fields["last_success_at"] = rec.ended_at
         pipe.hset(key, mapping=fields)
-    pipe.lpush(hkey, json.dumps(rec.to_json(with_details=False)))
+    entry = json.dumps(rec.to_json(with_details=False))
+    pipe.lpush(hkey, entry)
     pipe.ltrim(hkey, 0, history_size - 1)
-    pipe.execute()
+    try:
+        pipe.execute()
+    except Refused:
+        history = FencedTransaction(r, None)
+        history.lpush(hkey, entry)
+        history.ltrim(hkey, 0, history_size - 1)
+        history.execute()
+        return False
+    return True
 
 
 def _restore_previous(r: redis.Redis, pipe: Any, key: str) -> None:
@@ -186,7 +211,7 @@ def _flat(rec: RunRecord) -> Fields:
 
 # --- reading, in one schema -------------------------------------------------------------
 
-INTS = ("pid", "duration_ms", "exit_code", "skips")
+INTS = ("pid", "duration_ms", "exit_code", "skips", "fence")
 TEXTS = ("shard", "run_id", "host", "started_at", "ended_at", "outcome", "message", "error",
          "warning", "lock_key")
 STATUS_TEXTS = ("seen_at", "last_success_at", "last_skipped_at", "skipped_by")

@@ -31,6 +31,7 @@ from novajobs.errors import (
     Outcome,
     UsageError,
 )
+from novajobs.fencing import fence_of
 from novajobs.lock import JobLock, lock_key, read_holder
 from novajobs.output import JobLog, log_file_problem
 from novajobs.records import RunRecord, now_iso, record_end, record_skip, record_start
@@ -129,10 +130,12 @@ def _run(ctx: JobContext, spec: JobSpec, rec: RunRecord, options: RunOptions,
     if options.use_lock and not _take_lock(ctx, spec, rec, options.wait_sec):
         return  # skipped: the record says so
     checkins.ping_start(ctx, rec)
-    ctx.retry(lambda: record_start(ctx.redis, ctx.settings.redis_prefix, rec), "record start")
+    fence = fence_of(ctx)
+    ctx.retry(lambda: record_start(ctx.redis, ctx.settings.redis_prefix, rec, fence),
+              "record start")
     beacon.start()
     ctx.log.info("run started", timeout_sec=options.timeout_sec or spec.timeout_sec,
-                 dry_run=options.dry_run or None, warning=rec.warning)
+                 dry_run=options.dry_run or None, warning=rec.warning, fence=rec.fence)
     result = func(ctx, **params)
     rec.outcome, rec.message, rec.details = result.outcome, result.message, result.details
 
@@ -194,6 +197,7 @@ def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> b
         taken = ctx.retry(lambda: lock.acquire(wait, stopping), "acquire the lock")
     if taken:
         ctx.guard.lock = lock
+        rec.fence = lock.fence
         lock.start_heartbeat(
             lambda exc: ctx.log.warning("lock heartbeat failed", error=describe_error(exc))
         )
@@ -262,8 +266,9 @@ def _record(ctx: JobContext, rec: RunRecord) -> None:
     try:
         if rec.outcome is Outcome.SKIPPED:
             record_skip(ctx.redis, prefix, rec, keep)
-        else:
-            record_end(ctx.redis, prefix, rec, keep)
+        elif not record_end(ctx.redis, prefix, rec, keep, fence_of(ctx)):
+            ctx.log.warning("a newer run holds the lock: this run went into the history "
+                            "only, the status stays the newer run's", fence=rec.fence)
     except Exception as exc:
         ctx.log.warning("could not record the run in Redis", error=describe_error(exc))
 

@@ -55,9 +55,19 @@ CREATE TABLE IF NOT EXISTS novajobs_stream_dedupe (
 CREATE INDEX IF NOT EXISTS novajobs_stream_dedupe_handled_at
     ON novajobs_stream_dedupe (handled_at)"""
 
+# Fencing tokens (novajobs/fencing.py): the newest fence each lock has written with.
+# A write transaction advances its lock's row first and rolls back if a newer fence is
+# there; the row lock orders the write transactions of two holders of one lock.
+OWNED_TABLES["novajobs_fences"] = """
+CREATE TABLE IF NOT EXISTS novajobs_fences (
+    lock_key TEXT PRIMARY KEY,
+    fence BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+)"""
+
 # Two `init-db` at once would race on CREATE TABLE IF NOT EXISTS (the loser fails on
 # pg_type's unique index); one transaction-scoped advisory lock serialises them.
-_INIT_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('novajobs:init-db'))"
+INIT_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('novajobs:init-db'))"
 
 
 def missing_tables(conn: Any, names: list[str] | tuple[str, ...]) -> list[str]:
@@ -75,7 +85,7 @@ def ensure_tables(conn: Any, names: list[str] | None = None) -> list[str]:
     Returns the names that were asked for."""
     wanted = list(OWNED_TABLES) if names is None else names
     with conn.transaction():
-        conn.execute(_INIT_LOCK_SQL)
+        conn.execute(INIT_LOCK_SQL)
         for name in wanted:
             conn.execute(OWNED_TABLES[name])
     return wanted

@@ -103,8 +103,8 @@ def test_logs_prints_a_run_and_stop_interrupts_it_while_follow_tails_it(ch, redi
     lines = [json.loads(line) for line in last.stdout.splitlines()]
     assert lines[-1]["outcome"] == "interrupted" and lines[0]["message"] == "run started"
     run_id = lines[-1]["run_id"]
-    assert cli("logs", "refresh-suggestions", run_id[:6]).stdout.splitlines()[0].endswith(
-        "run started  timeout_sec=540")
+    assert "run started  timeout_sec=540 fence=" in cli(  # the lock's fencing token
+        "logs", "refresh-suggestions", run_id[:6]).stdout.splitlines()[0]
     missing = cli("logs", "refresh-suggestions", "ffffffffff")
     assert missing.returncode == 2 and "no run ffffffffff of refresh-suggestions" in missing.stderr
 

@@ -37,7 +37,7 @@ SPEC = JobSpec(name="status-probe", summary="probe", description="probe", exampl
 
 ENTRY_KEYS = {"job", "unit", "shard", "run_id", "host", "pid", "started_at", "ended_at",
               "duration_ms", "outcome", "exit_code", "message", "error", "counters",
-              "dry_run", "skips", "lock_key", "warning"}
+              "dry_run", "skips", "lock_key", "warning", "fence"}
 
 
 def slow_run(ch: Any, env: dict[str, str], users: int, *args: str) -> subprocess.Popen[str]:

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
+from novajobs.fencing import pg_transaction
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.registry import check_flag
 
@@ -294,7 +295,7 @@ class PartitionRun:
         self.ctx.checkpoint()
         self.skipped_notice = False
         try:
-            with self.conn.transaction():
+            with pg_transaction(self.ctx, f"create partition {name}"):
                 moved = move_default_rows(self.conn, parent, lo, hi) if move else 0
                 self.conn.execute(create_ddl(parent, name, lo, hi))
                 if moved:

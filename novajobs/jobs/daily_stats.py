@@ -32,6 +32,7 @@ from novajobs.catchup import CatchUp, fill_missed, logical_now
 from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, local_today, resolve_days
 from novajobs.errors import Outcome
+from novajobs.fencing import pg_transaction
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.registry import check_flag
 from novajobs.schema import require_tables
@@ -133,8 +134,8 @@ def upsert_days(ctx: JobContext, days: list[dict[str, Any]]) -> tuple[list[date]
     """Write the days; returns (inserted, updated) dates. Unchanged days are neither."""
     columns = [[day[name] for day in days] for name in ("stat_date", *METRICS)]
     ctx.checkpoint()
-    with ctx.pg.transaction():
-        written = ctx.pg.execute(UPSERT_SQL, columns).fetchall()
+    with pg_transaction(ctx, "daily_stats upsert") as conn:
+        written = conn.execute(UPSERT_SQL, columns).fetchall()
     inserted = sorted(d for d, is_new in written if is_new)
     updated = sorted(d for d, is_new in written if not is_new)
     return inserted, updated

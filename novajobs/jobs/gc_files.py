@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 from novajobs.checks import duration_sec
 from novajobs.context import JobContext, Result, Shard, batched
 from novajobs.errors import JobFailed, Outcome
+from novajobs.fencing import check_pg
 from novajobs.retry import describe_error, is_transient
 from novajobs.schema import require_tables
 
@@ -205,6 +206,9 @@ def collect_page(ctx: JobContext, scope: Scope, page: list[FileRow], tally: Tall
             params = scope.params(ids=[r.id for r in page])
             locked = [FileRow(*r) for r in conn.execute(LOCK_SQL, params).fetchall()]
             ctx.checkpoint()  # the last point where stopping is free: nothing deleted yet
+            # S3 checks no fence: the page's fence check, in its transaction, comes first
+            # (a newer run's page transaction waits on the fence row until this one ends).
+            check_pg(ctx, conn, "gc-files page")
             # From here on no checkpoint: the row locks, not the Redis lock, make the page
             # safe, and stopping now would leave rows whose objects are gone.
             outcome = delete_objects(ctx, locked)

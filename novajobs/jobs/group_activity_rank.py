@@ -27,6 +27,7 @@ from novajobs.catchup import CatchUp, fill_missed, logical_now
 from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, IsoWeek, local_today, parse_week, resolve_week
 from novajobs.errors import Outcome, UsageError
+from novajobs.fencing import pg_transaction
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.registry import check_flag
 from novajobs.schema import require_tables
@@ -88,10 +89,9 @@ def rank_channels(ctx: JobContext, week: IsoWeek) -> list[dict[str, Any]]:
 
 def replace_week(ctx: JobContext, week: IsoWeek, ranked: list[dict[str, Any]]) -> int:
     """Swap the week's rows for ``ranked`` atomically; returns how many old rows went."""
-    conn = ctx.pg
     columns = [[row[name] for row in ranked] for name in COLUMNS]
     ctx.checkpoint()
-    with conn.transaction():
+    with pg_transaction(ctx, f"group_activity_rank week {week.label}") as conn:
         conn.execute(LOCK_WEEK_SQL, [week.label])
         deleted = conn.execute(DELETE_WEEK_SQL, [week.label]).rowcount
         if ranked:

@@ -16,6 +16,7 @@ from typing import Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
+from novajobs.fencing import fenced_set
 
 TRENDING_SQL = """
 SELECT
@@ -69,7 +70,7 @@ def run(ctx: JobContext) -> Result:
     query_ms = round((time.monotonic() - started) * 1000)
     payload = json.dumps(posts, separators=(",", ":"))
     ctx.checkpoint()
-    ctx.retry(lambda: ctx.redis.set(key, payload, ex=ttl_sec), "write the trending cache")
+    ctx.retry(lambda: fenced_set(ctx, key, payload, "EX", ttl_sec), "write the trending cache")
     ctx.count("posts", len(posts))
     ctx.count("keys_written")
     ctx.log.info(

@@ -1,0 +1,330 @@
+"""Fencing tokens: every write a locked run makes is checked where it lands.
+
+The lease check (novajobs/lock.py) stops a run that wakes after a pause, but a pause
+*between* that check and the write (a GC pause, a slow send, SIGSTOP) still lets a
+stale holder write after another run took the lock. So each acquisition also gets a
+*fence*: a number from Redis that only grows per lock key (``INCR`` of a counter next to
+the lock, in the same script as the ``SET NX``, so the newest holder always has the
+highest fence). The stores then refuse a write that carries an older fence than one
+they have seen (Kleppmann's fencing tokens):
+
+- **Redis**: every write goes through a Lua script whose prelude compares the run's
+  fence with the highest fence its *slot* has seen for this lock and refuses an older
+  one (``NOVAJOBS_FENCED``), else remembers it and writes. On a single Redis (and for
+  keys in the lock's own slot on a cluster) that record is the lock's fence counter
+  itself, so a write is refused as soon as a newer run *took the lock*, before it wrote
+  anything. On a Redis Cluster a script may only touch one slot: the record is a small
+  key per lock and slot (``novajobs:fence:{tag}:<lock>``, the tag chosen to hash to the
+  written key's slot), so there a stale write is refused once the newer run has written
+  anything in that slot; a stale write to a slot the newer run has not reached yet
+  lands, but it can never overwrite a newer run's write.
+- **PostgreSQL**: a write transaction first advances the lock's row in
+  ``novajobs_fences`` (``UPDATE ... WHERE fence <= mine``) and rolls back when a newer
+  fence is there. The row lock it takes orders the transactions of two holders: a
+  stale one either commits before the newer one starts writing, or is refused.
+- **S3** (gc-files) cannot check a fence: a page's objects are deleted only after the
+  page's PostgreSQL fence check, inside its transaction (and its row locks).
+
+A refused write raises ``LockLost``: the run ends with exit 4 and a record naming both
+fences; the refused write left nothing behind (the script wrote nothing, the
+transaction rolled back). Not covered: a failover to a replica that missed the latest
+``INCR`` (asynchronous replication) can hand out a fence twice; Elasticsearch merges
+and Kubernetes are not fenced; a run without the lock (``--no-lock``) has no fence and
+writes unchecked.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from novajobs.errors import ConfigError, LockLost
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis
+
+    from novajobs.context import JobContext
+
+REFUSED = "NOVAJOBS_FENCED"
+
+# KEYS[1] the lock, KEYS[2] its fence counter; ARGV[1] the lock value, ARGV[2] ttl ms.
+# A missing counter starts at the server's time in ms, so fences keep growing even if
+# the counter is deleted (FLUSHALL, an operator's cleanup): no older fence is reissued.
+ACQUIRE = """
+if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+if redis.call('exists', KEYS[2]) == 0 then
+  local now = redis.call('time')
+  redis.call('set', KEYS[2], string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000)))
+end
+return redis.call('incr', KEYS[2])
+"""
+
+# Put in front of a write script: it takes KEYS[1] (the fence record in the written
+# keys' slot) and ARGV[1] (the run's fence, '' = no lock) off the lists, so the body
+# sees its own keys and arguments from 1 as before.
+PRELUDE = f"""
+local fence_key = table.remove(KEYS, 1)
+local fence_arg = table.remove(ARGV, 1)
+if fence_arg ~= '' then
+  local seen = tonumber(redis.call('get', fence_key) or '0')
+  local fence = tonumber(fence_arg)
+  if fence < seen then return redis.error_reply('{REFUSED} ' .. seen) end
+  if fence > seen then redis.call('set', fence_key, fence_arg) end
+end
+"""
+
+SET_BODY = "return redis.call('set', KEYS[1], unpack(ARGV))"
+
+PG_ADVANCE_SQL = """
+INSERT INTO novajobs_fences AS f (lock_key, fence) VALUES (%s, %s)
+ON CONFLICT (lock_key) DO UPDATE SET fence = EXCLUDED.fence, updated_at = now()
+    WHERE f.fence <= EXCLUDED.fence
+RETURNING f.fence
+"""
+
+_TAG = re.compile(r"\{([^}]+)\}")  # the first non-empty {...} decides a key's slot
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The fence of one lock acquisition."""
+
+    lock_key: str
+    token: int
+    prefix: str = ""
+
+    @property
+    def counter_key(self) -> str:
+        return colocated(self.lock_key, ":fence")
+
+    def key_for(self, target: str | bytes, cluster: bool) -> str:
+        """Where the highest fence seen for this lock lives, in ``target``'s slot."""
+        if not cluster:
+            return self.counter_key
+        slot = key_slot(target)
+        if slot == key_slot(self.counter_key):
+            return self.counter_key
+        unit = self.lock_key[len(self.prefix):]
+        return f"{self.prefix}novajobs:fence:{{{slot_tag(slot)}}}:{unit}"
+
+
+def fence_of(ctx: JobContext) -> Fence | None:
+    """The fence of the run's lock; None when the run holds no lock (``--no-lock``)."""
+    lock = ctx.guard.lock
+    if lock is None or lock.fence is None:
+        return None
+    return Fence(lock.key, lock.fence, ctx.settings.redis_prefix)
+
+
+def colocated(key: str, suffix: str) -> str:
+    """A key in the same cluster slot as ``key``: its hash tag kept, or ``key`` as one."""
+    return key + suffix if _TAG.search(key) else f"{{{key}}}{suffix}"
+
+
+def is_cluster(r: Any) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(r, RedisCluster)
+
+
+def key_slot(key: str | bytes) -> int:
+    from redis.crc import key_slot as slot
+
+    return slot(key.encode() if isinstance(key, str) else key)
+
+
+_SLOT_TAGS: dict[int, str] = {}
+_next_tag = 0
+
+
+def slot_tag(slot: int) -> str:
+    """A short hash tag that lands in ``slot``; found once per process, then remembered
+    (about 16k CRCs for the first slot, 315k for all 16384)."""
+    global _next_tag
+    while slot not in _SLOT_TAGS:
+        tag = format(_next_tag, "x")
+        _next_tag += 1
+        _SLOT_TAGS.setdefault(key_slot(tag), tag)
+    return _SLOT_TAGS[slot]
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+
+class FencedScript:
+    """A Lua write script behind the fence prelude; called like redis-py's Script."""
+
+    def __init__(self, r: redis.Redis, body: str) -> None:
+        self.cluster = is_cluster(r)
+        self.script = r.register_script(PRELUDE + body)
+
+    def __call__(
+        self,
+        fence: Fence | None,
+        keys: Sequence[str | bytes],
+        args: Sequence[Any] = (),
+        client: Any = None,
+    ) -> Any:
+        first = keys[0]
+        guard = (fence.key_for(first, self.cluster), fence.token) if fence else (first, "")
+        return self.script(keys=[guard[0], *keys], args=[guard[1], *args], client=client)
+
+
+# ARGV[1]: the commands as JSON, [[name, key index, args...], ...]; keys by index in KEYS.
+EXEC_BODY = """
+local n = 0
+for _, c in ipairs(cjson.decode(ARGV[1])) do
+  local args = {c[1], KEYS[c[2]]}
+  for i = 3, #c do args[#args + 1] = c[i] end
+  redis.call(unpack(args))
+  n = n + 1
+end
+return n
+"""
+
+
+class Refused(Exception):
+    """A fenced write was refused: a newer fence has been seen (``seen``)."""
+
+    def __init__(self, seen: str) -> None:
+        super().__init__(f"refused: a newer fence {seen} has been seen")
+        self.seen = seen
+
+
+class FencedTransaction:
+    """Write commands collected like a redis-py transaction pipeline (``hset``, ``hdel``,
+    ``lpush``, ``ltrim``, ``execute``) and run as one script behind the fence; without a
+    fence, a plain MULTI/EXEC pipeline. Its keys must share a cluster slot, as in MULTI.
+    ``execute`` raises ``Refused`` when the fence is older than one already seen."""
+
+    def __init__(self, r: redis.Redis, fence: Fence | None) -> None:
+        self.redis, self.fence = r, fence
+        self.keys: list[str] = []
+        self.commands: list[list[Any]] = []
+
+    def _add(self, name: str, key: str, *args: Any) -> None:
+        if key not in self.keys:
+            self.keys.append(key)
+        self.commands.append([name, self.keys.index(key) + 1, *map(str, args)])
+
+    def hset(self, key: str, field: str | None = None, value: Any = None,
+             mapping: dict[Any, Any] | None = None) -> None:
+        pairs = [] if field is None else [field, value]
+        self._add("hset", key, *pairs, *(x for kv in (mapping or {}).items() for x in kv))
+
+    def hdel(self, key: str, *fields: str) -> None:
+        self._add("hdel", key, *fields)
+
+    def lpush(self, key: str, *values: str) -> None:
+        self._add("lpush", key, *values)
+
+    def ltrim(self, key: str, start: int, end: int) -> None:
+        self._add("ltrim", key, start, end)
+
+    def execute(self) -> None:
+        if not self.commands:
+            return
+        if self.fence is None:
+            pipe: Any = self.redis.pipeline(transaction=True)  # execute_command is untyped
+            for name, index, *args in self.commands:
+                pipe.execute_command(name.upper(), self.keys[index - 1], *args)
+            pipe.execute()
+            return
+        import json
+
+        import redis
+
+        try:
+            FencedScript(self.redis, EXEC_BODY)(self.fence, self.keys,
+                                                [json.dumps(self.commands)])
+        except redis.ResponseError as exc:
+            if REFUSED not in str(exc):
+                raise
+            raise Refused(str(exc).rsplit(REFUSED, 1)[1].split()[0]) from None
+
+
+def fenced_set(ctx: JobContext, key: str, value: str, *args: Any, client: Any = None) -> Any:
+    """``SET key value [args]`` (e.g. ``"EX", 90``), refused from an older fence."""
+    script = FencedScript(ctx.redis, SET_BODY)
+    with refused_as_lock_lost(ctx, f"write {key}"):
+        return script(fence_of(ctx), [key], [value, *args], client=client)
+
+
+@contextmanager
+def refused_as_lock_lost(ctx: JobContext, what: str) -> Iterator[None]:
+    """A script's (or a pipeline's) fence refusal becomes the run's LockLost."""
+    import redis
+
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if REFUSED not in str(exc):
+            raise
+        seen = str(exc).rsplit(REFUSED, 1)[1].split()[0]
+        raise lost(ctx, what, seen) from None
+
+
+def lost(ctx: JobContext, what: str, seen: object) -> LockLost:
+    fence = fence_of(ctx)
+    mine = fence.token if fence else "?"
+    key = fence.lock_key if fence else "?"
+    ctx.log.error("write refused by the fence: another run holds the lock",
+                  lock_key=key, fence=mine, newer_fence=seen)
+    return LockLost(
+        f"{what} refused: this run's fence {mine} is older than {seen} (another run took "
+        f"the lock {key}); nothing of it was written"
+    )
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+def check_pg(ctx: JobContext, conn: psycopg.Connection[Any], what: str) -> None:
+    """Advance the lock's fence row inside the caller's open transaction; LockLost (the
+    caller's transaction then rolls back) when a newer fence is there."""
+    fence = fence_of(ctx)
+    if fence is None:
+        return
+    if conn not in _PROVISIONED:
+        _provision(conn)
+    row = conn.execute(PG_ADVANCE_SQL, [fence.lock_key, fence.token]).fetchone()
+    if row is None:
+        seen = conn.execute("SELECT fence FROM novajobs_fences WHERE lock_key = %s",
+                            [fence.lock_key]).fetchone()
+        raise lost(ctx, what, seen[0] if seen else "?")
+
+
+_PROVISIONED: weakref.WeakSet[Any] = weakref.WeakSet()  # connections that found the table
+
+
+def _provision(conn: psycopg.Connection[Any]) -> None:
+    """Make sure ``novajobs_fences`` exists (`novajobs init-db` creates it; so does the
+    first fenced write after an upgrade), in the caller's transaction."""
+    import psycopg
+
+    from novajobs.schema import INIT_LOCK_SQL, OWNED_TABLES
+
+    found = conn.execute("SELECT to_regclass('novajobs_fences')").fetchone()
+    if found is None or found[0] is None:
+        try:
+            conn.execute(INIT_LOCK_SQL)  # as init-db: two creators at once must not collide
+            conn.execute(OWNED_TABLES["novajobs_fences"])
+        except psycopg.errors.InsufficientPrivilege:
+            raise ConfigError("table novajobs_fences does not exist and this user may not "
+                              "create it: run `novajobs init-db` as its owner") from None
+        return  # created in the caller's transaction: probe again until one commits
+    _PROVISIONED.add(conn)
+
+
+@contextmanager
+def pg_transaction(ctx: JobContext, what: str) -> Iterator[psycopg.Connection[Any]]:
+    """``with ctx.pg.transaction()`` that first passes the fence check."""
+    conn = ctx.pg
+    with conn.transaction():
+        check_pg(ctx, conn, what)
+        yield conn

@@ -1,0 +1,229 @@
+"""Fencing tokens: each lock acquisition's fence, and writes refused from an older one
+where they land (Redis scripts, the novajobs_fences row in PostgreSQL), against real
+Redis, PostgreSQL and S3."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from novajobs import schema
+from novajobs.context import Guard, JobContext, Result
+from novajobs.errors import LockLost, Outcome
+from novajobs.fencing import Fence, colocated, fenced_set, key_slot, pg_transaction, slot_tag
+from novajobs.lock import JobLock, lock_key
+from novajobs.records import RunRecord, history_key, record_start, status_key
+from novajobs.registry import JobSpec
+from novajobs.runner import run_job
+
+demo_data = __import__("sys").modules["demo_data"]
+NEWER = 10**15  # a fence newer than any Redis hands out here (they start at the time in ms)
+BEHAVIOUR: dict[str, Any] = {}
+
+
+def run(ctx: JobContext) -> Result:
+    """A sample job: optionally loses its lock to a newer run mid-way, then writes a key."""
+    if BEHAVIOUR.get("taken_over"):
+        take_over(ctx)
+    ctx.checkpoint()  # the lease check passes: the pause was between it and the write
+    fenced_set(ctx, ctx.key("sample:cache"), BEHAVIOUR.get("value", "mine"))
+    return Result(Outcome.SUCCESS, "wrote")
+
+
+def take_over(ctx: JobContext) -> None:
+    """What another run does while this one is paused past its TTL: the lock expires,
+    the other run takes it (a newer fence), records its start and writes."""
+    old = ctx.guard.lock
+    assert old is not None
+    ctx.redis.delete(old.key)
+    newer = JobLock(ctx.redis, old.key, 30, {"run_id": "newer"})
+    assert newer.acquire()
+    BEHAVIOUR["newer_fence"] = newer.fence
+    fence = Fence(newer.key, newer.fence or 0, ctx.settings.redis_prefix)
+    rec = RunRecord(job=ctx.job, run_id="newer", host="other", pid=1, fence=newer.fence)
+    record_start(ctx.redis, ctx.settings.redis_prefix, rec, fence)
+    newer_ctx = JobContext(ctx.settings, ctx.job, guard=Guard(lock=newer))
+    fenced_set(newer_ctx, ctx.key("sample:cache"), "newer")
+
+
+@pytest.fixture
+def job(redis_server: None) -> JobSpec:
+    BEHAVIOUR.clear()
+    return JobSpec(name=f"t-fence-{uuid.uuid4().hex[:8]}", summary="sample", description="",
+                   example="", module=__name__, schedule="* * * * *", timeout_sec=30,
+                   stores=("redis",))
+
+
+def test_each_acquisition_gets_a_higher_fence_recorded_in_the_run_record(job, settings,
+                                                                         redis_client, names):
+    first = run_job(job, settings)
+    second = run_job(job, settings)
+
+    assert first.outcome is second.outcome is Outcome.SUCCESS
+    assert first.fence is not None and second.fence is not None
+    assert second.fence > first.fence
+    status = redis_client.hgetall(status_key(names["prefix"], job.name))
+    assert int(status[b"fence"]) == second.fence
+    history = [json.loads(h) for h in redis_client.lrange(history_key(names["prefix"],
+                                                                     job.name), 0, -1)]
+    assert [h["fence"] for h in history] == [second.fence, first.fence]
+    counter = colocated(lock_key(names["prefix"], job.name), ":fence")
+    assert int(redis_client.get(counter)) == second.fence
+
+
+def test_a_write_after_another_run_took_the_lock_is_refused_with_exit_4(job, settings,
+                                                                        redis_client, names):
+    BEHAVIOUR["taken_over"] = True
+
+    rec = run_job(job, settings)
+
+    assert rec.outcome is Outcome.LOCK_LOST and rec.exit_code == 4
+    newer = BEHAVIOUR["newer_fence"]
+    assert f"fence {rec.fence} is older than {newer}" in rec.error
+    assert redis_client.get(f"{names['prefix']}sample:cache") == b"newer"
+    # The newer run keeps its status; the stale run's record is in the history.
+    status = redis_client.hgetall(status_key(names["prefix"], job.name))
+    assert status[b"run_id"] == b"newer" and int(status[b"fence"]) == newer
+    last = json.loads(redis_client.lindex(history_key(names["prefix"], job.name), 0))
+    assert (last["run_id"], last["outcome"], last["fence"]) == (rec.run_id, "lock_lost",
+                                                                rec.fence)
+
+
+def test_an_older_fence_is_refused_whichever_run_writes_first(redis_client, settings, names):
+    key = lock_key(names["prefix"], "sample")
+    old = JobLock(redis_client, key, 30, {"run_id": "old"})
+    assert old.acquire()
+    redis_client.delete(key)  # it expired while its holder was paused
+    new = JobLock(redis_client, key, 30, {"run_id": "new"})
+    assert new.acquire()
+    stale = JobContext(settings, "sample", guard=Guard(lock=old))
+    fresh = JobContext(settings, "sample", guard=Guard(lock=new))
+    target = f"{names['prefix']}cache"
+
+    # The newer run has not written yet: the lock's counter already refuses the old fence.
+    with pytest.raises(LockLost, match="refused"):
+        fenced_set(stale, target, "stale")
+    assert redis_client.exists(target) == 0
+    fenced_set(fresh, target, "fresh", "EX", 60)
+    with pytest.raises(LockLost):
+        fenced_set(stale, target, "stale")
+    assert redis_client.get(target) == b"fresh" and 0 < redis_client.ttl(target) <= 60
+    # Without a lock (--no-lock) nothing is fenced.
+    fenced_set(JobContext(settings, "sample"), target, "ad hoc")
+    assert redis_client.get(target) == b"ad hoc"
+
+
+def test_on_a_cluster_the_fence_record_shares_the_written_keys_slot():
+    fence = Fence("p:job:lock:{daily-stats}", 7, "p:")
+    assert fence.counter_key == "p:job:lock:{daily-stats}:fence"
+    assert colocated("job:lock:x", ":fence") == "{job:lock:x}:fence"
+    for target in ("p:nova:cache:trending:1h", "p:nova:cache:suggested_users:42",
+                   b"p:auth:block:token:abc", "p:retry:{stream:audit:log}"):
+        record = fence.key_for(target, cluster=True)
+        assert key_slot(record) == key_slot(target), (target, record)
+        assert record.startswith("p:novajobs:fence:{")
+    # In the lock's own slot the lock's counter is the record; on one Redis it always is.
+    assert fence.key_for("p:job:status:{daily-stats}", cluster=True) == fence.counter_key
+    assert fence.key_for("p:anything", cluster=False) == fence.counter_key
+    assert all(key_slot(slot_tag(s)) == s for s in (0, 1, 8191, 16383))
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+def test_a_stale_pg_transaction_rolls_back_and_the_fence_row_only_grows(pg, settings, names,
+                                                                        redis_client):
+    pg.execute("CREATE TABLE report (who text)")
+    key = lock_key(names["prefix"], "sample")
+    ctxs = []
+    for token in (5, 9):
+        lock = JobLock(redis_client, key, 30, {})
+        lock.fence = token
+        ctxs.append(JobContext(settings, "sample", guard=Guard(lock=lock)))
+    old, new = ctxs
+
+    with pg_transaction(new, "report") as conn:
+        conn.execute("INSERT INTO report VALUES ('new')")
+    with pytest.raises(LockLost, match="fence 5 is older than 9"), \
+            pg_transaction(old, "report") as conn:
+        conn.execute("INSERT INTO report VALUES ('old')")
+
+    assert pg.execute("SELECT who FROM report").fetchall() == [("new",)]
+    assert pg.execute("SELECT lock_key, fence FROM novajobs_fences").fetchall() == [(key, 9)]
+    for ctx in ctxs:
+        ctx.close()
+
+
+@pytest.fixture
+def newer_fence(pg: Any, names: dict[str, str]) -> Any:
+    """Another run of the job took the lock and wrote with a newer fence."""
+
+    def plant(job: str) -> None:
+        schema.ensure_tables(pg, ["novajobs_fences"])
+        pg.execute("INSERT INTO novajobs_fences (lock_key, fence) VALUES (%s, %s)",
+                   [lock_key(names["prefix"], job), NEWER])
+
+    return plant
+
+
+def test_report_jobs_behind_a_newer_fence_write_nothing_and_exit_4(pg, pg_tables, settings,
+                                                                  newer_fence, redis_server):
+    pg_tables("users", "chat_messages", "audit_logs", "file_metadata")
+    pg.execute("CREATE TABLE chat_messages_default PARTITION OF chat_messages DEFAULT")
+    schema.ensure_tables(pg)
+    pg.execute("INSERT INTO chat_messages VALUES (1, 1, 1, 1, '2025-03-04 10:00+00')")
+    for job, params in (("daily-stats", {"on": "2025-03-04"}),
+                        ("group-activity-rank", {"week": "2025-10"})):
+        newer_fence(job)
+
+        rec = run_job(job, settings, **params)
+
+        assert rec.outcome is Outcome.LOCK_LOST and rec.exit_code == 4, rec.error
+        assert f"older than {NEWER}" in rec.error
+    assert pg.execute("SELECT count(*) FROM daily_stats").fetchone() == (0,)
+    assert pg.execute("SELECT count(*) FROM group_activity_rank").fetchone() == (0,)
+
+
+def test_create_partitions_behind_a_newer_fence_creates_none(pg, pg_tables, settings,
+                                                            newer_fence, redis_server):
+    pg_tables("chat_messages")
+    newer_fence("create-partitions")
+
+    rec = run_job("create-partitions", settings, table=("chat_messages",))
+
+    assert rec.exit_code == 4, rec.error
+    assert pg.execute("SELECT count(*) FROM pg_inherits").fetchone() == (0,)
+
+
+def test_gc_files_behind_a_newer_fence_deletes_no_object_and_no_row(pg, pg_tables, settings,
+                                                                   minio_client, names,
+                                                                   newer_fence, redis_server):
+    pg_tables("file_metadata")
+    demo_data.load_files(pg, minio_client, names["bucket"], live=3, marked=8, recent=0,
+                         missing=0, held=0, seed=3, max_size=64)
+    objects = {o.object_name for o in minio_client.list_objects(names["bucket"], recursive=True)}
+    rows = pg.execute("SELECT count(*) FROM file_metadata").fetchone()
+    newer_fence("gc-files")
+
+    rec = run_job("gc-files", settings)
+
+    assert rec.exit_code == 4, rec.error
+    assert pg.execute("SELECT count(*) FROM file_metadata").fetchone() == rows
+    assert {o.object_name for o in minio_client.list_objects(names["bucket"],
+                                                            recursive=True)} == objects
+
+
+def test_the_fence_table_is_created_by_the_first_fenced_write_after_an_upgrade(
+    pg, pg_tables, settings, redis_server
+):
+    pg_tables("chat_messages")
+    assert pg.execute("SELECT to_regclass('novajobs_fences')").fetchone() == (None,)
+
+    rec = run_job("create-partitions", settings, table=("chat_messages",))
+
+    assert rec.outcome is Outcome.SUCCESS, rec.error
+    fences = pg.execute("SELECT lock_key, fence FROM novajobs_fences").fetchall()
+    assert fences == [(lock_key(settings.redis_prefix, "create-partitions"), rec.fence)]
