@@ -78,7 +78,8 @@ if fence_arg ~= '' then
 end
 """
 
-SET_BODY = "return redis.call('set', KEYS[1], unpack(ARGV))"
+# One command on one key: ARGV[1] the command, the rest its arguments after the key.
+COMMAND_BODY = "return redis.call(ARGV[1], KEYS[1], unpack(ARGV, 2))"
 
 PG_ADVANCE_SQL = """
 INSERT INTO novajobs_fences AS f (lock_key, fence) VALUES (%s, %s)
@@ -175,14 +176,16 @@ class FencedScript:
         return self.script(keys=[guard[0], *keys], args=[guard[1], *args], client=client)
 
 
-# ARGV[1]: the commands as JSON, [[name, key index, args...], ...]; keys by index in KEYS.
+# ARGV: the commands one after the other, each as: name, key index (in KEYS), argument
+# count, arguments. Binary-safe (stream fields may be any bytes), unlike JSON.
 EXEC_BODY = """
-local n = 0
-for _, c in ipairs(cjson.decode(ARGV[1])) do
-  local args = {c[1], KEYS[c[2]]}
-  for i = 3, #c do args[#args + 1] = c[i] end
+local i, n = 1, 0
+while i <= #ARGV do
+  local count = tonumber(ARGV[i + 2])
+  local args = {ARGV[i], KEYS[tonumber(ARGV[i + 1])]}
+  for j = 1, count do args[#args + 1] = ARGV[i + 2 + j] end
   redis.call(unpack(args))
-  n = n + 1
+  i, n = i + 3 + count, n + 1
 end
 return n
 """
@@ -204,55 +207,101 @@ class FencedTransaction:
 
     def __init__(self, r: redis.Redis, fence: Fence | None) -> None:
         self.redis, self.fence = r, fence
-        self.keys: list[str] = []
-        self.commands: list[list[Any]] = []
+        self.keys: list[str | bytes] = []
+        self.commands: list[tuple[str, int, tuple[Any, ...]]] = []
 
-    def _add(self, name: str, key: str, *args: Any) -> None:
+    def command(self, name: str, key: str | bytes, *args: Any) -> None:
+        """Any write command on ``key``, e.g. ``command("xack", stream, group, *ids)``."""
         if key not in self.keys:
             self.keys.append(key)
-        self.commands.append([name, self.keys.index(key) + 1, *map(str, args)])
+        self.commands.append((name, self.keys.index(key) + 1, args))
 
     def hset(self, key: str, field: str | None = None, value: Any = None,
              mapping: dict[Any, Any] | None = None) -> None:
         pairs = [] if field is None else [field, value]
-        self._add("hset", key, *pairs, *(x for kv in (mapping or {}).items() for x in kv))
+        self.command("hset", key, *pairs, *(x for kv in (mapping or {}).items() for x in kv))
 
     def hdel(self, key: str, *fields: str) -> None:
-        self._add("hdel", key, *fields)
+        self.command("hdel", key, *fields)
 
     def lpush(self, key: str, *values: str) -> None:
-        self._add("lpush", key, *values)
+        self.command("lpush", key, *values)
 
     def ltrim(self, key: str, start: int, end: int) -> None:
-        self._add("ltrim", key, start, end)
+        self.command("ltrim", key, start, end)
 
     def execute(self) -> None:
         if not self.commands:
             return
         if self.fence is None:
             pipe: Any = self.redis.pipeline(transaction=True)  # execute_command is untyped
-            for name, index, *args in self.commands:
+            for name, index, args in self.commands:
                 pipe.execute_command(name.upper(), self.keys[index - 1], *args)
             pipe.execute()
             return
-        import json
-
         import redis
 
+        flat: list[Any] = []
+        for name, index, args in self.commands:
+            flat += [name, index, len(args), *args]
         try:
-            FencedScript(self.redis, EXEC_BODY)(self.fence, self.keys,
-                                                [json.dumps(self.commands)])
+            FencedScript(self.redis, EXEC_BODY)(self.fence, self.keys, flat)
         except redis.ResponseError as exc:
             if REFUSED not in str(exc):
                 raise
             raise Refused(str(exc).rsplit(REFUSED, 1)[1].split()[0]) from None
 
 
-def fenced_set(ctx: JobContext, key: str, value: str, *args: Any, client: Any = None) -> Any:
+ZADD_BODY = """
+for i = 1, #ARGV, 2 do redis.call('zadd', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return #ARGV / 2
+"""
+
+
+class FencedPipeline:
+    """Fenced writes to many keys (each its own slot on a cluster) on one
+    non-transactional pipeline: one round trip, each write checked where it lands."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx, self.fence = ctx, fence_of(ctx)
+        self.pipe = ctx.redis.pipeline(transaction=False)
+        self.scripts: dict[str, FencedScript] = {}
+
+    def call(self, body: str, keys: Sequence[str | bytes], args: Sequence[Any] = ()) -> None:
+        script = self.scripts.get(body)
+        if script is None:
+            script = self.scripts[body] = FencedScript(self.ctx.redis, body)
+            if script.cluster:  # a cluster pipeline does not load scripts by itself
+                self.ctx.redis.script_load(script.script.script)
+        script(self.fence, keys, args, client=self.pipe)
+
+    def command(self, name: str, key: str, *args: Any) -> None:
+        """One write command on ``key`` (``"set", key, value, "EX", 90``)."""
+        self.call(COMMAND_BODY, [key], [name, *args])
+
+    def set(self, key: str, value: str, *args: Any) -> None:
+        self.command("set", key, value, *args)
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> None:
+        self.call(ZADD_BODY, [key], [x for member, score in mapping.items()
+                                     for x in (repr(score), member)])
+
+    def execute(self, what: str) -> list[Any]:
+        with refused_as_lock_lost(self.ctx, what):
+            return list(self.pipe.execute())
+
+
+def fenced_command(ctx: JobContext, name: str, key: str, *args: Any) -> Any:
+    """One write command (``"zremrangebyscore", key, "-inf", 5``), refused from an
+    older fence."""
+    script = FencedScript(ctx.redis, COMMAND_BODY)
+    with refused_as_lock_lost(ctx, f"{name.upper()} {key}"):
+        return script(fence_of(ctx), [key], [name, *args])
+
+
+def fenced_set(ctx: JobContext, key: str, value: str, *args: Any) -> Any:
     """``SET key value [args]`` (e.g. ``"EX", 90``), refused from an older fence."""
-    script = FencedScript(ctx.redis, SET_BODY)
-    with refused_as_lock_lost(ctx, f"write {key}"):
-        return script(fence_of(ctx), [key], [value, *args], client=client)
+    return fenced_command(ctx, "set", key, value, *args)
 
 
 @contextmanager
@@ -262,6 +311,8 @@ def refused_as_lock_lost(ctx: JobContext, what: str) -> Iterator[None]:
 
     try:
         yield
+    except Refused as exc:
+        raise lost(ctx, what, exc.seen) from None
     except redis.ResponseError as exc:
         if REFUSED not in str(exc):
             raise

@@ -18,8 +18,8 @@ from novajobs.lock import JobLock, lock_key
 from novajobs.records import RunRecord, history_key, record_start, status_key
 from novajobs.registry import JobSpec
 from novajobs.runner import run_job
+from novajobs_dev import demo_data
 
-demo_data = __import__("sys").modules["demo_data"]
 NEWER = 10**15  # a fence newer than any Redis hands out here (they start at the time in ms)
 BEHAVIOUR: dict[str, Any] = {}
 
@@ -227,3 +227,92 @@ def test_the_fence_table_is_created_by_the_first_fenced_write_after_an_upgrade(
     assert rec.outcome is Outcome.SUCCESS, rec.error
     fences = pg.execute("SELECT lock_key, fence FROM novajobs_fences").fetchall()
     assert fences == [(lock_key(settings.redis_prefix, "create-partitions"), rec.fence)]
+
+
+# --- the other Redis write paths: many keys, scripts, streams ------------------------------
+
+
+@pytest.fixture
+def stale_and_fresh(redis_client: Any, settings: Any, names: dict[str, str]) -> Any:
+    """Two contexts of one job: the stale one's lock expired and the fresh one took it."""
+    key = lock_key(names["prefix"], "sample")
+    old = JobLock(redis_client, key, 30, {"run_id": "old"})
+    assert old.acquire()
+    redis_client.delete(key)
+    new = JobLock(redis_client, key, 30, {"run_id": "new"})
+    assert new.acquire()
+    stale = JobContext(settings, "sample", guard=Guard(lock=old))
+    fresh = JobContext(settings, "sample", guard=Guard(lock=new))
+    yield stale, fresh
+    stale.close()
+    fresh.close()
+
+
+def test_a_stale_pipeline_of_cache_writes_lands_nowhere(stale_and_fresh, redis_client, names):
+    from novajobs.fencing import FencedPipeline
+
+    stale, fresh = stale_and_fresh
+    p = names["prefix"]
+    for ctx, value in ((stale, "stale"), (fresh, "fresh")):
+        pipe = FencedPipeline(ctx)
+        for user in range(3):
+            pipe.set(f"{p}sugg:{user}", value, "EX", 60)
+        pipe.zadd(f"{p}refreshed", {str(user): 1.5 for user in range(3)})
+        if ctx is stale:
+            with pytest.raises(LockLost):
+                pipe.execute("write suggestions")
+            assert redis_client.keys(f"{p}sugg:*") == [] and not redis_client.exists(
+                f"{p}refreshed")
+        else:
+            pipe.execute("write suggestions")
+    assert redis_client.mget([f"{p}sugg:{u}" for u in range(3)]) == [b"fresh"] * 3
+    assert redis_client.zrange(f"{p}refreshed", 0, -1, withscores=True) == [
+        (b"0", 1.5), (b"1", 1.5), (b"2", 1.5)]
+
+
+def test_a_stale_blacklist_repair_changes_no_entry(stale_and_fresh, redis_client, names):
+    import time
+    from collections import Counter
+
+    from novajobs.jobs import clean_token_blacklist as job
+
+    stale, _ = stale_and_fresh
+    key = f"{names['prefix']}auth:block:token:a"
+    redis_client.set(key, str(int(time.time()) - 10))  # expired, no TTL: would be deleted
+    tally: Counter[str] = Counter()
+    fixes = job.classify(stale, [key.encode()], time.time(), False, tally, [])
+
+    with pytest.raises(LockLost):
+        job.apply_fixes(stale, fixes, tally)
+
+    assert redis_client.exists(key) == 1 and tally["deleted"] == 0
+
+
+def test_stale_stream_acks_retries_and_promotions_are_refused(stale_and_fresh, redis_client,
+                                                              names):
+    from novajobs.fencing import Refused, fence_of
+    from novajobs.streams import queues
+    from novajobs.streams.settle import Round, write_round
+
+    stale, fresh = stale_and_fresh
+    p = names["prefix"]
+    redis_client.xgroup_create(p + "s", "g", id="0", mkstream=True)
+    ids = [redis_client.xadd(p + "s", {"n": str(i), "raw": b"\xff\x00"}).decode()
+           for i in range(3)]
+    redis_client.xreadgroup("g", "c", {p + "s": ">"})
+    writes = Round()
+    writes.ack("s", ids[0])
+    writes.retries.append(("s", "retry-member", 5.0))
+    writes.dead.append(("s", {b"n": b"2", b"raw": b"\xff\x00"}))
+
+    with pytest.raises(Refused):
+        write_round(redis_client, p, "g", writes, fence_of(stale))
+    assert redis_client.xpending(p + "s", "g")["pending"] == 3
+    assert not redis_client.exists(p + "retry:s") and not redis_client.exists(p + "dlq:s")
+    write_round(redis_client, p, "g", writes, fence_of(fresh))
+    assert redis_client.xpending(p + "s", "g")["pending"] == 2
+    assert redis_client.xrange(p + "dlq:s")[0][1] == {b"n": b"2", b"raw": b"\xff\x00"}
+
+    with pytest.raises(Exception, match="NOVAJOBS_FENCED"):
+        queues.promote_due(redis_client, p, "s", 10.0, 100, fence_of(stale))
+    assert redis_client.zcard(p + "retry:s") == 1

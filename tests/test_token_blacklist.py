@@ -106,7 +106,7 @@ def test_an_entry_rewritten_meanwhile_is_left_alone(redis_client, settings, name
         redis_client.set(p + "a", str(int(now) + 900))
         redis_client.set(p + "b", str(int(now) + 5000))
         redis_client.expire(p + "c", 300)
-        job.apply_fixes(ctx, ctx.redis.register_script(job.FIX_SCRIPT), fixes, tally)
+        job.apply_fixes(ctx, fixes, tally)
 
     assert tally["changed_meanwhile"] == 3 and tally["deleted"] == tally["repaired"] == 0
     assert redis_client.get(p + "a") == str(int(now) + 900).encode()

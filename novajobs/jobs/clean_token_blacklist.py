@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
+from novajobs.fencing import FencedPipeline
 from novajobs.registry import check_flag
 
 if TYPE_CHECKING:
-    import redis
 
     from novajobs.settings import Settings
 
@@ -63,14 +63,13 @@ def run(ctx: JobContext, delete_unreadable: bool = False) -> Result:
     pattern = ctx.key(s.token_blacklist_pattern)
     tally: Counter[str] = Counter()
     samples: list[str] = []
-    script = ctx.redis.register_script(FIX_SCRIPT)
     cursor = 0
     with ctx.progress("scanning the token blacklist") as bar:
         while True:
             cursor, keys = _scan(ctx, cursor, pattern, s.token_blacklist_scan_count)
             if keys:
                 fixes = classify(ctx, keys, time.time(), delete_unreadable, tally, samples)
-                apply_fixes(ctx, script, fixes, tally)
+                apply_fixes(ctx, fixes, tally)
             bar.advance(len(keys))
             if cursor == 0:
                 break
@@ -158,9 +157,7 @@ def token_expiry(raw: bytes) -> float | None:
     return expiry if math.isfinite(expiry) and expiry < MAX_EXPIRY else None
 
 
-def apply_fixes(
-    ctx: JobContext, script: redis.commands.core.Script, fixes: list[Fix], tally: Counter[str]
-) -> None:
+def apply_fixes(ctx: JobContext, fixes: list[Fix], tally: Counter[str]) -> None:
     if not fixes:
         return
     if ctx.dry_run:
@@ -170,11 +167,10 @@ def apply_fixes(
     ctx.checkpoint()
 
     def write() -> list[Any]:
-        pipe = ctx.redis.pipeline(transaction=False)
+        pipe = FencedPipeline(ctx)  # each change refused if another run took the lock
         for fix in fixes:
-            script(keys=[fix.key], args=[fix.action, fix.kind, fix.value, fix.expire_at],
-                   client=pipe)
-        return list(pipe.execute())
+            pipe.call(FIX_SCRIPT, [fix.key], [fix.action, fix.kind, fix.value, fix.expire_at])
+        return pipe.execute("repair or delete blacklist entries")
 
     # Each script re-checks before it acts, so running the batch twice changes nothing more.
     for fix, done in zip(fixes, ctx.retry(write, "repair or delete entries"), strict=True):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
+from novajobs.fencing import fence_of, refused_as_lock_lost
 from novajobs.streams.handlers import plan_streams
 from novajobs.streams.queues import pending_retries, promote_due
 
@@ -45,10 +46,12 @@ def promote_stream(ctx: JobContext, stream: str) -> int:
     total = 0
     while True:
         ctx.checkpoint()
-        n = ctx.retry(
-            lambda: promote_due(ctx.redis, s.redis_prefix, stream, now, s.stream_promote_batch),
-            f"promote retries of {stream}",
-        )
+        with refused_as_lock_lost(ctx, f"promote retries of {stream}"):
+            n = ctx.retry(
+                lambda: promote_due(ctx.redis, s.redis_prefix, stream, now,
+                                    s.stream_promote_batch, fence_of(ctx)),
+                f"promote retries of {stream}",
+            )
         total += n
         if n < s.stream_promote_batch:
             break

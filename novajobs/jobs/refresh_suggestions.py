@@ -22,10 +22,11 @@ from array import array
 from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome, UsageError
+from novajobs.fencing import FencedPipeline, fenced_command
 
 if TYPE_CHECKING:
     from novajobs.settings import Settings
@@ -124,14 +125,17 @@ def pick_stalest(ctx: JobContext, users: array[int], n: int) -> list[int]:
 def write(ctx: JobContext, suggestions: dict[int, list[dict[str, int]]], ttl_sec: int) -> None:
     """One pipeline: every user's key with its TTL, and their refresh times."""
     now = time.time()
-    pipe = ctx.redis.pipeline(transaction=False)
-    for user, items in suggestions.items():
-        pipe.set(
-            ctx.key(suggestions_key(user)), json.dumps(items, separators=(",", ":")), ex=ttl_sec
-        )
-    pipe.zadd(ctx.key(REFRESHED_ZSET), {str(user): now for user in suggestions})
+
+    def send() -> list[Any]:
+        pipe = FencedPipeline(ctx)  # each write refused if another run took the lock
+        for user, items in suggestions.items():
+            pipe.set(ctx.key(suggestions_key(user)), json.dumps(items, separators=(",", ":")),
+                     "EX", ttl_sec)
+        pipe.zadd(ctx.key(REFRESHED_ZSET), {str(user): now for user in suggestions})
+        return pipe.execute("write suggestions")
+
     ctx.checkpoint()
-    ctx.retry(pipe.execute, "write suggestions to Redis")  # SET and ZADD: safe to repeat
+    ctx.retry(send, "write suggestions to Redis")  # SET and ZADD: safe to repeat
 
 
 def check_params(settings: Settings, user: int | None = None) -> None:
@@ -180,7 +184,8 @@ def _forget_inactive(ctx: JobContext, now: float) -> None:
     """Keep the refresh-time set bounded: users gone inactive drop out of it."""
     horizon = now - ctx.settings.suggestion_active_days * 86400
     ctx.retry(
-        lambda: ctx.redis.zremrangebyscore(ctx.key(REFRESHED_ZSET), "-inf", horizon),
+        lambda: fenced_command(ctx, "zremrangebyscore", ctx.key(REFRESHED_ZSET), "-inf",
+                               repr(horizon)),
         "prune refresh times",
     )
 

@@ -33,6 +33,7 @@ from novajobs.errors import (
     NovajobsError,
     UnavailableError,
 )
+from novajobs.fencing import fence_of, refused_as_lock_lost
 from novajobs.retry import describe_error
 from novajobs.streams.handlers import Message, PermanentError, StreamPlan, is_outage
 from novajobs.streams.pool import CallResult, Task, TaskResult, WorkerPool
@@ -316,17 +317,20 @@ class Drainer:
         if not self.pending:
             return
         writes, self.pending = self.pending, Round()
-        prefix = self.ctx.settings.redis_prefix
-        self.ctx.retry(lambda: write_round(self.ctx.redis, prefix, self.group, writes),
-                       "ack and reschedule")
+        prefix, fence = self.ctx.settings.redis_prefix, fence_of(self.ctx)
+        with refused_as_lock_lost(self.ctx, "ack and reschedule"):
+            self.ctx.retry(lambda: write_round(self.ctx.redis, prefix, self.group, writes, fence),
+                           "ack and reschedule")
 
     def _give_back(self) -> None:
         idle_ms = int(self.ctx.settings.stream_claim_idle_sec * 1000) + 1
         for stream, ids in self.untried.items():
             before = {i: self.reader.redelivered.get((stream, i), 0) for i in ids}
-            self.ctx.retry(functools.partial(give_back, self.ctx.redis, self.ctx.key(stream),
-                                             self.group, self.consumer, before, idle_ms),
-                           "give entries back")
+            with refused_as_lock_lost(self.ctx, "give entries back"):
+                self.ctx.retry(functools.partial(give_back, self.ctx.redis, self.ctx.key(stream),
+                                                 self.group, self.consumer, before, idle_ms,
+                                                 fence_of(self.ctx)),
+                               "give entries back")
         self.untried.clear()
 
     # -- the end ----------------------------------------------------------------------------

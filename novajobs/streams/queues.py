@@ -23,6 +23,7 @@ from novajobs.streams.handlers import META_ATTEMPTS, META_ID, META_PREFIX, Messa
 if TYPE_CHECKING:
     import redis
 
+    from novajobs.fencing import Fence
     from novajobs.settings import Settings
 
 META_ERROR = "novajobs:error"
@@ -117,11 +118,14 @@ return #due
 
 
 def promote_due(
-    r: redis.Redis, prefix: str, stream: str, now: float, batch: int
+    r: redis.Redis, prefix: str, stream: str, now: float, batch: int, fence: Fence | None = None
 ) -> int:
-    """Move one batch of due retries of ``stream`` back into it; returns how many."""
+    """Move one batch of due retries of ``stream`` back into it; returns how many.
+    Behind the lock's fence (novajobs/fencing.py): refused once another run took it."""
+    from novajobs.fencing import FencedScript
+
     keys = [retry_key(prefix, stream), prefix + stream, dlq_key(prefix, stream)]
-    return int(r.eval(_PROMOTE, 3, *keys, repr(now), batch))
+    return int(FencedScript(r, _PROMOTE)(fence, keys, [repr(now), batch]))
 
 
 def pending_retries(r: redis.Redis, prefix: str, stream: str, now: float) -> tuple[int, int]:

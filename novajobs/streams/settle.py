@@ -1,5 +1,5 @@
-"""Every write drain-stream makes to a stream's keys, in two functions (one place to
-check the lock's fence later):
+"""Every write drain-stream makes to a stream's keys, in two functions, each one fenced
+script (novajobs/fencing.py: refused, writing nothing, once another run took the lock):
 
 - ``write_round``: the outcomes of a settle round in one MULTI/EXEC: retries into
   ``retry:{stream}`` (ZADD), dead letters into ``dlq:{stream}`` (XADD) and the XACKs of
@@ -17,10 +17,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from novajobs.fencing import FencedTransaction
 from novajobs.streams.queues import dlq_key, retry_key
 
 if TYPE_CHECKING:
     import redis
+
+    from novajobs.fencing import Fence
 
 
 @dataclass
@@ -38,27 +41,32 @@ class Round:
         self.acks.setdefault(stream, []).append(entry_id)
 
 
-def write_round(r: redis.Redis, prefix: str, group: str, writes: Round) -> None:
-    pipe = r.pipeline(transaction=True)
+def write_round(
+    r: redis.Redis, prefix: str, group: str, writes: Round, fence: Fence | None = None
+) -> None:
+    """Raises fencing.Refused (nothing written) when another run took the lock."""
+    pipe = FencedTransaction(r, fence)
     for stream, member, due in writes.retries:
-        pipe.zadd(retry_key(prefix, stream), {member: due})
+        pipe.command("zadd", retry_key(prefix, stream), repr(due), member)
     for stream, fields in writes.dead:
-        pipe.xadd(dlq_key(prefix, stream), fields)
+        pipe.command("xadd", dlq_key(prefix, stream), "*", *(x for kv in fields.items()
+                                                            for x in kv))
     for stream, ids in writes.acks.items():
-        pipe.xack(prefix + stream, group, *ids)
+        pipe.command("xack", prefix + stream, group, *ids)
     pipe.execute()
 
 
 def give_back(
-    r: redis.Redis, key: str, group: str, consumer: str, before: dict[str, int], idle_ms: int
+    r: redis.Redis, key: str, group: str, consumer: str, before: dict[str, int], idle_ms: int,
+    fence: Fence | None = None,
 ) -> None:
     """``before``: entry id -> its delivery count before this run delivered it."""
     by_count: dict[int, list[Any]] = defaultdict(list)
     for entry_id, count in before.items():
         by_count[count].append(entry_id)
-    pipe = r.pipeline(transaction=False)
+    pipe = FencedTransaction(r, fence)
     for count, ids in by_count.items():
         for i in range(0, len(ids), 1000):
-            pipe.xclaim(key, group, consumer, 0, ids[i : i + 1000], idle=idle_ms,
-                        retrycount=count, justid=True)
+            pipe.command("xclaim", key, group, consumer, 0, *ids[i : i + 1000],
+                         "IDLE", idle_ms, "RETRYCOUNT", count, "JUSTID")
     pipe.execute()
