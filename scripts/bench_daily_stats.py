@@ -141,9 +141,10 @@ def main() -> int:
     from novajobs import schema
     from novajobs.settings import load_settings
 
-    with temporary(("postgres",)) as stack:
+    with temporary(("redis", "postgres")) as stack:
         env = stack.env()
-        settings = load_settings(environ={"DATABASE_URL": env["DATABASE_URL"]})
+        settings = load_settings(environ={"DATABASE_URL": env["DATABASE_URL"],
+                                          "REDIS_URL": env["REDIS_URL"]})
         conn = psycopg.connect(env["DATABASE_URL"], autocommit=True)
         started = time.monotonic()
         counts = demo_data.load_postgres(
@@ -174,8 +175,32 @@ def main() -> int:
         print(f"GROUP BY day (compute only):      {best_grouped:7.2f} s   runs {_fmt(grouped)}")
         print(f"speed-up vs naive: {best_naive / best_job:.1f}x (goal >= 5x); "
               f"vs GROUP BY day: {best_grouped / best_job:.1f}x; results identical: yes")
+        fencing_overhead(settings, first, last, max(args.repeat, 3))
         conn.close()
     return 0
+
+
+def fencing_overhead(settings: Any, first: date, last: date, runs: int) -> None:
+    """Whole runs (lock, records, the fenced upsert) with and without fencing tokens,
+    interleaved: the range above, and one day (what the daily schedule runs)."""
+    from novajobs.runner import run_job
+    from novajobs_dev.bench import interleaved
+    from novajobs_dev.unfenced import unfenced
+
+    for label, span in (("range", (first, last)), ("one day", (last, last))):
+
+        def fenced(span: tuple[date, date] = span) -> None:
+            rec = run_job("daily-stats", settings, from_date=str(span[0]), to_date=str(span[1]))
+            assert rec.outcome.ok, rec.error
+
+        def plain() -> None:
+            with unfenced():
+                fenced()
+
+        t_plain, t_fenced = interleaved(plain, fenced, runs)
+        print(f"fencing overhead, run_job {label:7}: {t_plain * 1000:9.1f} ms without, "
+              f"{t_fenced * 1000:9.1f} ms with: {(t_fenced / t_plain - 1) * 100:+.1f}% "
+              f"(goal < 5%; median of {runs})")
 
 
 def _fmt(times: list[float]) -> str:

@@ -18,6 +18,7 @@ import time
 from novajobs_dev import demo_data
 from novajobs_dev.bench import interleaved, parse_args
 from novajobs_dev.stack import temporary
+from novajobs_dev.unfenced import unfenced
 
 
 def main() -> int:
@@ -54,12 +55,20 @@ def main() -> int:
             rec = run_job("refresh-trending", settings)
             assert rec.outcome.ok, rec.error
 
+        def job_unfenced() -> None:
+            with unfenced():
+                job()
+
         bare()  # warm caches for both
         t_bare, t_job = interleaved(bare, job, args.runs)
+        t_plain, t_fenced = interleaved(job_unfenced, job, args.runs)
         client.close()
     print(f"bare SQL through clickhouse-connect : {t_bare * 1000:8.1f} ms (median of {args.runs})")
     print(f"novajobs refresh-trending (run_job)  : {t_job * 1000:8.1f} ms (median of {args.runs})")
     print(f"ratio job / bare                     : {t_job / t_bare:8.2f}x  (goal <= 1.2x)")
+    print(f"fencing overhead (run_job with / without fencing tokens, interleaved): "
+          f"{t_plain * 1000:.1f} ms -> {t_fenced * 1000:.1f} ms, "
+          f"{(t_fenced / t_plain - 1) * 100:+.1f}% (goal < 5%)")
     return 0
 
 

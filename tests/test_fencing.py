@@ -316,3 +316,20 @@ def test_stale_stream_acks_retries_and_promotions_are_refused(stale_and_fresh, r
     with pytest.raises(Exception, match="NOVAJOBS_FENCED"):
         queues.promote_due(redis_client, p, "s", 10.0, 100, fence_of(stale))
     assert redis_client.zcard(p + "retry:s") == 1
+
+
+def test_the_fencing_experiment_in_its_tiny_mode():
+    """scripts/fencing_experiment.py: a holder paused between its ownership check and its
+    write; with redis-py's Lock the stale write lands, with novajobs it is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fencing_experiment.py"
+    done = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True,
+                          text=True, timeout=600)
+
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    counts = json.loads(done.stdout.splitlines()[-1])
+    assert counts == {f"{v}/{j}": int(v == "redis-py") for v in ("redis-py", "novajobs")
+                      for j in ("cache", "report", "gc")}
