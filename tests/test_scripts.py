@@ -26,10 +26,11 @@ def _run_tiny(script: str) -> subprocess.CompletedProcess[str]:
 def tiny_runs() -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
     """All scripts at once, a few at a time: they mostly wait for their servers to start
     and stop, so this takes a fraction of running them one after another."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=3) as pool:
         yield {script: pool.submit(_run_tiny, script) for script in MEASURED}
 
 
+@pytest.mark.xdist_group("tiny-scripts")  # one worker runs the pool below, not each
 @pytest.mark.parametrize("script", MEASURED)
 def test_the_script_runs_in_its_tiny_mode(script, tiny_runs):
     done = tiny_runs[script].result()
