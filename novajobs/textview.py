@@ -149,7 +149,7 @@ def history_lines(entries: list[dict[str, Any]], timezone: str,
                     f" (last {age(since(e['ended_at'], now))} ago)")
         else:
             code = "" if e["exit_code"] is None else f"  exit {e['exit_code']}"
-            dry = " (dry run)" if e["dry_run"] else ""
+            dry = " (dry run)" if e["dry_run"] and e["outcome"] != "dry_run" else ""
             head = (f"{start}  {e['outcome']}{dry}{code}  took {duration(e['duration_ms'])}"
                     f"  ({age(since(e['started_at'], now))} ago)")
         yield head
