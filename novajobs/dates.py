@@ -19,8 +19,12 @@ MAX_BACKFILL_DAYS = 3660  # ten years: a longer range is far more likely a typo 
 CLOCK_SKEW_SEC = 300  # a scheduled time this far ahead of our clock is still believed
 
 _WEEK = re.compile(r"^(\d{4})-?W?(\d{1,2})$", re.IGNORECASE)
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)$", re.IGNORECASE)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)$", re.IGNORECASE)
 _UNIT_SEC = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+DURATION_HELP = "a duration with a unit: s, m (min), h or d (e.g. 24h, 90min), or 0"
+# strftime directives that can be found in a name (an index's), as regular expressions.
+_NAME_DIRECTIVES = {"%Y": r"\d{4}", "%y": r"\d{2}", "%m": r"\d{2}", "%d": r"\d{2}",
+                    "%H": r"\d{2}", "%j": r"\d{3}", "%%": "%"}
 # A Kubernetes object name (DNS-1123 label); a CronJob names its Jobs <cronjob>-<minutes>.
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _CRONJOB_MINUTES = re.compile(r"-(\d{8,})$")  # minutes since 1970: 8 digits since 1989
@@ -132,14 +136,53 @@ def resolve_week(tz: str, text: str | None = None, now: datetime | None = None) 
     return week
 
 
+def parse_duration(text: str) -> float:
+    """``"90min"``, ``"15m"``, ``"1.5h"``, ``"3600s"``, ``"2d"`` or ``"0"`` -> seconds;
+    ValueError otherwise. The one grammar of every length of time novajobs reads (ages,
+    grace periods, retention). The unit is required: a bare ``24`` meant as hours would be
+    read as seconds, and for a grace period before deleting files that is not harmless."""
+    raw = str(text).strip()
+    if raw == "0":
+        return 0.0
+    match = _DURATION.match(raw)
+    if not match:
+        raise ValueError(f"{text!r} is not {DURATION_HELP}")
+    return float(match[1]) * _UNIT_SEC[match[2].lower()]
+
+
+def name_date_regex(fmt: str) -> re.Pattern[str]:
+    """``"%Y.%m.%d"`` -> a regex finding such a date in a name. ValueError if unusable."""
+    parts = []
+    for part in re.split(r"(%.)", fmt):
+        if len(part) == 2 and part.startswith("%"):
+            if part not in _NAME_DIRECTIVES:
+                known = " ".join(_NAME_DIRECTIVES)
+                raise ValueError(f"uses {part}; only {known} can be read from a name")
+            parts.append(_NAME_DIRECTIVES[part])
+        else:
+            parts.append(re.escape(part))
+    if "%Y" not in fmt and "%y" not in fmt:
+        raise ValueError("has no year (%Y or %y)")
+    return re.compile("".join(parts))
+
+
+def date_in_name(name: str, fmt: str) -> datetime | None:
+    """The first valid date of format ``fmt`` in ``name`` (UTC), or None."""
+    for match in name_date_regex(fmt).finditer(name):
+        try:
+            return datetime.strptime(match.group(0), fmt).replace(tzinfo=UTC)
+        except ValueError:  # e.g. a 13th month: not a date, look further
+            continue
+    return None
+
+
 def parse_instant(text: str, flag: str, tz: str, now: datetime) -> datetime:
     """An ISO date-time (naive = in ``tz``), ``now``, or an age such as ``15m``, ``2h``, ``1d``."""
     raw = str(text).strip()
     if raw.lower() == "now":
         return now
-    ago = _AGO.match(raw)
-    if ago:
-        return now - timedelta(seconds=float(ago[1]) * _UNIT_SEC[ago[2].lower()])
+    if _DURATION.match(raw) or raw == "0":
+        return now - timedelta(seconds=parse_duration(raw))
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:

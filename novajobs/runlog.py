@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from novajobs.checks import duration_sec
+from novajobs.dates import parse_duration
 from novajobs.output import RunLogCapture
 from novajobs.records import details_key, log_key
 from novajobs.redact import redact_text
@@ -58,7 +58,7 @@ class RunLog:
                  run_id: str) -> None:
         self.client, self.key = client, log_key(settings.redis_prefix, unit, run_id)
         self.details_key = details_key(settings.redis_prefix, unit, run_id)
-        self.retention = max(int(duration_sec(settings.run_log_retention)), 60)
+        self.retention = max(int(parse_duration(settings.run_log_retention)), 60)
         self.capture = RunLogCapture(run_id, settings.run_log_lines, settings.run_log_bytes,
                                      redactor(settings))
         self._stored = 0

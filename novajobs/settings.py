@@ -22,29 +22,39 @@ from pathlib import Path
 from typing import Any
 
 from novajobs import redact
-from novajobs.checks import (
-    Check,
+from novajobs.dates import DURATION_HELP, check_scheduled_time, name_date_regex, parse_duration
+from novajobs.errors import ConfigError, UsageError
+from novajobs.validators import (
+    Validator,
     at_least_one,
-    duration,
     email_addresses,
     fraction,
     host_port,
     http_url_or_empty,
     int_between,
-    job_names,
     k8s_quantity,
-    name_date_format,
+    names_in,
     non_empty,
     non_negative,
     one_of,
     pairs_of,
+    parsed_by,
     positive,
     text,
     timezone_name,
     url_with_scheme,
 )
-from novajobs.dates import check_scheduled_time
-from novajobs.errors import ConfigError, UsageError
+
+
+def _registered_jobs() -> list[str]:
+    from novajobs.registry import JOBS
+
+    return [spec.name for spec in JOBS]
+
+
+duration = parsed_by(parse_duration, f"must be {DURATION_HELP}")
+job_names = names_in(_registered_jobs, "job")
+name_date_format = parsed_by(name_date_regex, empty_ok=True)  # "" = use creation_date
 
 
 def setting(
@@ -53,7 +63,7 @@ def setting(
     env: tuple[str, ...] = (),
     secret: bool = False,
     scrub: bool | None = None,
-    check: Check | None = None,
+    check: Validator | None = None,
     help: str = "",
 ) -> Any:
     """``secret``: shown as **** by `config`; ``scrub`` (default: ``secret``): its value

@@ -180,7 +180,7 @@ def console(bind: str | None, read_only: bool, **kw: Any) -> int:
       novajobs console --bind 127.0.0.1:8787
       NOVAJOBS_CONSOLE_TOKEN=... novajobs console --bind 0.0.0.0:8787 --read-only
     """
-    from novajobs.checks import host_port
+    from novajobs.validators import host_port
 
     settings = settings_from(kw)
     where = bind or settings.console_bind

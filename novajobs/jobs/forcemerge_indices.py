@@ -16,45 +16,15 @@ Re-running is safe: a merged index is skipped as "already merged".
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from novajobs.context import JobContext, Result
+from novajobs.dates import date_in_name
 from novajobs.errors import JobFailed, NovajobsError, Outcome
 
-# strftime directives that can be found in an index name, as regular expressions.
-_DIRECTIVES = {"%Y": r"\d{4}", "%y": r"\d{2}", "%m": r"\d{2}", "%d": r"\d{2}",
-               "%H": r"\d{2}", "%j": r"\d{3}", "%%": "%"}
 _EXPAND = "open,closed"  # list closed indices too, to say why they are skipped
-
-
-def name_date_regex(fmt: str) -> re.Pattern[str]:
-    """``"%Y.%m.%d"`` -> a regex finding such a date in a name. ValueError if unusable."""
-    parts = []
-    for part in re.split(r"(%.)", fmt):
-        if len(part) == 2 and part.startswith("%"):
-            if part not in _DIRECTIVES:
-                known = " ".join(_DIRECTIVES)
-                raise ValueError(f"uses {part}; only {known} can be read from a name")
-            parts.append(_DIRECTIVES[part])
-        else:
-            parts.append(re.escape(part))
-    if "%Y" not in fmt and "%y" not in fmt:
-        raise ValueError("has no year (%Y or %y)")
-    return re.compile("".join(parts))
-
-
-def date_in_name(name: str, fmt: str) -> datetime | None:
-    """The first valid date of format ``fmt`` in ``name`` (UTC), or None."""
-    for match in name_date_regex(fmt).finditer(name):
-        try:
-            return datetime.strptime(match.group(0), fmt).replace(tzinfo=UTC)
-        except ValueError:  # e.g. a 13th month: not a date, look further
-            continue
-    return None
 
 
 @dataclass

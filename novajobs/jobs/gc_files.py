@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from novajobs.checks import duration_sec
 from novajobs.context import JobContext, Result, Shard, batched
+from novajobs.dates import parse_duration
 from novajobs.errors import JobFailed, Outcome
 from novajobs.fencing import check_pg
 from novajobs.retry import describe_error, is_transient
@@ -122,7 +122,7 @@ class PageOutcome(NamedTuple):
 def run(ctx: JobContext) -> Result:
     limit = ctx.settings.gc_limit or None
     shard = ctx.shard or Shard(1, 1)
-    scope = open_scope(ctx, shard, duration_sec(ctx.settings.gc_grace))
+    scope = open_scope(ctx, shard, parse_duration(ctx.settings.gc_grace))
     total_files, total_bytes = count_eligible(ctx, scope)
     expected = min(total_files, limit) if limit else total_files
     ctx.log.info(

@@ -1,16 +1,18 @@
-"""Checks for settings: each takes a value and returns a complaint, or None when it is fine.
+"""Validators for settings: each takes a value and returns a complaint, or None when it is
+fine. The complaint completes "setting NAME (SOURCE) ...", e.g. "must be greater than 0".
 
-The complaint completes "setting NAME (SOURCE) ...", e.g. "must be greater than 0".
+The bottom floor: this module imports nothing of novajobs. A validator that needs to
+know more (the registered jobs, a parser) is given it as an argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-Check = Callable[[Any], str | None]  # returns a complaint, or None when the value is fine
+Validator = Callable[[Any], str | None]  # a complaint, or None when the value is fine
 
 
 def positive(value: Any) -> str | None:
@@ -21,14 +23,14 @@ def non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
 
-def one_of(*choices: str) -> Check:
+def one_of(*choices: str) -> Validator:
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
 
     return check
 
 
-def url_with_scheme(*schemes: str) -> Check:
+def url_with_scheme(*schemes: str) -> Validator:
     def check(value: Any) -> str | None:
         try:
             parts = urlsplit(value)
@@ -59,7 +61,7 @@ def timezone_name(value: Any) -> str | None:
     return None
 
 
-def pairs_of(value_check: Check, example: str) -> Check:
+def pairs_of(value_check: Validator, example: str) -> Validator:
     """A list of ``name=value`` items (e.g. stream=handler), each value passing ``value_check``."""
 
     def check(value: Any) -> str | None:
@@ -87,7 +89,7 @@ def at_least_one(value: Any) -> str | None:
     return None if value >= 1 else "must be 1 or more"
 
 
-def int_between(low: int, high: int) -> Check:
+def int_between(low: int, high: int) -> Validator:
     def check(value: Any) -> str | None:
         try:
             ok = low <= int(value) <= high
@@ -98,33 +100,7 @@ def int_between(low: int, high: int) -> Check:
     return check
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration_sec(text: str) -> float:
-    """``"24h"``, ``"90m"``, ``"3600s"``, ``"2d"`` or ``"0"`` -> seconds; ValueError otherwise.
-
-    The unit is required: a bare ``24`` meant as hours would be read as seconds, and for
-    a grace period before deleting files that misreading is not harmless."""
-    raw = str(text).strip().lower()
-    if raw == "0":
-        return 0.0
-    number, unit = raw[:-1].strip(), raw[-1:]
-    value = float(number) if unit in _DURATION_UNITS and number else -1.0
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"{text!r} is not a duration")
-    return value * _DURATION_UNITS[unit]
-
-
-def duration(value: Any) -> str | None:
-    try:
-        duration_sec(value)
-    except ValueError:
-        return "must be a duration with a unit: s, m, h or d (e.g. 24h, 90m), or 0"
-    return None
-
-
-def http_url_or_empty(*placeholders: str) -> Check:
+def http_url_or_empty(*placeholders: str) -> Validator:
     """An http(s) URL that may hold ``{placeholder}``s from ``placeholders``; "" = off."""
 
     def check(value: Any) -> str | None:
@@ -154,18 +130,34 @@ def k8s_quantity(value: Any) -> str | None:
     return "must be a Kubernetes quantity such as 100m, 1, 256Mi (or empty for none)"
 
 
-# -- checks for the alert and forcemerge settings (issue #5) ---------------------------
+def names_in(known: Callable[[], Collection[str]], what: str) -> Validator:
+    """Names out of ``known()`` (e.g. the registered jobs), or "*" for all of them."""
+
+    def check(value: Any) -> str | None:
+        names = set(known())
+        unknown = [name for name in value if name != "*" and name not in names]
+        if unknown:
+            return f"names unknown {what} {unknown[0]!r} (use {what} names or *)"
+        return None
+
+    return check
 
 
-def job_names(value: Any) -> str | None:
-    """Registered job names, or "*" for every job."""
-    from novajobs.registry import JOBS
+def parsed_by(parse: Callable[[str], object], complaint: str | None = None, *,
+              empty_ok: bool = False) -> Validator:
+    """A value ``parse`` accepts (it raises ValueError otherwise); the complaint is
+    ``complaint``, or the ValueError's own message. ``empty_ok``: "" is fine too."""
 
-    known = {spec.name for spec in JOBS}
-    unknown = [name for name in value if name != "*" and name not in known]
-    if unknown:
-        return f"names unknown job {unknown[0]!r} (use job names or *)"
-    return None
+    def check(value: Any) -> str | None:
+        if empty_ok and not value:
+            return None
+        try:
+            parse(value)
+        except ValueError as exc:
+            return complaint or str(exc)
+        return None
+
+    return check
 
 
 def non_empty(value: Any) -> str | None:
@@ -175,16 +167,3 @@ def non_empty(value: Any) -> str | None:
 def email_addresses(value: Any) -> str | None:
     bad = [item for item in value if "@" not in item.strip("@")]
     return f"item {bad[0]!r} is not an email address" if bad else None
-
-
-def name_date_format(value: Any) -> str | None:
-    """A strftime format novajobs can find in an index name ("" = use creation_date)."""
-    if not value:
-        return None
-    from novajobs.jobs.forcemerge_indices import name_date_regex
-
-    try:
-        name_date_regex(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
