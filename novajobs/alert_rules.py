@@ -30,6 +30,7 @@ def render_rules(plans: list[Plan], *, header: str) -> str:
         {"name": "novajobs-never-reported", "rules": [_never_reported(p.spec.name,
                                                                       p.interval_sec)
                                                       for p in plans]},
+        {"name": "novajobs-streams", "rules": stream_rules()},
     ]
     return header + yamltext.dump({"groups": groups})
 
@@ -125,6 +126,55 @@ def _never_reported(job: str, interval_sec: int) -> dict[str, Any]:
             "CronJob starts it: its log file, `novajobs status`, `kubectl get jobs`.",
         },
     }
+
+
+# -- streams (drain-stream and promote-retries push the same gauges: max by stream) -------
+STREAM_LAG_ALERT = 10_000  # entries not yet handed out, for 15 minutes
+STREAM_PENDING_ALERT_SEC = 900  # oldest pending entry (reclaimed after stream_claim_idle_sec)
+RETRY_OVERDUE_ALERT_SEC = 600  # promote-retries runs every minute
+
+
+def stream_rules() -> list[dict[str, Any]]:
+    def rule(name: str, expr: str, summary: str, description: str, wait: str | None = None
+             ) -> dict[str, Any]:
+        out: dict[str, Any] = {"alert": name, "expr": expr}
+        if wait:
+            out["for"] = wait
+        return {**out, "labels": {"severity": "warning"},
+                "annotations": {"summary": summary, "description": description}}
+
+    where = "stream {{ $labels.stream }}"
+    return [
+        rule("NovajobsDeadLettersGrowing",
+             "max by (stream) (novajobs_stream_dlq_size) > 0 and max by (stream) "
+             "(novajobs_stream_dlq_size - min_over_time(novajobs_stream_dlq_size[1h])) > 0",
+             f"dead letters of {where} are growing ({{{{ $value }}}} in the last hour)",
+             "Entries fail past their retries, or are poison. `novajobs dlq list "
+             "{{ $labels.stream }}` shows them; fix the cause, then `novajobs dlq replay`."),
+        rule("NovajobsStreamLagging",
+             f"max by (stream) (novajobs_stream_lag) > {STREAM_LAG_ALERT}",
+             f"{where} has {{{{ $value }}}} entries not yet handed out",
+             "drain-stream does not keep up: more pods (k8s_pods), a larger "
+             "drain_max_messages or drain_concurrency, or a slow handler.", "15m"),
+        rule("NovajobsStreamPendingStuck",
+             "max by (stream) (novajobs_stream_oldest_pending_age_seconds) > "
+             f"{STREAM_PENDING_ALERT_SEC}",
+             f"{where} has an entry pending for {{{{ $value | humanizeDuration }}}}",
+             "An entry was handed out and never acked, and no run reclaims it: is "
+             "drain-stream running? See `novajobs dlq list` and the drain-stream history."),
+        rule("NovajobsRetriesOverdue",
+             "time() - min by (stream) (novajobs_stream_retry_next_due_timestamp_seconds) > "
+             f"{RETRY_OVERDUE_ALERT_SEC}",
+             f"retries of {where} are overdue by {{{{ $value | humanizeDuration }}}}",
+             "Due retries are not moved back into the stream: is promote-retries running?"),
+        rule("NovajobsDeadLettersDropped",
+             "max by (stream) (novajobs_stream_dlq_dropped_total "
+             "- min_over_time(novajobs_stream_dlq_dropped_total[1h])) > 0",
+             f"the DLQ cap dropped {{{{ $value }}}} dead letters of {where}",
+             "The DLQ was over stream_dlq_max_len or dead letters were older than "
+             "stream_dlq_max_age: those are gone. Replay or purge dead letters sooner, or "
+             "raise the cap."),
+    ]
 
 
 def human(seconds: int) -> str:

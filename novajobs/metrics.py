@@ -13,6 +13,8 @@ keeps its own "last run" picture in the Pushgateway. What is pushed:
 | ``novajobs_last_success_timestamp_seconds`` | success / nothing to do | end of the run |
 | ``novajobs_skipped_in_a_row`` | each run, each skip | skips since the last run (0 after a run) |
 | ``novajobs_last_skip_timestamp_seconds`` | each skip | when a run was skipped (lock held) |
+| ``novajobs_stream_*{stream}`` | drain-stream, promote-retries | lag figures (STREAM_GAUGES) |
+| ``novajobs_jobs_queued{stream}`` | drain-stream, promote-retries | lag + pending + retries |
 | ``novajobs_missed_periods`` | each scheduled report run | missed periods it found |
 | ``novajobs_missed_periods_left`` | each scheduled report run | of those, left for the next run |
 
@@ -95,7 +97,34 @@ def run_families(rec: RunRecord) -> list[Family]:
     if rec.outcome in SUCCESS_OUTCOMES:
         families.append(("novajobs_last_success_timestamp_seconds",
                          "End of the last successful run, Unix time.", [({}, end)]))
-    return families
+    return families + stream_families(rec.details.get("lag") or {})
+
+
+# A stream's lag figure (novajobs/streams/lag.py) -> its gauge and help.
+STREAM_GAUGES = {
+    "length": ("novajobs_stream_length", "Entries in the stream."),
+    "lag": ("novajobs_stream_lag", "Entries not yet handed to the consumer group."),
+    "pending": ("novajobs_stream_pending", "Entries handed out and not acked."),
+    "oldest_pending_age_sec": ("novajobs_stream_oldest_pending_age_seconds",
+                               "Age of the oldest pending entry."),
+    "retry_size": ("novajobs_stream_retry_size", "Entries waiting in the retry set."),
+    "retry_next_due": ("novajobs_stream_retry_next_due_timestamp_seconds",
+                       "When the next retry is due, Unix time."),
+    "dlq_size": ("novajobs_stream_dlq_size", "Dead letters."),
+    "dlq_oldest_age_sec": ("novajobs_stream_dlq_oldest_age_seconds",
+                           "Age of the oldest dead letter."),
+    "dlq_dropped_total": ("novajobs_stream_dlq_dropped_total",
+                          "Dead letters dropped by the DLQ cap, ever."),
+    "queued": ("novajobs_jobs_queued", "Entries not done: lag + pending + retries (seed 001)."),
+}
+
+
+def stream_families(lag: dict[str, dict[str, float]]) -> list[Family]:
+    """One gauge per lag figure, a sample per stream; NaN where a figure is unknown (no
+    retry due, no dead letter), so a POST replaces the value an earlier run pushed."""
+    return [(name, help_text, [({"stream": stream}, float(figures.get(figure, math.nan)))
+                               for stream, figures in sorted(lag.items())])
+            for figure, (name, help_text) in STREAM_GAUGES.items() if lag]
 
 
 def missed_families(counters: dict[str, int | float]) -> list[Family]:

@@ -262,6 +262,18 @@ class Settings:
     stream_dedupe_retention_days: int = setting(
         30, check=positive, help="how long the audit-log handler remembers handled entry ids"
     )
+    stream_trim: bool = setting(
+        True, help="after each drain, XTRIM MINID what every consumer group is done with; "
+        "off for streams that readers outside consumer groups also read"
+    )
+    stream_dlq_max_len: int = setting(
+        100_000, check=positive, help="dead letters kept per stream; the oldest beyond are "
+        "dropped and counted (dlq-dropped:{stream}, alert)"
+    )
+    stream_dlq_max_age: str = setting(
+        "14d", check=duration, help="dead letters older than this are dropped and counted "
+        "(when dead-lettered); at most stream_dedupe_retention_days - 1 day"
+    )
 
     # --- gc-files (seed 003 §4.2) -------------------------------------------------
     gc_grace: str = setting(

@@ -18,6 +18,7 @@ from novajobs.runner import RunOptions, run_job
 from novajobs.schema import ensure_tables
 from novajobs.settings import Settings
 from novajobs.streams.handlers import Message, Unavailable
+from novajobs.streams.keys import stream_keys
 
 AUDIT = "stream:audit:log"
 
@@ -73,7 +74,7 @@ def test_postgres_down_stops_the_drain_and_touches_no_entry(
         assert run_job("promote-retries", down).outcome is Outcome.NOTHING_TO_DO
         pending = deliveries(redis_client, key)
         assert set(pending) <= set(ids) and set(pending.values()) == {0}, pending  # untouched
-    assert redis_client.exists(p + "retry:" + AUDIT, p + "dlq:" + AUDIT) == 0
+    assert redis_client.exists(stream_keys(p, AUDIT).retry, stream_keys(p, AUDIT).dlq) == 0
     assert redis_client.keys(p + "*retry*") == redis_client.keys(p + "*dlq*") == []
 
     back = drain(fast())  # the same consumer, the store is back: no waiting for idle time
@@ -123,8 +124,8 @@ def test_a_handler_says_its_infrastructure_is_unavailable(redis_client, handlers
     assert rec.counters["retried"] == 1 and rec.counters["succeeded"] == 2, rec.counters
     assert rec.counters["left_pending"] == 2  # "3" and "4": never failed, just not done
     assert deliveries(redis_client, p + "q") == {ids[3]: 0, ids[4]: 0}
-    assert redis_client.zcard(p + "retry:q") == 1
-    assert redis_client.xlen(p + "dlq:q") == 0 if redis_client.exists(p + "dlq:q") else True
+    assert redis_client.zcard(stream_keys(p, "q").retry) == 1
+    assert not redis_client.exists(stream_keys(p, "q").dlq)
 
 
 def test_driver_connection_errors_count_as_an_outage(redis_client, handlers, fast, names):
@@ -185,3 +186,19 @@ def test_postgres_black_holed_stops_within_seconds(redis_client, audit_db, fast,
     assert rec.counters["left_pending"] == rec.counters["received"] == 20, rec.counters
     assert set(deliveries(redis_client, key).values()) == {0}
     assert redis_client.keys(names["prefix"] + "*retry*") == []
+
+
+def test_a_misconfigured_store_stops_with_78_and_touches_no_entry(
+        redis_client, audit_db, fast, names, stack_env):
+    """A DATABASE_URL naming a database that does not exist is not the entries' fault
+    either, and no retry can fix it: exit 78, every entry left pending untouched."""
+    key = names["prefix"] + AUDIT
+    add_audit(redis_client, key, 10)
+    url = stack_env["DATABASE_URL"].rsplit("/", 1)[0] + "/no_such_database"
+
+    rec = drain(fast(database_url=url))
+
+    assert rec.exit_code == 78, rec.error
+    assert "no_such_database" in rec.error and "10 entries left pending" in rec.error
+    assert rec.counters["retried"] == 0 and rec.counters["left_pending"] == 10
+    assert set(deliveries(redis_client, key).values()) == {0}

@@ -21,6 +21,7 @@ from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
 from novajobs.schema import ensure_tables
 from novajobs.streams.handlers import Message, register_handler, unregister_handler
+from novajobs.streams.keys import stream_keys
 
 AUDIT = "stream:audit:log"
 
@@ -64,7 +65,7 @@ def test_sigterm_lets_running_handlers_finish_and_acks_them(redis_client, env, n
     assert _pending(redis_client, key) == 9  # ...the rest stays pending, not retried
     assert {e["message_id"].decode() for e in redis_client.xpending_range(
         key, "novajobs", "-", "+", 20)}.isdisjoint(done)
-    assert redis_client.exists(p + "retry:q", p + "dlq:q") == 0
+    assert redis_client.exists(stream_keys(p, "q").retry, stream_keys(p, "q").dlq) == 0
     assert "SIGTERM received" in err and '"left_pending": 9' in err
 
     time.sleep(1.0)  # a later run reclaims them once idle for stream_claim_idle_sec
@@ -106,8 +107,8 @@ def test_kill_9_at_random_points_loses_nothing_and_writes_each_event_once(
     assert (count, users) == (total, total)
     assert _pending(redis_client, key) == 0
     assert redis_client.xinfo_groups(key)[0]["lag"] == 0
-    assert redis_client.exists(names["prefix"] + "retry:" + AUDIT,
-                               names["prefix"] + "dlq:" + AUDIT) == 0
+    assert redis_client.exists(stream_keys(names["prefix"], AUDIT).retry,
+                               stream_keys(names["prefix"], AUDIT).dlq) == 0
 
 
 def test_dlq_list_replay_and_purge(redis_client, make_settings, cli, names):
@@ -133,26 +134,26 @@ def test_dlq_list_replay_and_purge(redis_client, make_settings, cli, names):
         assert letters[0]["fields"] == {"n": "0"} and letters[0]["attempts"] == 1
         assert letters[0]["error"] == "ValueError: not yet (0)"
         summary = json.loads(cli("dlq", "list", "--json", "-s", "stream_handlers=q=flaky").stdout)
-        assert summary == [{"stream": "q", "dead_letters": 4, "retries_due": 0,
-                            "retries_later": 0}]
+        assert [(row["stream"], row["dlq_size"], row["retry_size"]) for row in summary] == [
+            ("q", 4, 0)]
 
         replayed = cli("dlq", "replay", "q", letters[0]["id"], "--json")
-        assert json.loads(replayed.stdout) == {"replayed": 1, "missing": 0, "unreplayable": 0}
+        assert json.loads(replayed.stdout)["moved"] == 1, replayed.stderr
         assert cli("dlq", "replay", "q", letters[0]["id"]).returncode == 1  # gone now
-        assert cli("dlq", "replay", "q").returncode == 2  # ids or --all
+        assert cli("dlq", "replay", "q").returncode == 2  # ids, --all or a filter
         assert cli("dlq", "replay", "q", "not-an-id").returncode == 2
 
         refused = cli("dlq", "purge", "q", letters[1]["id"])
         assert refused.returncode == 2 and "--yes" in refused.stderr
         assert cli("dlq", "purge", "q", letters[1]["id"], "--yes").returncode == 0
         assert cli("dlq", "replay", "q", "--all").returncode == 0
-        assert redis_client.xlen(p + "dlq:q") == 0
+        assert redis_client.xlen(stream_keys(p, "q").dlq) == 0
 
         ok["now"] = True
         rec = run_job("drain-stream", settings, RunOptions())
         assert rec.counters["succeeded"] == 3
         purged = cli("dlq", "purge", "q", "--all", "--yes", "--json")
-        assert json.loads(purged.stdout) == {"deleted": 0}
+        assert json.loads(purged.stdout)["moved"] == 0
     finally:
         unregister_handler("flaky")
 

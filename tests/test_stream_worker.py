@@ -14,6 +14,7 @@ from novajobs.lock import JobLock
 from novajobs.runner import RunOptions, run_job
 from novajobs.settings import Settings
 from novajobs.streams.handlers import Message
+from novajobs.streams.keys import stream_keys
 
 
 def drain(settings: Settings, *streams: str, **options: Any) -> Any:
@@ -49,7 +50,7 @@ def test_a_handler_that_overruns_its_timeout_fails_and_never_holds_the_run(
     assert rec.counters["timed_out"] == 2 and rec.counters["retried"] == 2
     assert rec.counters["received"] == 3 and rec.counters["left_pending"] == 1
     assert sorted(started) == sorted(ids[:2])
-    members = redis_client.zrange(p + "retry:slow", 0, -1)
+    members = redis_client.zrange(stream_keys(p, "slow").retry, 0, -1)
     assert all(b"overran 0.3 s" in m for m in members) and len(members) == 2
     [left] = redis_client.xpending_range(p + "slow", "novajobs", "-", "+", 10)
     assert left["message_id"].decode() == ids[2]
@@ -74,7 +75,7 @@ def test_a_call_that_overruns_mid_task_does_not_hold_back_the_others(
         release.set()
 
     assert rec.counters["succeeded"] == 19 and rec.counters["timed_out"] == 1, rec.counters
-    [member] = redis_client.zrange(p + "retry:q", 0, -1)
+    [member] = redis_client.zrange(stream_keys(p, "q").retry, 0, -1)
     assert f'"id":"{ids[5]}"'.encode() in member
     assert redis_client.xpending(p + "q", "novajobs")["pending"] == 0
 
@@ -99,7 +100,7 @@ def test_reclaim_from_a_dead_consumer(redis_client, handlers, fast, names):
     assert rec.counters["reclaimed"] == 6
     assert rec.counters["succeeded"] == 5 and rec.counters["dead_lettered"] == 1
     assert {m.decode() for m in redis_client.smembers(p + "test:done")} == set(ids)
-    [(_, dead)] = redis_client.xrange(p + "dlq:work")
+    [(_, dead)] = redis_client.xrange(stream_keys(p, "work").dlq)
     assert b"delivered 10 times" in dead[b"novajobs:error"]
     assert redis_client.xpending(key, "novajobs")["pending"] == 0
 
@@ -168,7 +169,7 @@ def test_failure_limit_stops_the_run(redis_client, handlers, fast, names):
     assert "messages failed in a row; stopped early" in rec.error
     # what was read ahead (two tasks of 32 calls at most) is settled; the rest is not read
     assert 5 <= rec.counters["retried"] == rec.counters["received"] <= 64
-    assert redis_client.zcard(p + "retry:q") == rec.counters["retried"]
+    assert redis_client.zcard(stream_keys(p, "q").retry) == rec.counters["retried"]
     assert redis_client.xinfo_groups(p + "q")[0]["lag"] == 100 - rec.counters["received"]
 
 

@@ -4,6 +4,7 @@ concurrency bound, replay, atomic promotion, failure limit, per-consumer lock.""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -19,8 +20,9 @@ from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
 from novajobs.schema import ensure_tables
 from novajobs.settings import Settings
-from novajobs.streams import queues
+from novajobs.streams import dlq, queues
 from novajobs.streams.handlers import Message
+from novajobs.streams.keys import stream_keys
 
 AUDIT = "stream:audit:log"
 
@@ -54,7 +56,7 @@ def test_audit_entries_become_rows_exactly_once(redis_client, audit_db, fast, na
     add(redis_client, key, 500, user_id=lambda i: i, action=lambda i: f"login {i}",
         ts=lambda i: f"{1_700_000_000 + i}.25")
 
-    rec = drain(fast())
+    rec = drain(fast(stream_trim=False))  # kept, to be delivered again below
 
     assert rec.outcome is Outcome.SUCCESS, rec.error
     assert rec.counters["received"] == rec.counters["succeeded"] == 500, rec.counters
@@ -68,7 +70,7 @@ def test_audit_entries_become_rows_exactly_once(redis_client, audit_db, fast, na
     # every entry delivered again (as after a crash before XACK): no second row
     redis_client.xgroup_setid(key, "novajobs", "0")
     again = drain(fast())
-    assert again.counters["succeeded"] == 500
+    assert again.counters["succeeded"] == 500 and again.counters["trimmed"] == 500
     assert audit_db.execute("SELECT count(*) FROM audit_logs").fetchone()[0] == 501
     assert audit_db.execute("SELECT action FROM audit_logs WHERE user_id = -1").fetchall() == [
         ("written by them",)]
@@ -92,14 +94,14 @@ def test_poison_entries_go_straight_to_the_dlq(redis_client, audit_db, fast, nam
     assert rec.counters["succeeded"] == 1 and rec.counters["dead_lettered"] == 5
     assert rec.counters["retried"] == 0
     assert audit_db.execute("SELECT user_id, action FROM audit_logs").fetchall() == [(1, "ok")]
-    dead = redis_client.xrange(names["prefix"] + "dlq:" + AUDIT)
+    dead = redis_client.xrange(stream_keys(names["prefix"], AUDIT).dlq)
     assert [f[b"novajobs:id"].decode() for _, f in dead] == ids[1:]
     assert dead[0][1][b"user_id"] == b"\xff\xfe"  # the original bytes, kept as they were
     errors = [f[b"novajobs:error"].decode() for _, f in dead]
     assert "cannot be decoded" in errors[0] and "lacks field user_id" in errors[1]
     assert "not a 64-bit integer" in errors[2] and "Unix time" in errors[3] and "NUL" in errors[4]
     assert pending(redis_client, key) == 0
-    assert redis_client.zcard(names["prefix"] + "retry:" + AUDIT) == 0
+    assert redis_client.zcard(stream_keys(names["prefix"], AUDIT).retry) == 0
 
 
 def test_missing_dedupe_table_stops_the_run_and_acks_nothing(redis_client, pg, pg_tables, cli,
@@ -113,8 +115,8 @@ def test_missing_dedupe_table_stops_the_run_and_acks_nothing(redis_client, pg, p
     assert run.returncode == 78, run.stderr
     assert "novajobs init-db" in run.stderr
     assert pending(redis_client, key) == 3  # left for a later run, not retried or DLQ'd
-    assert redis_client.exists(names["prefix"] + "dlq:" + AUDIT,
-                               names["prefix"] + "retry:" + AUDIT) == 0
+    assert redis_client.exists(stream_keys(names["prefix"], AUDIT).dlq,
+                               stream_keys(names["prefix"], AUDIT).retry) == 0
 
 
 # -- retries, backoff, DLQ -------------------------------------------------------------------
@@ -126,23 +128,26 @@ def test_retry_schedule_backoff_then_dlq(redis_client, handlers, fast, names):
     settings = fast(stream_handlers=("jobs=failing",), stream_retry_initial_sec=10,
                     stream_retry_multiplier=3, stream_retry_max_sec=50, stream_max_retries=3)
     p = names["prefix"]
+    keys = stream_keys(p, "jobs")
     first = redis_client.xadd(p + "jobs", {"task": "x", "n": "1"}).decode()
 
     for attempt, delay in ((1, 10), (2, 30), (3, 50)):  # 90 is capped at 50
         before = time.time()
         rec = drain(settings)
         assert rec.counters["retried"] == 1 and rec.counters["succeeded"] == 0, rec.error
-        [(member, due)] = redis_client.zrange(p + "retry:jobs", 0, -1, withscores=True)
-        item = queues.json.loads(member)
+        [(member, due)] = redis_client.zrange(keys.retry, 0, -1, withscores=True)
+        item = json.loads(member)
         assert item["id"] == first and item["attempts"] == str(attempt)
-        assert item["fields"] == ["task", "x", "n", "1"] and item["error"].startswith("Runtime")
+        assert item["entry"] == ["task", "x", "n", "1", "novajobs:id", first,
+                                 "novajobs:attempts", str(attempt)]
+        assert item["error"].startswith("Runtime")
         assert before + delay <= due <= time.time() + delay
-        assert queues.promote_due(redis_client, p, "jobs", due, 100) == 1
-        assert redis_client.zcard(p + "retry:jobs") == 0
+        assert queues.promote_due(redis_client, keys, due, 100) == 1
+        assert redis_client.zcard(stream_keys(p, "jobs").retry) == 0
 
     rec = drain(settings)  # the 4th failure: out of retries
     assert rec.counters["dead_lettered"] == 1 and rec.counters["retried"] == 0
-    [letter] = queues.list_dlq(redis_client, p, "jobs", 10)
+    [letter] = dlq.read(redis_client, keys)
     assert (letter.first_id, letter.attempts, letter.fields) == (first, 4, {"task": "x", "n": "1"})
     assert letter.error == "RuntimeError: boom 3"
     assert pending(redis_client, p + "jobs") == 0
@@ -158,15 +163,31 @@ def test_retry_delay_jitter_and_cap(make_settings):
     assert all(queues.retry_delay(10, s, rng) <= 100 for _ in range(100))
 
 
+def test_promote_reads_members_written_before_the_entry_field(redis_client, names):
+    """A retry member of an older version (fields without meta, id and attempts apart)
+    is promoted with its meta once; an unreadable one goes to the DLQ verbatim."""
+    keys = stream_keys(names["prefix"], "s")
+    old = json.dumps({"id": "7-0", "attempts": "2", "fields": ["a", "b"], "error": "e"})
+    redis_client.zadd(keys.retry, {old: 1, "not json": 2})
+
+    assert queues.promote_due(redis_client, keys, 10, 100) == 2
+
+    [(_, fields)] = redis_client.xrange(keys.stream)
+    assert fields == {b"a": b"b", b"novajobs:id": b"7-0", b"novajobs:attempts": b"2"}
+    [letter] = dlq.read(redis_client, keys)
+    assert letter.raw[b"novajobs:raw"] == b"not json" and not letter.replayable
+
+
 def test_promote_retries_job_counts_due_and_later(redis_client, fast, names):
     p = names["prefix"]
     now = time.time()
     msg = Message("stream:audit:log", "1-0", "1-0", {"a": "b"})
-    redis_client.zadd(p + "retry:" + AUDIT, {queues.retry_member(msg, 1, "e"): now - 1,
-                                            queues.retry_member(msg, 2, "e"): now + 600})
+    redis_client.zadd(stream_keys(p, AUDIT).retry, {queues.retry_member(msg, 1, "e"): now - 1,
+                                                    queues.retry_member(msg, 2, "e"): now + 600})
     rec = run_job("promote-retries", fast())
     assert rec.outcome is Outcome.SUCCESS
-    assert rec.counters == {"promoted": 1, "scheduled_later": 1}
+    assert {k: rec.counters[k] for k in ("promoted", "scheduled_later")} == {
+        "promoted": 1, "scheduled_later": 1}
     [(_, fields)] = redis_client.xrange(p + AUDIT)
     assert fields == {b"a": b"b", b"novajobs:id": b"1-0", b"novajobs:attempts": b"1"}
     assert run_job("promote-retries", fast()).outcome is Outcome.NOTHING_TO_DO
@@ -177,7 +198,7 @@ def test_promote_is_atomic_under_kill_and_races(redis_client, env, names):
     msgs = [Message("s", f"{i}-0", f"{i}-0", {"i": str(i)}) for i in range(total)]
     pipe = redis_client.pipeline(transaction=False)
     for m in msgs:
-        pipe.zadd(p + "retry:s", {queues.retry_member(m, 1, "e"): 1000})
+        pipe.zadd(stream_keys(p, "s").retry, {queues.retry_member(m, 1, "e"): 1000})
     pipe.execute()
 
     proc = subprocess.Popen([sys.executable, "-m", "novajobs", "promote-retries", "s",
@@ -186,7 +207,7 @@ def test_promote_is_atomic_under_kill_and_races(redis_client, env, names):
     wait_for(lambda: redis_client.xlen(p + "s") > 200, 30)
     proc.kill()  # SIGKILL between two scripts, wherever that is
     proc.wait()
-    left, moved = redis_client.zcard(p + "retry:s"), redis_client.xlen(p + "s")
+    left, moved = redis_client.zcard(stream_keys(p, "s").retry), redis_client.xlen(p + "s")
     assert left > 0 and left + moved == total
 
     workers = [threading.Thread(target=promote_all, args=(redis_client, p)) for _ in range(3)]
@@ -196,11 +217,11 @@ def test_promote_is_atomic_under_kill_and_races(redis_client, env, names):
         w.join()
     ids = [f[b"novajobs:id"].decode() for _, f in redis_client.xrange(p + "s")]
     assert sorted(ids) == sorted(m.id for m in msgs)  # each exactly once
-    assert redis_client.zcard(p + "retry:s") == 0
+    assert redis_client.zcard(stream_keys(p, "s").retry) == 0
 
 
 def promote_all(r: Any, prefix: str) -> None:
-    while queues.promote_due(r, prefix, "s", time.time(), 7):
+    while queues.promote_due(r, stream_keys(prefix, "s"), time.time(), 7):
         pass
 
 

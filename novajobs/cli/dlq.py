@@ -1,8 +1,9 @@
-"""`novajobs dlq list|replay|purge`: look at and act on ``dlq:{stream}``.
+"""`novajobs dlq list|show|replay|purge`: look at and act on the dead letters of a stream.
 
-Thin over novajobs/streams/queues.py: replay moves entries back atomically (Lua),
-purge of "all" trims up to the newest entry present when it starts, so entries
-dead-lettered meanwhile are not deleted unseen.
+Thin over novajobs/streams/dlq.py. Replay and purge take entry IDs, ``--all``, or
+filters (error text or regex, time range, attempts), which narrow ``--all`` too; both
+have ``--dry-run``; replay has ``--rate`` for a live system. Arguments are checked
+before any connection.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ if TYPE_CHECKING:
     import redis
 
     from novajobs.settings import Settings
+    from novajobs.streams.dlq import DeadLetter, Done, Selection
+    from novajobs.streams.keys import StreamKeys
 
 _ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
+_COLUMNS = ("id", "first id", "attempts", "failed at", "error", "fields")
 
 
 def register(group: click.Group) -> None:
@@ -31,143 +35,271 @@ def register(group: click.Group) -> None:
 
 @click.group()
 def dlq() -> None:
-    """Dead-letter queues of drain-stream: list, replay or purge dlq:{STREAM}.
+    """Dead letters of drain-stream: list, show, replay or purge dlq:{STREAM}.
 
     Example:
 
     \b
       novajobs dlq list
-      novajobs dlq list stream:audit:log -n 5 --json
-      novajobs dlq replay stream:audit:log --all
+      novajobs dlq show stream:audit:log 1700000000000-0
+      novajobs dlq replay stream:audit:log --error timeout --since 2h --dry-run
     """
 
 
-def _redis(settings: Settings) -> redis.Redis:
+def _connect(settings: Settings, stream: str) -> tuple[redis.Redis, StreamKeys]:
+    """The client and the stream's keys, legacy keys migrated (see streams/keys.py)."""
     from novajobs.connections import Connections
     from novajobs.output import JobLog
+    from novajobs.streams.keys import migrate_legacy, stream_keys
 
-    return Connections(settings, JobLog()).redis
-
-
-def _ids(ids: Sequence[str], all_: bool, verb: str) -> list[str]:
-    if bool(ids) == all_:
-        raise UsageError(f"dlq {verb}: give entry IDs or --all (not both)")
-    bad = [i for i in ids if not _ENTRY_ID.fullmatch(i)]
-    if bad:
-        raise UsageError(f"dlq {verb}: {bad[0]!r} is not a stream entry id (e.g. 1700000000000-0)")
-    return list(ids)
+    keys = stream_keys(settings.redis_prefix, stream)
+    r = Connections(settings, JobLog()).redis
+    migrate_legacy(r, keys)
+    return r, keys
 
 
+def _letter_row(d: DeadLetter) -> tuple[Any, ...]:
+    return d.id, d.first_id, d.attempts, d.failed_at, d.error, d.fields
+
+
+def _letter_json(d: DeadLetter) -> dict[str, Any]:
+    return {"id": d.id, "first_id": d.first_id, "attempts": d.attempts,
+            "failed_at": d.failed_at, "error": d.error, "fields": d.fields}
+
+
+# -- list, show -------------------------------------------------------------------------
 @dlq.command("list")
 @click.argument("stream", required=False)
 @click.option("-n", "--limit", type=click.IntRange(min=1), default=20, help="Entries to show.")
 @click.option("--from", "start", default="-", metavar="ID", help="First entry id to show.")
 @with_options(*SETTINGS_OPTIONS, JSON_OPTION)
 def list_(stream: str | None, limit: int, start: str, as_json: bool, **kw: Any) -> None:
-    """Show the oldest dead letters of STREAM (error, attempts, fields), or, without
-    STREAM, how many each configured stream has in its DLQ and retry set.
+    """Show the oldest dead letters of STREAM, or, without STREAM, each configured
+    stream's figures: length, lag, pending, oldest pending age, retry set, DLQ.
 
     Example:
 
     \b
       novajobs dlq list stream:audit:log -n 50
     """
-    import time
-    from dataclasses import asdict
-
     from novajobs.output import print_json, print_line, print_table
-    from novajobs.streams.handlers import plan_streams
-    from novajobs.streams.queues import dlq_length, list_dlq, pending_retries
+    from novajobs.streams import dlq as letters_of
 
+    if start != "-":
+        _check_ids([start], "list")
     settings = settings_from(kw)
-    r, prefix = _redis(settings), settings.redis_prefix
     if stream is None:
-        rows = []
-        for plan in plan_streams(settings):
-            due, later = pending_retries(r, prefix, plan.name, time.time())
-            rows.append({"stream": plan.name, "dead_letters": dlq_length(r, prefix, plan.name),
-                         "retries_due": due, "retries_later": later})
-        if as_json:
-            print_json(rows)
-        else:
-            print_table("dead-letter queues", list(rows[0]) if rows else ["stream"],
-                        [list(row.values()) for row in rows])
+        _list_streams(settings, as_json)
         return
-    letters = list_dlq(r, prefix, stream, limit, start)
+    r, keys = _connect(settings, stream)
+    letters = letters_of.read(r, keys, start, "+", limit)
     if as_json:
-        print_json([asdict(letter) for letter in letters])
+        print_json([_letter_json(d) for d in letters])
     elif not letters:
-        print_line(f"dlq:{stream} is empty")
+        print_line(f"the DLQ of {stream} is empty")
     else:
-        print_table(
-            f"dlq:{stream} ({dlq_length(r, prefix, stream)} entries)",
-            ("id", "first id", "attempts", "failed at", "error", "fields"),
-            [(d.id, d.first_id, d.attempts, d.failed_at, d.error, d.fields) for d in letters],
-        )
+        print_table(f"dead letters of {stream} ({letters_of.length(r, keys)} entries)",
+                    _COLUMNS, [_letter_row(d) for d in letters])
+
+
+def _list_streams(settings: Settings, as_json: bool) -> None:
+    import time
+
+    from novajobs.output import print_json, print_table
+    from novajobs.streams.handlers import plan_streams
+    from novajobs.streams.lag import measure
+
+    rows = []
+    for plan in plan_streams(settings):
+        r, keys = _connect(settings, plan.name)
+        lag = measure(r, keys, settings.stream_group, time.time())
+        rows.append({"stream": plan.name, **lag.figures()})
+    if as_json:
+        print_json(rows)
+        return
+    columns = ["stream", "length", "lag", "pending", "oldest_pending_age_sec", "retry_size",
+               "retry_next_due", "dlq_size", "dlq_oldest_age_sec", "dlq_dropped_total"]
+    print_table("streams", columns, [[row.get(c) for c in columns] for row in rows])
 
 
 @dlq.command()
 @click.argument("stream")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
-@click.option("--all", "all_", is_flag=True, help="Replay every entry in the DLQ now.")
+@click.argument("entry_id", metavar="ID")
 @with_options(*SETTINGS_OPTIONS, JSON_OPTION)
-def replay(stream: str, ids: tuple[str, ...], all_: bool, as_json: bool, **kw: Any) -> int:
+def show(stream: str, entry_id: str, as_json: bool, **kw: Any) -> int:
+    """Print one dead letter of STREAM whole: its meta and every field.
+
+    Example:
+
+    \b
+      novajobs dlq show stream:audit:log 1700000000000-0 --json
+    """
+    from novajobs.output import print_json, print_line, print_table
+    from novajobs.streams import dlq as letters_of
+
+    _check_ids([entry_id], "show")
+    r, keys = _connect(settings_from(kw), stream)
+    letter = letters_of.show(r, keys, entry_id)
+    if letter is None:
+        print_line(f"no dead letter {entry_id} in the DLQ of {stream}")
+        return int(ExitCode.FAILED)
+    if as_json:
+        print_json(_letter_json(letter))
+    else:
+        rows = [(k, v) for k, v in _letter_json(letter).items() if k != "fields"]
+        print_table(f"dead letter {entry_id} of {stream}", ("field", "value"),
+                    rows + [(f"field {k}", v) for k, v in letter.fields.items()])
+    return int(ExitCode.OK)
+
+
+# -- replay, purge ------------------------------------------------------------------------
+def _selection_options(func: Any) -> Any:
+    options = [
+        click.argument("ids", nargs=-1, metavar="[ID]..."),
+        click.option("--all", "all_", is_flag=True, help="Every entry in the DLQ now "
+                     "(narrowed by the filters)."),
+        click.option("--error", "error", metavar="TEXT", help="Only errors containing TEXT."),
+        click.option("--error-regex", metavar="REGEX", help="Only errors matching REGEX."),
+        click.option("--since", metavar="WHEN", help="Dead-lettered at or after WHEN: an ISO "
+                     "time (UTC unless it says) or a duration ago (2h, 7d)."),
+        click.option("--until", metavar="WHEN", help="Dead-lettered before WHEN."),
+        click.option("--min-attempts", type=click.IntRange(min=0), help="At least N attempts."),
+        click.option("--max-attempts", type=click.IntRange(min=0), help="At most N attempts."),
+        click.option("--dry-run", is_flag=True, help="Show what would be done; change nothing."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _selection(verb: str, ids: Sequence[str], all_: bool, error: str | None,
+               error_regex: str | None, since: str | None, until: str | None,
+               min_attempts: int | None, max_attempts: int | None) -> Selection:
+    from novajobs.streams.dlq import Selection
+
+    filtered = any(x is not None for x in (error, error_regex, since, until, min_attempts,
+                                           max_attempts))
+    if ids and all_:
+        raise UsageError(f"dlq {verb}: give entry IDs or --all, not both")
+    if not (ids or all_ or filtered):
+        raise UsageError(f"dlq {verb}: give entry IDs, --all, or a filter (see --help)")
+    _check_ids(ids, verb)
+    try:
+        pattern = re.compile(error_regex) if error_regex is not None else None
+    except re.error as exc:
+        raise UsageError(f"dlq {verb}: --error-regex {error_regex!r}: {exc}") from None
+    return Selection(tuple(ids), error, pattern, _when(verb, "--since", since),
+                     _when(verb, "--until", until), min_attempts, max_attempts)
+
+
+@dlq.command()
+@click.argument("stream")
+@_selection_options
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="N",
+              help="At most N entries a second (replaying into a live system).")
+@with_options(*SETTINGS_OPTIONS, JSON_OPTION)
+def replay(stream: str, rate: float | None, dry_run: bool, as_json: bool, **kw: Any) -> int:
     """Put dead letters back into STREAM (original fields and first id; the attempt count
-    starts over), each moved atomically.
+    starts over), each moved atomically. Dead letters whose first id is older than the
+    dedupe retention are refused (could be written twice).
 
     Example:
 
     \b
       novajobs dlq replay stream:audit:log 1700000000000-0
-      novajobs dlq replay stream:audit:log --all
+      novajobs dlq replay stream:audit:log --all --error-regex 'timeout|refused' --rate 100
     """
-    from dataclasses import asdict
+    import time
 
-    from novajobs.output import print_json, print_line
-    from novajobs.streams.queues import replay_dlq
+    from novajobs.streams.dlq import oldest_replayable_ms, replay_selected
 
-    wanted = _ids(ids, all_, "replay")
+    sel = _selection("replay", **_pop_selection(kw))
     settings = settings_from(kw)
-    result = replay_dlq(_redis(settings), settings.redis_prefix, stream, wanted)
-    if as_json:
-        print_json(asdict(result))
-    else:
-        print_line(f"replayed {result.replayed} entries into {stream}"
-                   + (f"; {result.missing} not found" if result.missing else "")
-                   + (f"; {result.unreplayable} without fields kept" if result.unreplayable
-                      else ""))
-    return int(ExitCode.FAILED if result.missing or result.unreplayable else ExitCode.OK)
+    r, keys = _connect(settings, stream)
+    done = replay_selected(r, keys, sel, oldest_ms=oldest_replayable_ms(settings, time.time()),
+                           dry_run=dry_run, rate=rate)
+    verb = "would replay" if dry_run else "replayed"
+    _report(done, f"{verb} {len(done.letters) if dry_run else done.moved} entries into "
+            f"{stream}", as_json, dry_run)
+    return int(ExitCode.FAILED if done.missing or done.unreplayable or done.too_old
+               else ExitCode.OK)
 
 
 @dlq.command()
 @click.argument("stream")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
-@click.option("--all", "all_", is_flag=True, help="Delete every entry in the DLQ now.")
+@_selection_options
 @click.option("--yes", is_flag=True, help="Do not ask (required when not on a terminal).")
 @with_options(*SETTINGS_OPTIONS, JSON_OPTION)
-def purge(stream: str, ids: tuple[str, ...], all_: bool, yes: bool, as_json: bool,
-          **kw: Any) -> None:
+def purge(stream: str, yes: bool, dry_run: bool, as_json: bool, **kw: Any) -> int:
     """Delete dead letters of STREAM for good.
 
     Example:
 
     \b
       novajobs dlq purge stream:audit:log --all --yes
+      novajobs dlq purge stream:audit:log --until 7d --error 'lacks field' --dry-run
     """
-    from novajobs.output import print_json, print_line
-    from novajobs.streams.queues import dlq_length, purge_dlq
+    from novajobs.streams.dlq import purge_selected
 
-    wanted = _ids(ids, all_, "purge")
+    sel = _selection("purge", **_pop_selection(kw))
     settings = settings_from(kw)
-    r = _redis(settings)
-    what = f"{len(wanted)} entries" if wanted else (
-        f"all {dlq_length(r, settings.redis_prefix, stream)} entries")
-    if not yes:
+    r, keys = _connect(settings, stream)
+    if not (yes or dry_run):
+        what = f"{len(sel.ids)} entries" if sel.ids else "the selected entries"
         if not sys.stdin.isatty():
-            raise UsageError(f"dlq purge would delete {what} of dlq:{stream}; add --yes")
-        click.confirm(f"Delete {what} of dlq:{stream}?", abort=True)
-    deleted = purge_dlq(r, settings.redis_prefix, stream, wanted)
+            raise UsageError(f"dlq purge would delete {what} of the DLQ of {stream}; add --yes")
+        click.confirm(f"Delete {what} of the DLQ of {stream}?", abort=True)
+    done = purge_selected(r, keys, sel, dry_run=dry_run)
+    count = len(done.letters) if dry_run else done.moved
+    _report(done, f"{'would delete' if dry_run else 'deleted'} {count} entries of the DLQ of "
+            f"{stream}", as_json, dry_run)
+    return int(ExitCode.FAILED if done.missing else ExitCode.OK)
+
+
+def _report(done: Done, text: str, as_json: bool, dry_run: bool) -> None:
+    from novajobs.output import print_json, print_line, print_table
+
+    counts = {"matched": done.matched, "moved": done.moved, "missing": done.missing,
+              "unreplayable": done.unreplayable, "too_old": done.too_old}
     if as_json:
-        print_json({"deleted": deleted})
-    else:
-        print_line(f"deleted {deleted} entries of dlq:{stream}")
+        print_json({**counts, "dry_run": dry_run,
+                    "entries": [_letter_json(d) for d in done.letters]})
+        return
+    if dry_run and done.letters:
+        print_table("would move", _COLUMNS, [_letter_row(d) for d in done.letters])
+    notes = [f"{n} {name.replace('_', ' ')}" for name, n in counts.items()
+             if n and name in ("missing", "unreplayable", "too_old")]
+    print_line(text + (f" ({', '.join(notes)})" if notes else ""))
+
+
+def _pop_selection(kw: dict[str, Any]) -> dict[str, Any]:
+    names = ("ids", "all_", "error", "error_regex", "since", "until", "min_attempts",
+             "max_attempts")
+    return {name: kw.pop(name) for name in names}
+
+
+def _check_ids(ids: Sequence[str], verb: str) -> None:
+    bad = [i for i in ids if not _ENTRY_ID.fullmatch(i)]
+    if bad:
+        raise UsageError(f"dlq {verb}: {bad[0]!r} is not a stream entry id (e.g. 1700000000000-0)")
+
+
+def _when(verb: str, flag: str, text: str | None) -> float | None:
+    """An ISO time (UTC if it names no zone) or a duration ago, as Unix seconds."""
+    import time
+    from datetime import UTC, datetime
+
+    from novajobs.checks import duration_sec
+
+    if text is None:
+        return None
+    try:
+        return time.time() - duration_sec(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"dlq {verb}: {flag} {text!r} is neither an ISO time "
+                         "(2026-11-30T08:00) nor a duration ago (2h, 7d)") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()

@@ -12,13 +12,16 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
-from novajobs.errors import ConfigError, Outcome
+from novajobs.errors import ConfigError, NovajobsError, Outcome
 from novajobs.retry import describe_error
+from novajobs.streams import dlq
 from novajobs.streams.drain import Budget, Drainer
 from novajobs.streams.handlers import StreamPlan, load_handler, plan_streams
+from novajobs.streams.keys import migrate_legacy
+from novajobs.streams.upkeep import upkeep
 
 if TYPE_CHECKING:
     from novajobs.settings import Settings
@@ -49,6 +52,9 @@ def run(ctx: JobContext, streams: Sequence[str] = ()) -> Result:
     plans = plan_streams(s, streams)
     factories = {p.handler: load_handler(p.handler) for p in plans}
     budget = Budget(s.drain_max_messages, _read_until(ctx))
+    for plan in plans:
+        ctx.retry(functools.partial(migrate_legacy, ctx.redis, plan.keys),
+                  f"migrate the keys of {plan.name}")
     ensure_groups(ctx, plans)
     drainer = Drainer(ctx, plans, factories, budget)
     ctx.log.info(
@@ -61,9 +67,13 @@ def run(ctx: JobContext, streams: Sequence[str] = ()) -> Result:
     )
     try:
         drainer.run()
-    finally:
+    except NovajobsError as exc:  # the record of a stopped run shows the streams too
+        exc.details = {**exc.details, **_finish(ctx, drainer, plans)}
+        raise
+    except BaseException:  # e.g. Redis down: count what was done, touch nothing more
         ctx.counters.update(drainer.stats.counters())
-        _reap_consumers(ctx, plans)
+        raise
+    details = _finish(ctx, drainer, plans)
     for handler in sorted(set(factories.values()), key=lambda f: f.__name__):
         try:
             handler.after_run(s, ctx.log)
@@ -73,13 +83,8 @@ def run(ctx: JobContext, streams: Sequence[str] = ()) -> Result:
     received = stats.counts["received"]
     return Result(
         outcome=Outcome.SUCCESS if received else Outcome.NOTHING_TO_DO,
-        message=stats.summary() if received else "no entries to drain",
-        details={
-            "group": s.stream_group,
-            "consumer": s.stream_consumer,
-            "streams": {name: dict(c) for name, c in stats.per_stream.items()},
-            **stats.counters(),
-        },
+        message=stats.summary() if received else _nothing(details["lag"]),
+        details=details,
     )
 
 
@@ -87,6 +92,29 @@ def check_params(settings: Settings, streams: Sequence[str] = ()) -> None:
     """Before the lock: settings that only make sense together, and the STREAM names."""
     check_settings(settings)
     plan_streams(settings, streams)
+
+
+def _finish(ctx: JobContext, drainer: Drainer, plans: Sequence[StreamPlan]) -> dict[str, Any]:
+    """Counters, consumer clean-up, upkeep (trim, DLQ cap, lag); the run's details."""
+    s, stats = ctx.settings, drainer.stats
+    ctx.counters.update(stats.counters())
+    _reap_consumers(ctx, plans)
+    lags = upkeep(ctx, [p.keys for p in plans], trim=s.stream_trim)
+    return {
+        "group": s.stream_group,
+        "consumer": s.stream_consumer,
+        "streams": {name: dict(c) for name, c in stats.per_stream.items()},
+        "lag": {lag.stream: lag.figures() for lag in lags},
+        **stats.counters(),
+    }
+
+
+def _nothing(lags: dict[str, dict[str, float]]) -> str:
+    pending = round(sum(figures.get("pending", 0) for figures in lags.values()))
+    if not pending:
+        return "no entries to drain"
+    return (f"no entries to drain now; {pending} pending with other consumers, reclaimed "
+            "once idle for stream_claim_idle_sec")
 
 
 def check_settings(s: Settings) -> None:
@@ -102,6 +130,7 @@ def check_settings(s: Settings) -> None:
             f"drain_message_timeout_sec ({s.drain_message_timeout_sec:g}), or entries still "
             "being handled are taken over by other consumers"
         )
+    dlq.max_age_sec(s)
 
 
 def _read_until(ctx: JobContext) -> float:
@@ -126,7 +155,7 @@ def ensure_groups(ctx: JobContext, plans: Sequence[StreamPlan]) -> None:
     import redis
 
     for plan in plans:
-        key = ctx.key(plan.name)
+        key = plan.keys.stream
         try:
             ctx.retry(functools.partial(_create_group, ctx, key), f"create group on {plan.name}")
             ctx.log.info("consumer group created", stream=plan.name)
@@ -143,7 +172,7 @@ def _reap_consumers(ctx: JobContext, plans: Sequence[StreamPlan]) -> None:
     s = ctx.settings
     for plan in plans:
         try:
-            ctx.redis.eval(_REAP_CONSUMERS, 1, ctx.key(plan.name), s.stream_group,
+            ctx.redis.eval(_REAP_CONSUMERS, 1, plan.keys.stream, s.stream_group,
                            s.stream_consumer, REAP_IDLE_MS)
         except Exception as exc:  # best effort: a leftover empty consumer costs nothing
             ctx.log.warning("could not remove idle consumers", stream=plan.name,

@@ -26,18 +26,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from novajobs.errors import (
+    ConfigError,
     Interrupted,
     JobFailed,
     JobTimeout,
     LockLost,
     NovajobsError,
+    Outcome,
     UnavailableError,
 )
 from novajobs.fencing import fence_of, refused_as_lock_lost
-from novajobs.retry import describe_error
+from novajobs.retry import classify, describe_error
+from novajobs.streams.entries import PoisonEntry, decode_entry, meta, peek_meta, with_meta
 from novajobs.streams.handlers import Message, PermanentError, StreamPlan, is_outage
 from novajobs.streams.pool import CallResult, Task, TaskResult, WorkerPool
-from novajobs.streams.queues import PoisonEntry, decode_entry, dlq_fields, retry_delay, retry_member
+from novajobs.streams.queues import retry_delay, retry_member
 from novajobs.streams.reader import Entry, Reader, Taken, text
 from novajobs.streams.settle import Round, give_back, write_round
 from novajobs.streams.stats import DrainStats
@@ -66,7 +69,7 @@ class Drainer:
     ) -> None:
         s = ctx.settings
         self.ctx, self.plans, self.budget = ctx, list(plans), budget
-        self.by_name = {p.name: p for p in plans}
+        self.keys = {p.name: p.keys for p in plans}
         self.batch = {p.name: max(1, getattr(factories[p.handler], "batch_size", 1)) for p in plans}
         self.calls = {name: max(1, CALLS_PER_TASK // size) for name, size in self.batch.items()}
         self.group, self.consumer = s.stream_group, s.stream_consumer
@@ -179,7 +182,7 @@ class Drainer:
         for (entry_id, raw), delivered in taken.exhausted:
             self.stats.add(plan.name, "received")
             error = f"delivered {delivered} times without an outcome (its consumers died?)"
-            self._dead(plan.name, text(entry_id), raw, error, failures=delivered - 1)
+            self._dead(plan.name, text(entry_id), raw, error, delivered - 1)
         for entry_id in taken.vanished:
             self.pending.ack(plan.name, entry_id)
         return self._take(plan, taken.entries)
@@ -193,7 +196,7 @@ class Drainer:
             try:
                 messages.append(decode_entry(plan.name, entry_id, raw))
             except PoisonEntry as exc:
-                self._dead(plan.name, entry_id, raw, f"cannot be decoded: {exc}", failures=0)
+                self._dead(plan.name, entry_id, raw, f"cannot be decoded: {exc}", 0)
         size = self.batch[plan.name]
         calls = [messages[i : i + size] for i in range(0, len(messages), size)]
         self._queue_calls(plan.name, plan.handler, calls)
@@ -241,15 +244,10 @@ class Drainer:
     def _leave(self, handler: str, messages: list[Message], error: BaseException | None) -> None:
         """The run must stop for what ``error`` says; ``messages`` are not at fault: they
         stay pending, given back untouched."""
-        if self.fatal is None:
-            if isinstance(error, NovajobsError):
-                self.fatal = error
-            else:
-                self.fatal = UnavailableError(
-                    f"handler {handler} cannot reach what it depends on "
-                    f"({describe_error(error) if error else 'unavailable'})")
+        if self.fatal is None and error is not None:
+            self.fatal = _run_error(handler, error)
             self.ctx.log.error("stopping the drain: not the entries' fault", handler=handler,
-                               error=describe_error(error) if error else "")
+                               error=describe_error(error))
         self._untried(messages)
 
     def _untried(self, messages: Iterable[Message]) -> None:
@@ -293,23 +291,27 @@ class Drainer:
         failures = message.attempts + 1
         reason = describe_error(error)
         if isinstance(error, PermanentError) or failures > self.ctx.settings.stream_max_retries:
-            self._dead(message.stream, message.id, message.fields, reason, failures,
-                       message.entry_id)
+            fields = with_meta(message.fields, meta(message.id, failures, reason, time.time()))
+            self._dead_letter(message.stream, message.entry_id, fields, reason)
             return
         due = time.time() + retry_delay(failures, self.ctx.settings)
         self.pending.retries.append((message.stream, retry_member(message, failures, reason), due))
         self.pending.ack(message.stream, message.entry_id)
         self.stats.add(message.stream, "retried")
 
-    def _dead(
-        self, stream: str, first_id: str, fields: Any, error: str, failures: int,
-        entry_id: str | None = None,
-    ) -> None:
-        dead = dlq_fields(first_id, fields, failures, error, time.time())
-        self.pending.dead.append((stream, dead))
-        self.pending.ack(stream, entry_id or first_id)
+    def _dead(self, stream: str, entry_id: str, raw: Any, error: str, failures: int) -> None:
+        """Dead-letter an entry as read (undecodable, or delivered too often): its own meta
+        (first id, attempts so far) is kept, once."""
+        first_id, attempts = peek_meta(raw, entry_id)
+        fields = with_meta(raw, meta(first_id, attempts + failures, error, time.time()))
+        self._dead_letter(stream, entry_id, fields, error)
+
+    def _dead_letter(self, stream: str, entry_id: str, fields: dict[Any, Any], error: str
+                     ) -> None:
+        self.pending.dead.append((stream, fields))
+        self.pending.ack(stream, entry_id)
         self.stats.add(stream, "dead_lettered")
-        self.ctx.log.warning("entry dead-lettered", stream=stream, entry_id=first_id, error=error)
+        self.ctx.log.warning("entry dead-lettered", stream=stream, entry_id=entry_id, error=error)
 
     def _flush(self) -> None:
         """Retries, DLQ entries and their XACKs in one MULTI: all of a round or none.
@@ -317,18 +319,19 @@ class Drainer:
         if not self.pending:
             return
         writes, self.pending = self.pending, Round()
-        prefix, fence = self.ctx.settings.redis_prefix, fence_of(self.ctx)
+        fence = fence_of(self.ctx)
         with refused_as_lock_lost(self.ctx, "ack and reschedule"):
-            self.ctx.retry(lambda: write_round(self.ctx.redis, prefix, self.group, writes, fence),
-                           "ack and reschedule")
+            self.ctx.retry(lambda: write_round(self.ctx.redis, self.keys, self.group, writes,
+                                               fence), "ack and reschedule")
 
     def _give_back(self) -> None:
         idle_ms = int(self.ctx.settings.stream_claim_idle_sec * 1000) + 1
         for stream, ids in self.untried.items():
             before = {i: self.reader.redelivered.get((stream, i), 0) for i in ids}
             with refused_as_lock_lost(self.ctx, "give entries back"):
-                self.ctx.retry(functools.partial(give_back, self.ctx.redis, self.ctx.key(stream),
-                                                 self.group, self.consumer, before, idle_ms,
+                self.ctx.retry(functools.partial(give_back, self.ctx.redis,
+                                                 self.keys[stream].stream, self.group,
+                                                 self.consumer, before, idle_ms,
                                                  fence_of(self.ctx)),
                                "give entries back")
         self.untried.clear()
@@ -374,7 +377,19 @@ class Drainer:
 
 
 def _stops_run(error: BaseException | None) -> bool:
-    return error is not None and (isinstance(error, NovajobsError) or is_outage(error))
+    """Not the entry's fault: a NovajobsError, an outage, a misconfigured store."""
+    return error is not None and (isinstance(error, NovajobsError) or is_outage(error)
+                                  or classify(error) is Outcome.CONFIG_ERROR)
+
+
+def _run_error(handler: str, error: BaseException) -> NovajobsError:
+    if isinstance(error, NovajobsError):
+        return error
+    if not is_outage(error):  # e.g. a wrong password or database name: 78
+        return ConfigError(f"handler {handler}: its store is misconfigured "
+                           f"({describe_error(error)})")
+    return UnavailableError(f"handler {handler} cannot reach what it depends on "
+                            f"({describe_error(error)})")
 
 
 def _stops_any(call: CallResult) -> bool:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from novajobs.errors import ConfigError, UsageError
 from novajobs.retry import is_transient
+from novajobs.streams.keys import StreamKeys, stream_keys
 
 if TYPE_CHECKING:
     from novajobs.output import JobLog
@@ -42,12 +43,6 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "novajobs.handlers"
 DEFAULT_PRIORITY = 5  # seed 004: 1 highest .. 10 lowest, 5 normal
-
-# Meta fields novajobs adds to entries it writes back (retries, replays, the DLQ).
-META_PREFIX = "novajobs:"
-META_ID = "novajobs:id"  # the entry id the message first had: stable across retries
-META_ATTEMPTS = "novajobs:attempts"  # failed attempts so far
-
 
 class PermanentError(Exception):
     """Raised by a handler for an entry that can never succeed (malformed data):
@@ -184,6 +179,7 @@ class StreamPlan:
     name: str  # as configured, without the key prefix
     handler: str
     priority: int
+    keys: StreamKeys
 
 
 def plan_streams(settings: Settings, only: Sequence[str] = ()) -> list[StreamPlan]:
@@ -199,7 +195,9 @@ def plan_streams(settings: Settings, only: Sequence[str] = ()) -> list[StreamPla
         )
     names = list(dict.fromkeys(only)) if only else list(handlers)
     plans = [
-        StreamPlan(name, handlers[name], priorities.get(name, DEFAULT_PRIORITY)) for name in names
+        StreamPlan(name, handlers[name], priorities.get(name, DEFAULT_PRIORITY),
+                   stream_keys(settings.redis_prefix, name))
+        for name in names
     ]
     return sorted(plans, key=lambda p: p.priority)  # stable: config order within a priority
 

@@ -68,7 +68,7 @@ class Reader:
         return self._reclaim(plan, count)
 
     def new(self, plan: StreamPlan, count: int) -> list[Entry]:
-        key = self.ctx.key(plan.name)
+        key = plan.keys.stream
         reply: Any = self.ctx.retry(
             lambda: self.ctx.redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=count),
             f"read {plan.name}",
@@ -77,7 +77,7 @@ class Reader:
 
     def wait(self, count: int) -> list[tuple[StreamPlan, list[Entry]]]:
         """Block (drain_block_ms) on every stream at once for new entries."""
-        by_key = {self.ctx.key(p.name): p for p in self.plans}
+        by_key = {p.keys.stream: p for p in self.plans}
         block = self.ctx.settings.drain_block_ms
         reply: Any = self.ctx.retry(
             lambda: self.ctx.redis.xreadgroup(
@@ -89,7 +89,7 @@ class Reader:
 
     # -- redeliveries ------------------------------------------------------------------------
     def _resume(self, plan: StreamPlan, count: int) -> Taken:
-        key, cursor = self.ctx.key(plan.name), self.resume_cursor[plan.name] or "0"
+        key, cursor = plan.keys.stream, self.resume_cursor[plan.name] or "0"
         reply: Any = self.ctx.retry(
             lambda: self.ctx.redis.xreadgroup(self.group, self.consumer, {key: cursor},
                                               count=count),
@@ -103,7 +103,7 @@ class Reader:
         return taken
 
     def _reclaim(self, plan: StreamPlan, count: int) -> Taken:
-        key = self.ctx.key(plan.name)
+        key = plan.keys.stream
         idle_ms = int(self.ctx.settings.stream_claim_idle_sec * 1000)
         start = self.claim_cursor[plan.name]
         reply: Any = self.ctx.retry(
@@ -135,7 +135,7 @@ class Reader:
         """Times each entry has been delivered, this delivery included."""
         if not ids:
             return []
-        key = self.ctx.key(plan.name)
+        key = plan.keys.stream
 
         def fetch() -> list[Any]:
             pipe = self.ctx.redis.pipeline(transaction=False)

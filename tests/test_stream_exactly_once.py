@@ -1,0 +1,148 @@
+"""Exactly once on every path an entry can take (issue #12): new -> retry -> promote ->
+redelivered by XAUTOCLAIM after its consumer died having written it -> DLQ -> replay
+-> success, with the built-in audit-log handler on a real PostgreSQL: one audit row.
+Meta fields (``novajobs:*``) are never written twice into an entry."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from novajobs.runner import RunOptions, run_job
+from novajobs.schema import ensure_tables
+from novajobs.settings import Settings
+from novajobs.streams import dlq, keys, queues
+from novajobs.streams.audit import AuditLogHandler
+from novajobs.streams.entries import decode_entry
+
+AUDIT = "stream:audit:log"
+
+FLAKY_DDL = """
+CREATE TABLE flaky (user_id bigint);
+CREATE FUNCTION flaky_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM flaky WHERE user_id = NEW.user_id) THEN
+        RAISE EXCEPTION 'flaky failure for user %', NEW.user_id;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER flaky BEFORE INSERT ON audit_logs FOR EACH ROW EXECUTE FUNCTION flaky_fail();
+"""
+
+
+@pytest.fixture
+def audit_db(pg: Any, pg_tables: Callable[..., None]) -> Any:
+    pg_tables("audit_logs")
+    ensure_tables(pg, ["novajobs_stream_dedupe"])
+    pg.execute(FLAKY_DDL)
+    return pg
+
+
+def raw_entries(r: Any, key: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Entries exactly as stored: field pairs in order, duplicates kept (redis-py's dict
+    would hide them)."""
+    rows = r.eval("return redis.call('XRANGE', KEYS[1], '-', '+')", 1, key)
+    return [(i.decode(), [(f[j].decode(errors="replace"), f[j + 1].decode(errors="replace"))
+                          for j in range(0, len(f), 2)]) for i, f in rows]
+
+
+def meta_names(pairs: list[tuple[str, str]]) -> list[str]:
+    return [name for name, _ in pairs if name.startswith("novajobs:")]
+
+
+def drain(settings: Settings) -> Any:
+    return run_job("drain-stream", settings, RunOptions())
+
+
+def test_every_path_writes_the_audit_row_once(redis_client, audit_db, fast, names, cli):
+    p = names["prefix"]
+    k = keys.stream_keys(p, AUDIT)
+    settings = fast(stream_retry_initial_sec=0.01, stream_claim_idle_sec=0.3,
+                    drain_message_timeout_sec=0.2)
+    audit_db.execute("INSERT INTO flaky VALUES (7)")
+    first = redis_client.xadd(k.stream, {"user_id": "7", "action": "login", "ts": "1700000000"})
+    first = first.decode()
+
+    # new -> fails (not an outage) -> retry set
+    rec = drain(settings)
+    assert rec.counters["retried"] == 1, (rec.error, rec.counters)
+    # retry -> promoted back into the stream, carrying its first id
+    assert queues.promote_due(redis_client, k, time.time() + 1, 100) == 1
+    [(second, pairs)] = raw_entries(redis_client, k.stream)[1:] or raw_entries(
+        redis_client, k.stream)
+    assert dict(pairs)["novajobs:id"] == first and meta_names(pairs).count("novajobs:id") == 1
+
+    # a consumer handles it (the row is committed) and dies before its XACK, again and
+    # again: XAUTOCLAIM hands it round until it counts as delivered too often
+    audit_db.execute("DELETE FROM flaky")
+    redis_client.xreadgroup("novajobs", "dead-pod", {k.stream: ">"})
+    message = decode_entry(AUDIT, second, redis_client.xrange(k.stream, second, second)[0][1])
+    handler = AuditLogHandler(settings)
+    assert handler.handle_batch([message]) == {}
+    handler.close()
+    redis_client.xclaim(k.stream, "novajobs", "dead-pod", 0, [second], retrycount=9)
+    time.sleep(0.35)
+    rec = drain(settings)
+    assert rec.counters["dead_lettered"] == 1, (rec.error, rec.counters)
+
+    # the dead letter names the first id once, and `dlq list` shows it
+    [(dead_id, dead)] = raw_entries(redis_client, k.dlq)
+    assert meta_names(dead).count("novajobs:id") == 1 and dict(dead)["novajobs:id"] == first
+    assert sorted(set(meta_names(dead))) == sorted(meta_names(dead))  # no name twice
+    listed = json.loads(cli("dlq", "list", AUDIT, "--json").stdout)
+    assert [d["first_id"] for d in listed] == [first]
+
+    # replay -> back in the stream with its first id once -> handled: deduped on it
+    [letter] = dlq.read(redis_client, k)
+    assert letter.id == dead_id and dlq.replay(redis_client, k, [letter]).replayed == 1
+    replayed = raw_entries(redis_client, k.stream)[-1][1]
+    assert meta_names(replayed) == ["novajobs:id"] and dict(replayed)["novajobs:id"] == first
+    rec = drain(settings)
+    assert rec.counters["succeeded"] == 1, (rec.error, rec.counters)
+
+    assert audit_db.execute("SELECT count(*) FROM audit_logs WHERE user_id = 7").fetchone() == (1,)
+    assert audit_db.execute("SELECT entry_id FROM novajobs_stream_dedupe").fetchall() == [(first,)]
+
+
+def test_poison_carrying_meta_is_dead_lettered_with_its_meta_once(
+        redis_client, audit_db, fast, names):
+    p = names["prefix"]
+    k = keys.stream_keys(p, AUDIT)
+    redis_client.xadd(k.stream, {"novajobs:id": "5-0", "novajobs:attempts": "2",
+                                 "user_id": b"\xff", "action": "x", "ts": "1"})
+
+    rec = drain(fast())
+
+    assert rec.counters["dead_lettered"] == 1, rec.error
+    [(_, dead)] = raw_entries(redis_client, k.dlq)
+    assert sorted(meta_names(dead)) == sorted(set(meta_names(dead)))
+    assert dict(dead)["novajobs:id"] == "5-0"
+    [letter] = dlq.read(redis_client, k)
+    assert (letter.first_id, letter.attempts) == ("5-0", 2)
+
+
+def test_legacy_dead_letters_with_a_duplicated_id_replay_their_first_id(
+        redis_client, audit_db, fast, names):
+    """Dead letters written before the fix carry novajobs:id twice (the first id, then
+    their own stream id): list, replay and the handler all take the first."""
+    p = names["prefix"]
+    k = keys.stream_keys(p, AUDIT)
+    audit_db.execute("INSERT INTO novajobs_stream_dedupe (stream, entry_id) VALUES (%s, '1-1')",
+                     [AUDIT])
+    redis_client.execute_command(
+        "XADD", k.dlq, "*", "user_id", "9", "action", "a", "ts", "1", "novajobs:id", "1-1",
+        "novajobs:attempts", "4", "novajobs:error", "e", "novajobs:failed_at", "x",
+        "novajobs:id", "1700000000000-5")
+
+    [letter] = dlq.read(redis_client, k)
+    assert letter.first_id == "1-1"
+    assert dlq.replay(redis_client, k, [letter]).replayed == 1
+    assert meta_names(raw_entries(redis_client, k.stream)[0][1]) == ["novajobs:id"]
+    rec = drain(fast())
+
+    assert rec.counters["succeeded"] == 1, rec.error
+    assert audit_db.execute("SELECT count(*) FROM audit_logs").fetchone() == (0,)  # deduped
