@@ -22,6 +22,7 @@ from novajobs.output import setup_logging
 from novajobs.runner import RunOptions, run_job
 from novajobs.settings import Settings
 from novajobs.streams.handlers import Message
+from novajobs.streams.keys import stream_keys
 
 TOKEN = "console-test-token-0123456789"
 
@@ -206,7 +207,7 @@ def test_dead_letters_browse_replay_and_purge(start_console, fast, handlers, red
         raise ValueError(f"cannot handle {message.fields['n']}")
 
     handlers("fails", fails)
-    settings = fast(stream_handlers=("jobs=fails",), stream_max_retries=0)
+    settings = fast(stream_handlers=("jobs=fails",), stream_max_retries=0, stream_trim=False)
     for n in range(3):
         redis_client.xadd(names["prefix"] + "jobs", {"n": str(n)})
     assert run_job("drain-stream", settings).counters["dead_lettered"] == 3
@@ -221,9 +222,9 @@ def test_dead_letters_browse_replay_and_purge(start_console, fast, handlers, red
     assert (stream["stream"], stream["dead_letters"], stream["length"]) == ("jobs", 3, 3)
     assert stream["group"]["pending"] == 0 and stream["group"]["lag"] == 0
     assert first["error"] == "ValueError: cannot handle 0" and first["fields"] == {"n": "0"}
-    assert replayed == (200, {"replayed": 1, "missing": 0, "unreplayable": 0})
+    assert replayed == (200, {"replayed": 1, "missing": 0, "unreplayable": 0, "too_old": 0})
     assert purged == (200, {"deleted": 2})
-    assert redis_client.xlen(names["prefix"] + "dlq:jobs") == 0
+    assert redis_client.xlen(stream_keys(names["prefix"], "jobs").dlq) == 0
     assert redis_client.xrange(names["prefix"] + "jobs")[-1][1][b"n"] == b"0"
     assert client.call("GET", "/api/streams/nope/dlq")[0] == 404
 

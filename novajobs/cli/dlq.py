@@ -63,8 +63,7 @@ def _letter_row(d: DeadLetter) -> tuple[Any, ...]:
 
 
 def _letter_json(d: DeadLetter) -> dict[str, Any]:
-    return {"id": d.id, "first_id": d.first_id, "attempts": d.attempts,
-            "failed_at": d.failed_at, "error": d.error, "fields": d.fields}
+    return d.summary()
 
 
 # -- list, show -------------------------------------------------------------------------

@@ -168,16 +168,18 @@ def release_stale_lock(r: redis.Redis, settings: Settings, key: str,
 def dlq_action(r: redis.Redis, settings: Settings, verb: str, stream: str,
                ids: list[str], every: bool) -> dict[str, Any]:
     """``dlq replay`` / ``dlq purge`` with the CLI's arguments: entry ids, or all."""
-    from novajobs.streams.queues import purge_dlq, replay_dlq
+    from novajobs.streams import dlq
+    from novajobs.streams.keys import stream_keys
 
     if bool(ids) == every:
         raise ActionError(f"dlq {verb}: give entry ids or all (not both)", 400)
     bad = [i for i in ids if not _ENTRY_ID.fullmatch(i)]
     if bad:
         raise ActionError(f"dlq {verb}: {bad[0]!r} is not a stream entry id", 400)
-    wanted = list(ids)
+    keys, selection = stream_keys(settings.redis_prefix, stream), dlq.Selection(tuple(ids))
     if verb == "replay":
-        result = replay_dlq(r, settings.redis_prefix, stream, wanted)
-        return {"replayed": result.replayed, "missing": result.missing,
-                "unreplayable": result.unreplayable}
-    return {"deleted": purge_dlq(r, settings.redis_prefix, stream, wanted)}
+        oldest = dlq.oldest_replayable_ms(settings, time.time())
+        done = dlq.replay_selected(r, keys, selection, oldest_ms=oldest)
+        return {"replayed": done.moved, "missing": done.missing,
+                "unreplayable": done.unreplayable, "too_old": done.too_old}
+    return {"deleted": dlq.purge_selected(r, keys, selection).moved}

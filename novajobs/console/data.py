@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -111,20 +110,21 @@ def stale_run_ids(r: redis.Redis, settings: Settings) -> set[str]:
 
 def streams(r: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
     """Each configured stream: length, consumer group lag and pending, DLQ and retries."""
+    from novajobs.streams import dlq
     from novajobs.streams.handlers import plan_streams
-    from novajobs.streams.queues import dlq_length, pending_retries
+    from novajobs.streams.queues import pending_retries
 
-    prefix, now = settings.redis_prefix, time.time()
+    now = time.time()
     out = []
     for plan in plan_streams(settings):
-        key = prefix + plan.name
-        due, later = pending_retries(r, prefix, plan.name, now)
+        key = plan.keys.stream
+        due, later = pending_retries(r, plan.keys, now)
         out.append({
             "stream": plan.name,
             "handler": plan.handler,
             "length": int(r.xlen(key)),
             "group": _group(r, key, settings.stream_group),
-            "dead_letters": dlq_length(r, prefix, plan.name),
+            "dead_letters": dlq.length(r, plan.keys),
             "retries_due": due,
             "retries_later": later,
         })
@@ -147,12 +147,13 @@ def _group(r: redis.Redis, key: str, group: str) -> dict[str, Any] | None:
 
 def dead_letters(r: redis.Redis, settings: Settings, stream: str, limit: int = 50,
                  start: str = "-") -> dict[str, Any]:
-    from novajobs.streams.queues import dlq_length, list_dlq
+    from novajobs.streams import dlq
+    from novajobs.streams.keys import stream_keys
 
-    prefix = settings.redis_prefix
-    letters = list_dlq(r, prefix, stream, limit, start)
-    return {"stream": stream, "total": dlq_length(r, prefix, stream),
-            "entries": [asdict(letter) for letter in letters]}
+    keys = stream_keys(settings.redis_prefix, stream)
+    letters = dlq.read(r, keys, start, "+", limit)
+    return {"stream": stream, "total": dlq.length(r, keys),
+            "entries": [letter.summary() for letter in letters]}
 
 
 def known_stream(settings: Settings, stream: str) -> bool:

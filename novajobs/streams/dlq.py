@@ -61,6 +61,11 @@ class DeadLetter:
     def replayable(self) -> bool:
         return any(not is_meta(name) for name in self.raw)
 
+    def summary(self) -> dict[str, Any]:
+        """What ``dlq list --json`` and the console show (text only)."""
+        return {"id": self.id, "first_id": self.first_id, "attempts": self.attempts,
+                "failed_at": self.failed_at, "error": self.error, "fields": self.fields}
+
 
 @dataclass(frozen=True)
 class Selection:
