@@ -24,6 +24,7 @@ import pytest
 
 from novajobs.runner import run_job
 from novajobs.streams.handlers import Message
+from novajobs.streams.keys import stream_keys
 
 TOKEN = "browser-test-token-9876543210"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -158,7 +159,7 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
     page.click(f'tr[data-id="{first}"] button:has-text("Replay")')
     page.click('button:has-text("Yes, do it")')
     assert "replayed 1" in page.locator("ul.result").inner_text()
-    assert redis_client.xlen(names["prefix"] + "dlq:jobs") == 2
+    assert redis_client.xlen(stream_keys(names["prefix"], "jobs").dlq) == 2
 
     # a form posted from another site, while logged in here: refused, nothing runs
     before = redis_client.llen(names["prefix"] + "job:history:clean-token-blacklist")
