@@ -292,10 +292,12 @@ def test_stale_stream_acks_retries_and_promotions_are_refused(stale_and_fresh, r
                                                               names):
     from novajobs.fencing import Refused, fence_of
     from novajobs.streams import queues
+    from novajobs.streams.keys import stream_keys
     from novajobs.streams.settle import Round, write_round
 
     stale, fresh = stale_and_fresh
     p = names["prefix"]
+    k = stream_keys(p, "s")
     redis_client.xgroup_create(p + "s", "g", id="0", mkstream=True)
     ids = [redis_client.xadd(p + "s", {"n": str(i), "raw": b"\xff\x00"}).decode()
            for i in range(3)]
@@ -306,16 +308,16 @@ def test_stale_stream_acks_retries_and_promotions_are_refused(stale_and_fresh, r
     writes.dead.append(("s", {b"n": b"2", b"raw": b"\xff\x00"}))
 
     with pytest.raises(Refused):
-        write_round(redis_client, p, "g", writes, fence_of(stale))
+        write_round(redis_client, {"s": k}, "g", writes, fence_of(stale))
     assert redis_client.xpending(p + "s", "g")["pending"] == 3
-    assert not redis_client.exists(p + "retry:s") and not redis_client.exists(p + "dlq:s")
-    write_round(redis_client, p, "g", writes, fence_of(fresh))
+    assert not redis_client.exists(k.retry) and not redis_client.exists(k.dlq)
+    write_round(redis_client, {"s": k}, "g", writes, fence_of(fresh))
     assert redis_client.xpending(p + "s", "g")["pending"] == 2
-    assert redis_client.xrange(p + "dlq:s")[0][1] == {b"n": b"2", b"raw": b"\xff\x00"}
+    assert redis_client.xrange(k.dlq)[0][1] == {b"n": b"2", b"raw": b"\xff\x00"}
 
     with pytest.raises(Exception, match="NOVAJOBS_FENCED"):
-        queues.promote_due(redis_client, p, "s", 10.0, 100, fence_of(stale))
-    assert redis_client.zcard(p + "retry:s") == 1
+        queues.promote_due(redis_client, k, 10.0, 100, fence_of(stale))
+    assert redis_client.zcard(k.retry) == 1
 
 
 def test_the_fencing_experiment_in_its_tiny_mode():
