@@ -288,12 +288,12 @@ def _when(verb: str, flag: str, text: str | None) -> float | None:
     import time
     from datetime import UTC, datetime
 
-    from novajobs.checks import duration_sec
+    from novajobs.dates import parse_duration
 
     if text is None:
         return None
     try:
-        return time.time() - duration_sec(text)
+        return time.time() - parse_duration(text)
     except ValueError:
         pass
     try:

@@ -262,9 +262,9 @@ def cap(r: redis.Redis, keys: StreamKeys, max_len: int, max_age_sec: float,
 def max_age_sec(s: Settings) -> float:
     """``stream_dlq_max_age`` in seconds, checked against the dedupe retention (with a
     day's margin): no dead letter may outlive the memory of having been handled."""
-    from novajobs.checks import duration_sec
+    from novajobs.dates import parse_duration
 
-    age = duration_sec(s.stream_dlq_max_age)
+    age = parse_duration(s.stream_dlq_max_age)
     limit = (s.stream_dedupe_retention_days - 1) * DAY
     if age <= 0 or age > limit:
         raise ConfigError(
