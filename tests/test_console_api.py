@@ -217,15 +217,24 @@ def test_dead_letters_browse_replay_and_purge(start_console, fast, handlers, red
     letters = client.get("/api/streams/jobs/dlq")
     first = letters["entries"][0]
     replayed = client.act("/api/streams/jobs/dlq/replay", ids=[first["id"]])
+    path, by_error = "/api/streams/jobs/dlq/replay", {"error": "cannot handle 2"}
+    asked = client.call("POST", path, body=by_error, token=TOKEN)
+    filtered = client.act(path, **by_error)
+    bad = client.act(path, error_regex="(")
     purged = client.act("/api/streams/jobs/dlq/purge", all=True)
 
     assert (stream["stream"], stream["dead_letters"], stream["length"]) == ("jobs", 3, 3)
     assert stream["group"]["pending"] == 0 and stream["group"]["lag"] == 0
     assert first["error"] == "ValueError: cannot handle 0" and first["fields"] == {"n": "0"}
     assert replayed == (200, {"replayed": 1, "missing": 0, "unreplayable": 0, "too_old": 0})
-    assert purged == (200, {"deleted": 2})
+    assert json.loads(asked[2])["question"] == (
+        "Replay 1 dead letter(s) of jobs into jobs? (selected by error=cannot handle 2)")
+    assert filtered == (200, {"replayed": 1, "missing": 0, "unreplayable": 0, "too_old": 0})
+    assert bad[0] == 400 and "--error-regex '('" in bad[1]["error"]
+    assert purged == (200, {"deleted": 1, "missing": 0})
     assert redis_client.xlen(stream_keys(names["prefix"], "jobs").dlq) == 0
-    assert redis_client.xrange(names["prefix"] + "jobs")[-1][1][b"n"] == b"0"
+    assert [f[b"n"] for _, f in redis_client.xrange(names["prefix"] + "jobs")][-2:] == [
+        b"0", b"2"]
     assert client.call("GET", "/api/streams/nope/dlq")[0] == 404
 
 

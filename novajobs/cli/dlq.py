@@ -8,7 +8,6 @@ before any connection.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from novajobs.streams.dlq import DeadLetter, Done, Selection
     from novajobs.streams.keys import StreamKeys
 
-_ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
 _COLUMNS = ("id", "first id", "attempts", "failed at", "error", "fields")
 
 
@@ -171,24 +169,10 @@ def _selection_options(func: Any) -> Any:
     return func
 
 
-def _selection(verb: str, ids: Sequence[str], all_: bool, error: str | None,
-               error_regex: str | None, since: str | None, until: str | None,
-               min_attempts: int | None, max_attempts: int | None) -> Selection:
-    from novajobs.streams.dlq import Selection
+def _selection(verb: str, **given: Any) -> Selection:
+    from novajobs.streams.dlq import parse_selection
 
-    filtered = any(x is not None for x in (error, error_regex, since, until, min_attempts,
-                                           max_attempts))
-    if ids and all_:
-        raise UsageError(f"dlq {verb}: give entry IDs or --all, not both")
-    if not (ids or all_ or filtered):
-        raise UsageError(f"dlq {verb}: give entry IDs, --all, or a filter (see --help)")
-    _check_ids(ids, verb)
-    try:
-        pattern = re.compile(error_regex) if error_regex is not None else None
-    except re.error as exc:
-        raise UsageError(f"dlq {verb}: --error-regex {error_regex!r}: {exc}") from None
-    return Selection(tuple(ids), error, pattern, _when(verb, "--since", since),
-                     _when(verb, "--until", until), min_attempts, max_attempts)
+    return parse_selection(verb, **given)
 
 
 @dlq.command()
@@ -278,27 +262,6 @@ def _pop_selection(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_ids(ids: Sequence[str], verb: str) -> None:
-    bad = [i for i in ids if not _ENTRY_ID.fullmatch(i)]
-    if bad:
-        raise UsageError(f"dlq {verb}: {bad[0]!r} is not a stream entry id (e.g. 1700000000000-0)")
+    from novajobs.streams.dlq import check_ids
 
-
-def _when(verb: str, flag: str, text: str | None) -> float | None:
-    """An ISO time (UTC if it names no zone) or a duration ago, as Unix seconds."""
-    import time
-    from datetime import UTC, datetime
-
-    from novajobs.dates import parse_duration
-
-    if text is None:
-        return None
-    try:
-        return time.time() - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"dlq {verb}: {flag} {text!r} is neither an ISO time "
-                         "(2026-11-30T08:00) nor a duration ago (2h, 7d)") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    check_ids(ids, verb)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
     from novajobs.settings import Settings
 
 KEEP_TRIGGERS = 50
-_ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
 KEEP_LINES = 2000
 
 
@@ -165,21 +163,43 @@ def release_stale_lock(r: redis.Redis, settings: Settings, key: str,
     return {"released": key, "was_held_by": holder.describe()}
 
 
-def dlq_action(r: redis.Redis, settings: Settings, verb: str, stream: str,
-               ids: list[str], every: bool) -> dict[str, Any]:
-    """``dlq replay`` / ``dlq purge`` with the CLI's arguments: entry ids, or all."""
+FILTERS = ("error", "error_regex", "since", "until", "min_attempts", "max_attempts")
+
+
+def dlq_selection(verb: str, form: dict[str, Any]) -> Any:
+    """The CLI's selection (`dlq replay|purge`: ids, all, filters) from a form or JSON."""
+    from novajobs.streams.dlq import parse_selection
+
+    raw = form.get("ids") or []
+    ids = [i for part in ([raw] if isinstance(raw, str) else raw)
+           for i in str(part).replace(",", " ").split()]
+    given: dict[str, Any] = {k: form.get(k) if form.get(k) not in ("", None) else None
+                             for k in FILTERS}
+    for name in ("min_attempts", "max_attempts"):
+        if given[name] is not None:
+            try:
+                given[name] = int(given[name])
+            except ValueError:
+                raise ActionError(f"dlq {verb}: {name} must be a whole number", 400) from None
+    every = str(form.get("all", "")).lower() in ("1", "true", "yes")
+    return parse_selection(verb, ids, every, **given)
+
+
+def dlq_action(r: redis.Redis, settings: Settings, verb: str, stream: str, selection: Any,
+               dry_run: bool = False) -> dict[str, Any]:
+    """``dlq replay`` / ``dlq purge`` of a selection (``dry_run``: what it would take)."""
     from novajobs.streams import dlq
     from novajobs.streams.keys import stream_keys
 
-    if bool(ids) == every:
-        raise ActionError(f"dlq {verb}: give entry ids or all (not both)", 400)
-    bad = [i for i in ids if not _ENTRY_ID.fullmatch(i)]
-    if bad:
-        raise ActionError(f"dlq {verb}: {bad[0]!r} is not a stream entry id", 400)
-    keys, selection = stream_keys(settings.redis_prefix, stream), dlq.Selection(tuple(ids))
+    keys = stream_keys(settings.redis_prefix, stream)
     if verb == "replay":
         oldest = dlq.oldest_replayable_ms(settings, time.time())
-        done = dlq.replay_selected(r, keys, selection, oldest_ms=oldest)
+        done = dlq.replay_selected(r, keys, selection, oldest_ms=oldest, dry_run=dry_run)
+    else:
+        done = dlq.purge_selected(r, keys, selection, dry_run=dry_run)
+    if dry_run:
+        return {"matched": done.matched, "would_move": len(done.letters)}
+    if verb == "replay":
         return {"replayed": done.moved, "missing": done.missing,
                 "unreplayable": done.unreplayable, "too_old": done.too_old}
-    return {"deleted": dlq.purge_selected(r, keys, selection).moved}
+    return {"deleted": done.moved, "missing": done.missing}

@@ -39,6 +39,8 @@ pre.details { background: #fff; border: 1px solid #e0e0e0; padding: .6em; font-s
               max-height: 30em; overflow: auto; }
 svg.chart { background: #f5f5f5; }
 .question { font-size: 1.1em; }
+form.filters { display: block; margin: .6em 0; }
+form.filters label { margin-right: .4em; }
 """ + "".join(f".o-{name} {{ background: {tone}; }}\n" for name, tone in BADGE_COLOURS.items())
 
 JS = """

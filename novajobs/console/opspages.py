@@ -40,12 +40,27 @@ def dlq_page(page: Page, data: dict[str, Any]) -> str:
                     f'<td class="error">{e(d["error"])}</td><td><code>{e(fields)}</code></td>'
                     f'<td class="actions">{buttons}</td></tr>')
     every = page.actions([page.form(f"{base}/replay", "Replay all", {"all": "1"}),
-                          page.form(f"{base}/purge", "Purge all", {"all": "1"}, danger=True)])
+                          page.form(f"{base}/purge", "Purge all", {"all": "1"}, danger=True),
+                          _filter_form(page, base)])
     body = (f'<p>{e(data["total"])} dead letters in <code>dlq:{e(stream)}</code> '
             f'(oldest first). {every}</p>'
             '<table class="dlq"><tr><th>Id</th><th>Attempts</th><th>Failed at</th>'
             f'<th>Error</th><th>Fields</th><th></th></tr>{"".join(rows)}</table>')
     return page.layout(f"Dead letters of {stream}", body)
+
+
+def _filter_form(page: Page, base: str) -> str:
+    """Replay or purge by the CLI's filters (`dlq replay --error ... --since ...`)."""
+    fields = (("error", "error contains", "text"), ("error_regex", "error matches", "text"),
+              ("since", "since (2h, ISO)", "text"), ("until", "until", "text"),
+              ("min_attempts", "attempts ≥", "number"), ("max_attempts", "attempts ≤", "number"))
+    inputs = "".join(f'<label>{e(label)} <input name="{name}" type="{kind}" size="10"></label> '
+                     for name, label, kind in fields)
+    return (f'<form method="post" class="filters" action="{e(base)}/replay">'
+            f'<input type="hidden" name="csrf" value="{e(page.csrf)}">{inputs}'
+            '<button type="submit">Replay matching</button> '
+            f'<button type="submit" class="danger" formaction="{e(base)}/purge">'
+            'Purge matching</button></form>')
 
 
 def locks_page(page: Page, locks: list[dict[str, Any]], stale_runs: set[str]) -> str:

@@ -214,21 +214,22 @@ class Views:
         stream, verb = self._stream(_args(req)[1]), _args(req)[3]
         if verb not in ("replay", "purge"):
             raise actions.ActionError(f"no dead-letter action {verb!r}", 404)
-        raw = req.form.get("ids") or []
-        ids = [raw] if isinstance(raw, str) else [str(i) for i in raw]
-        ids = [i for part in ids for i in part.replace(",", " ").split()]
-        every = str(req.form.get("all", "")) in ("1", "true", "True")
-        what = "every dead letter" if every else f"{len(ids)} dead letter(s)"
+        selection = actions.dlq_selection(verb, req.form)
+        r, settings = self.c.redis, self.c.settings
+        would = actions.dlq_action(r, settings, verb, stream, selection, dry_run=True)
         where = f"into {stream}" if verb == "replay" else "for good"
+        filters = ", ".join(f"{k}={req.form[k]}" for k in actions.FILTERS if req.form.get(k))
 
         def run() -> Response:
-            done = actions.dlq_action(self.c.redis, self.c.settings, verb, stream, ids, every)
+            done = actions.dlq_action(r, settings, verb, stream, selection)
             text = ", ".join(f"{k} {v}" for k, v in done.items())
             return self.out(req, done, opspages.result_page(
                 self.c.page(req), f"Dead letters: {verb}", [text],
                 f"/streams/{stream}/dlq"))
 
-        return f"{verb.capitalize()} {what} of dlq:{stream} {where}?", run
+        question = (f"{verb.capitalize()} {would['would_move']} dead letter(s) of {stream} "
+                    f"{where}?" + (f" (selected by {filters})" if filters else ""))
+        return question, run
 
     def _stream(self, stream: str) -> str:
         if not data.known_stream(self.c.settings, stream):

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from novajobs.errors import ConfigError
+from novajobs.errors import ConfigError, UsageError
 from novajobs.streams.entries import (
     META_ATTEMPTS,
     META_ERROR,
@@ -88,6 +88,56 @@ class Selection:
 
 
 _XRANGE = "return redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])"
+
+
+ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
+
+
+def parse_selection(verb: str, ids: Sequence[str], all_: bool, error: str | None = None,
+                    error_regex: str | None = None, since: str | None = None,
+                    until: str | None = None, min_attempts: int | None = None,
+                    max_attempts: int | None = None) -> Selection:
+    """The selection `novajobs dlq replay|purge` and the console take, checked: entry ids,
+    or all, or filters (which narrow all too). Raises UsageError with one line."""
+    filtered = any(x is not None for x in (error, error_regex, since, until, min_attempts,
+                                           max_attempts))
+    if ids and all_:
+        raise UsageError(f"dlq {verb}: give entry IDs or --all, not both")
+    if not (ids or all_ or filtered):
+        raise UsageError(f"dlq {verb}: give entry IDs, --all, or a filter (see --help)")
+    check_ids(ids, verb)
+    try:
+        pattern = re.compile(error_regex) if error_regex is not None else None
+    except re.error as exc:
+        raise UsageError(f"dlq {verb}: --error-regex {error_regex!r}: {exc}") from None
+    return Selection(tuple(ids), error, pattern, parse_when(verb, "--since", since),
+                     parse_when(verb, "--until", until), min_attempts, max_attempts)
+
+
+def check_ids(ids: Sequence[str], verb: str) -> None:
+    bad = [i for i in ids if not ENTRY_ID.fullmatch(i)]
+    if bad:
+        raise UsageError(f"dlq {verb}: {bad[0]!r} is not a stream entry id (e.g. 1700000000000-0)")
+
+
+def parse_when(verb: str, flag: str, text: str | None) -> float | None:
+    """An ISO time (UTC if it names no zone) or a duration ago, as Unix seconds."""
+    from datetime import UTC, datetime
+
+    from novajobs.dates import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"dlq {verb}: {flag} {text!r} is neither an ISO time "
+                         "(2026-11-30T08:00) nor a duration ago (2h, 7d)") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def read(r: redis.Redis, keys: StreamKeys, start: str = "-", end: str = "+",
