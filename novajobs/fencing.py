@@ -40,12 +40,11 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from novajobs.errors import ConfigError, LockLost
+from novajobs.errors import LockLost
 
 if TYPE_CHECKING:
-    import psycopg
     import redis
 
     from novajobs.context import JobContext
@@ -64,6 +63,16 @@ end
 return redis.call('incr', KEYS[2])
 """
 
+_ACQUIRE_SCRIPTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def acquire_script(r: redis.Redis) -> Any:
+    """ACQUIRE as a redis-py Script of ``r`` (EVALSHA once loaded)."""
+    if r not in _ACQUIRE_SCRIPTS:
+        _ACQUIRE_SCRIPTS[r] = r.register_script(ACQUIRE)
+    return _ACQUIRE_SCRIPTS[r]
+
+
 # Put in front of a write script: it takes KEYS[1] (the fence record in the written
 # keys' slot) and ARGV[1] (the run's fence, '' = no lock) off the lists, so the body
 # sees its own keys and arguments from 1 as before.
@@ -80,13 +89,6 @@ end
 
 # One command on one key: ARGV[1] the command, the rest its arguments after the key.
 COMMAND_BODY = "return redis.call(ARGV[1], KEYS[1], unpack(ARGV, 2))"
-
-PG_ADVANCE_SQL = """
-INSERT INTO novajobs_fences AS f (lock_key, fence) VALUES (%s, %s)
-ON CONFLICT (lock_key) DO UPDATE SET fence = EXCLUDED.fence, updated_at = now()
-    WHERE f.fence <= EXCLUDED.fence
-RETURNING f.fence
-"""
 
 _TAG = re.compile(r"\{([^}]+)\}")  # the first non-empty {...} decides a key's slot
 
@@ -158,7 +160,18 @@ def slot_tag(slot: int) -> str:
 
 
 class FencedScript:
-    """A Lua write script behind the fence prelude; called like redis-py's Script."""
+    """A Lua write script behind the fence prelude; called like redis-py's Script.
+    ``FencedScript.of(client, body)`` reuses one per client and body."""
+
+    _cache: ClassVar[weakref.WeakKeyDictionary[Any, dict[str, FencedScript]]] = (
+        weakref.WeakKeyDictionary())
+
+    @classmethod
+    def of(cls, r: redis.Redis, body: str) -> FencedScript:
+        scripts = cls._cache.setdefault(r, {})
+        if body not in scripts:
+            scripts[body] = cls(r, body)
+        return scripts[body]
 
     def __init__(self, r: redis.Redis, body: str) -> None:
         self.cluster = is_cluster(r)
@@ -173,6 +186,11 @@ class FencedScript:
     ) -> Any:
         first = keys[0]
         guard = (fence.key_for(first, self.cluster), fence.token) if fence else (first, "")
+        if self.cluster and client is not None:
+            # redis-py blocks ClusterPipeline.evalsha() but routes the raw command by its
+            # keys; the script was loaded on every primary first (FencedPipeline.call).
+            return client.execute_command("EVALSHA", self.script.sha, len(keys) + 1,
+                                          guard[0], *keys, guard[1], *args)
         return self.script(keys=[guard[0], *keys], args=[guard[1], *args], client=client)
 
 
@@ -245,7 +263,7 @@ class FencedTransaction:
         for name, index, args in self.commands:
             flat += [name, index, len(args), *args]
         try:
-            FencedScript(self.redis, EXEC_BODY)(self.fence, self.keys, flat)
+            FencedScript.of(self.redis, EXEC_BODY)(self.fence, self.keys, flat)
         except redis.ResponseError as exc:
             if REFUSED not in str(exc):
                 raise
@@ -270,7 +288,7 @@ class FencedPipeline:
     def call(self, body: str, keys: Sequence[str | bytes], args: Sequence[Any] = ()) -> None:
         script = self.scripts.get(body)
         if script is None:
-            script = self.scripts[body] = FencedScript(self.ctx.redis, body)
+            script = self.scripts[body] = FencedScript.of(self.ctx.redis, body)
             if script.cluster:  # a cluster pipeline does not load scripts by itself
                 self.ctx.redis.script_load(script.script.script)
         script(self.fence, keys, args, client=self.pipe)
@@ -294,7 +312,7 @@ class FencedPipeline:
 def fenced_command(ctx: JobContext, name: str, key: str, *args: Any) -> Any:
     """One write command (``"zremrangebyscore", key, "-inf", 5``), refused from an
     older fence."""
-    script = FencedScript(ctx.redis, COMMAND_BODY)
+    script = FencedScript.of(ctx.redis, COMMAND_BODY)
     with refused_as_lock_lost(ctx, f"{name.upper()} {key}"):
         return script(fence_of(ctx), [key], [name, *args])
 
@@ -330,52 +348,3 @@ def lost(ctx: JobContext, what: str, seen: object) -> LockLost:
         f"{what} refused: this run's fence {mine} is older than {seen} (another run took "
         f"the lock {key}); nothing of it was written"
     )
-
-
-# --- PostgreSQL ----------------------------------------------------------------------------
-
-
-def check_pg(ctx: JobContext, conn: psycopg.Connection[Any], what: str) -> None:
-    """Advance the lock's fence row inside the caller's open transaction; LockLost (the
-    caller's transaction then rolls back) when a newer fence is there."""
-    fence = fence_of(ctx)
-    if fence is None:
-        return
-    if conn not in _PROVISIONED:
-        _provision(conn)
-    row = conn.execute(PG_ADVANCE_SQL, [fence.lock_key, fence.token]).fetchone()
-    if row is None:
-        seen = conn.execute("SELECT fence FROM novajobs_fences WHERE lock_key = %s",
-                            [fence.lock_key]).fetchone()
-        raise lost(ctx, what, seen[0] if seen else "?")
-
-
-_PROVISIONED: weakref.WeakSet[Any] = weakref.WeakSet()  # connections that found the table
-
-
-def _provision(conn: psycopg.Connection[Any]) -> None:
-    """Make sure ``novajobs_fences`` exists (`novajobs init-db` creates it; so does the
-    first fenced write after an upgrade), in the caller's transaction."""
-    import psycopg
-
-    from novajobs.schema import INIT_LOCK_SQL, OWNED_TABLES
-
-    found = conn.execute("SELECT to_regclass('novajobs_fences')").fetchone()
-    if found is None or found[0] is None:
-        try:
-            conn.execute(INIT_LOCK_SQL)  # as init-db: two creators at once must not collide
-            conn.execute(OWNED_TABLES["novajobs_fences"])
-        except psycopg.errors.InsufficientPrivilege:
-            raise ConfigError("table novajobs_fences does not exist and this user may not "
-                              "create it: run `novajobs init-db` as its owner") from None
-        return  # created in the caller's transaction: probe again until one commits
-    _PROVISIONED.add(conn)
-
-
-@contextmanager
-def pg_transaction(ctx: JobContext, what: str) -> Iterator[psycopg.Connection[Any]]:
-    """``with ctx.pg.transaction()`` that first passes the fence check."""
-    conn = ctx.pg
-    with conn.transaction():
-        check_pg(ctx, conn, what)
-        yield conn

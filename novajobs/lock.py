@@ -115,10 +115,10 @@ class JobLock:
 
     def _take(self) -> bool:
         """``SET NX PX`` and, in the same script, the next fence of this lock key."""
-        from novajobs.fencing import ACQUIRE, colocated
+        from novajobs.fencing import acquire_script, colocated
 
-        fence = self.redis.eval(ACQUIRE, 2, self.key, colocated(self.key, ":fence"),
-                                self.value, self.ttl_ms)
+        fence = acquire_script(self.redis)(keys=[self.key, colocated(self.key, ":fence")],
+                                           args=[self.value, self.ttl_ms])
         if fence is None:
             return False
         self.fence = int(fence)

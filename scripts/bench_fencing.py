@@ -33,8 +33,9 @@ def main() -> int:
 
     from novajobs import schema
     from novajobs.context import Guard, JobContext
-    from novajobs.fencing import FencedPipeline, fenced_set, pg_transaction
+    from novajobs.fencing import FencedPipeline, fenced_set
     from novajobs.lock import JobLock
+    from novajobs.pgfence import pg_transaction
     from novajobs.runner import run_job
     from novajobs.settings import load_settings
 

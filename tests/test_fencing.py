@@ -13,8 +13,9 @@ import pytest
 from novajobs import schema
 from novajobs.context import Guard, JobContext, Result
 from novajobs.errors import LockLost, Outcome
-from novajobs.fencing import Fence, colocated, fenced_set, key_slot, pg_transaction, slot_tag
+from novajobs.fencing import Fence, colocated, fenced_set, key_slot, slot_tag
 from novajobs.lock import JobLock, lock_key
+from novajobs.pgfence import pg_transaction
 from novajobs.records import RunRecord, history_key, record_start, status_key
 from novajobs.registry import JobSpec
 from novajobs.runner import run_job
@@ -335,3 +336,85 @@ def test_the_fencing_experiment_in_its_tiny_mode():
     counts = json.loads(done.stdout.splitlines()[-1])
     assert counts == {f"{v}/{j}": int(v == "redis-py") for v in ("redis-py", "novajobs")
                       for j in ("cache", "report", "gc")}
+
+
+# --- on a Redis Cluster ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: Any) -> Any:
+    """Three primaries on loopback (redis-server --cluster-enabled), as SERVICES.md says."""
+    import subprocess
+    import time
+
+    from redis.cluster import RedisCluster
+
+    from novajobs_dev.stack import free_base_port
+
+    base, root = free_base_port(), tmp_path_factory.mktemp("cluster")
+    ports = [base + i for i in range(3)]
+    procs = []
+    for port in ports:
+        (root / str(port)).mkdir()
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled",
+             "yes", "--cluster-config-file", str(root / str(port) / "nodes.conf"), "--save", "",
+             "--appendonly", "no", "--dir", str(root / str(port))],
+            stdout=subprocess.DEVNULL))
+    try:
+        time.sleep(0.3)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True,
+                       capture_output=True, timeout=60)
+        client = RedisCluster(host="127.0.0.1", port=ports[0])
+        give_up = time.monotonic() + 30
+        while client.cluster_info().get("cluster_state") != "ok":
+            assert time.monotonic() < give_up, "the cluster never became ok"
+            time.sleep(0.1)
+        yield client
+        client.close()
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_on_a_redis_cluster_no_stale_write_lands_after_a_newer_one(cluster, settings):
+    from novajobs.fencing import FencedPipeline, FencedTransaction, Refused, fence_of
+
+    def context(lock: JobLock) -> JobContext:
+        ctx = JobContext(settings, "sample", guard=Guard(lock=lock))
+        ctx.conns.__dict__["redis"] = cluster  # (Connections makes a single-Redis client)
+        return ctx
+
+    key = lock_key("cl:", "sample")
+    old = JobLock(cluster, key, 30, {"run_id": "old"})
+    assert old.acquire()  # SET NX and INCR in one script: one slot, thanks to colocated()
+    cluster.delete(key)
+    new = JobLock(cluster, key, 30, {"run_id": "new"})
+    assert new.acquire() and new.fence == old.fence + 1
+    stale, fresh = context(old), context(new)
+    users = [f"cl:nova:cache:suggested_users:{u}" for u in range(30)]
+    assert len({key_slot(k) for k in users}) == 30
+
+    for ctx, value in ((fresh, "fresh"), (stale, "stale")):
+        pipe = FencedPipeline(ctx)
+        for k in users:
+            pipe.set(k, value, "EX", 60)
+        if ctx is stale:
+            with pytest.raises(LockLost):
+                pipe.execute("write suggestions")
+        else:
+            pipe.execute("write suggestions")
+    assert {cluster.get(k) for k in users} == {b"fresh"}
+    fenced_set(fresh, "cl:nova:cache:trending:1h", "[]")
+    with pytest.raises(LockLost):
+        fenced_set(stale, "cl:nova:cache:trending:1h", "[1]")
+    # Keys in the lock's slot (the run records, co-located) are checked against the lock's
+    # counter itself: refused before the newer run wrote anything there.
+    records = FencedTransaction(cluster, fence_of(stale))
+    records.hset("{cl:job:lock:sample}:status", mapping={"outcome": "success"})
+    with pytest.raises(Refused):
+        records.execute()
+    stale.close()
+    fresh.close()

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
-from novajobs.fencing import pg_transaction
+from novajobs.pgfence import pg_transaction
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.registry import check_flag
 

@@ -32,7 +32,7 @@ from novajobs.catchup import CatchUp, fill_missed, logical_now
 from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, local_today, resolve_days
 from novajobs.errors import Outcome
-from novajobs.fencing import pg_transaction
+from novajobs.pgfence import pg_transaction
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.registry import check_flag
 from novajobs.schema import require_tables

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from novajobs.context import JobContext, Result, Shard, batched
 from novajobs.dates import parse_duration
 from novajobs.errors import JobFailed, Outcome
-from novajobs.fencing import check_pg
+from novajobs.pgfence import check_pg
 from novajobs.retry import describe_error, is_transient
 from novajobs.schema import require_tables
 

@@ -92,8 +92,8 @@ def promote_due(r: redis.Redis, keys: StreamKeys, now: float, batch: int,
     lock's fence (novajobs/fencing.py): refused once another run took it."""
     from novajobs.fencing import FencedScript
 
-    return int(FencedScript(r, _PROMOTE)(fence, [keys.retry, keys.stream, keys.dlq],
-                                         [repr(now), batch]))
+    return int(FencedScript.of(r, _PROMOTE)(fence, [keys.retry, keys.stream, keys.dlq],
+                                            [repr(now), batch]))
 
 
 def pending_retries(r: redis.Redis, keys: StreamKeys, now: float) -> tuple[int, int]:
