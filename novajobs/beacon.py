@@ -17,6 +17,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from novajobs.errors import Outcome
+from novajobs.fencing import fence_of
 from novajobs.records import now_iso, stop_key, touch
 from novajobs.retry import describe_error
 
@@ -78,7 +79,7 @@ class Beacon:
 
     def beat(self) -> None:
         prefix, rec, r = self.ctx.settings.redis_prefix, self.rec, self.ctx.redis
-        touch(r, prefix, rec.unit, now_iso())
+        touch(r, prefix, rec.unit, now_iso(), fence_of(self.ctx))
         request = r.hget(stop_key(prefix, rec.unit), rec.run_id)
         if request is not None and self.ctx.guard.stop_reason is None:
             by = json.loads(request).get("by", "?")

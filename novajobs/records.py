@@ -17,6 +17,7 @@ numbers, ``null`` for nothing, and always ``job``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -198,9 +199,16 @@ def record_skip(r: redis.Redis, prefix: str, rec: RunRecord, history_size: int) 
                       rec.run_id))
 
 
-def touch(r: redis.Redis, prefix: str, unit: str, seen_at: str) -> None:
-    """The run's heartbeat: it is alive now (``status`` tells a dead run by this)."""
-    r.hset(status_key(prefix, unit), "seen_at", seen_at)
+def touch(r: redis.Redis, prefix: str, unit: str, seen_at: str,
+          fence: Fence | None = None) -> None:
+    """The run's heartbeat: it is alive now (``status`` tells a dead run by this). A run
+    whose lock another run took leaves that run's status alone (its fence is older)."""
+    from novajobs.fencing import FencedTransaction, Refused
+
+    pipe = FencedTransaction(r, fence)
+    pipe.hset(status_key(prefix, unit), "seen_at", seen_at)
+    with contextlib.suppress(Refused):  # its next write is refused too: exit 4
+        pipe.execute()
 
 
 def _flat(rec: RunRecord) -> Fields:

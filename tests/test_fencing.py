@@ -418,3 +418,17 @@ def test_on_a_redis_cluster_no_stale_write_lands_after_a_newer_one(cluster, sett
         records.execute()
     stale.close()
     fresh.close()
+
+
+def test_a_stale_runs_heartbeat_leaves_the_newer_runs_status_alone(stale_and_fresh,
+                                                                   redis_client, names):
+    from novajobs.fencing import fence_of
+    from novajobs.records import touch
+
+    stale, fresh = stale_and_fresh
+    p = names["prefix"]
+    touch(redis_client, p, "sample", "2026-01-01T00:00:00.000+00:00", fence_of(fresh))
+    touch(redis_client, p, "sample", "1999-01-01T00:00:00.000+00:00", fence_of(stale))
+
+    assert redis_client.hget(status_key(p, "sample"), "seen_at") == (
+        b"2026-01-01T00:00:00.000+00:00")
