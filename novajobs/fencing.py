@@ -135,6 +135,12 @@ def is_cluster(r: Any) -> bool:
     return isinstance(r, RedisCluster)
 
 
+def _is_cluster_pipeline(client: Any) -> bool:
+    from redis.cluster import ClusterPipeline
+
+    return isinstance(client, ClusterPipeline)
+
+
 def key_slot(key: str | bytes) -> int:
     from redis.crc import key_slot as slot
 
@@ -186,9 +192,10 @@ class FencedScript:
     ) -> Any:
         first = keys[0]
         guard = (fence.key_for(first, self.cluster), fence.token) if fence else (first, "")
-        if self.cluster and client is not None:
+        if self.cluster and _is_cluster_pipeline(client):
             # redis-py blocks ClusterPipeline.evalsha() but routes the raw command by its
             # keys; the script was loaded on every primary first (FencedPipeline.call).
+            # (A plain pipeline of one node loads its scripts itself: the usual path.)
             return client.execute_command("EVALSHA", self.script.sha, len(keys) + 1,
                                           guard[0], *keys, guard[1], *args)
         return self.script(keys=[guard[0], *keys], args=[guard[1], *args], client=client)
