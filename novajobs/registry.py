@@ -316,6 +316,33 @@ JOBS: tuple[JobSpec, ...] = (
                    setting="forcemerge_delay_sec", metavar="SECONDS"),
         ),
     ),
+    JobSpec(
+        name="expire-indices",
+        summary="Delete Elasticsearch indices older than a retention (never a write index).",
+        description=(
+            "Deletes the indices matching the pattern that are older than "
+            "expire_retention_days (creation_date, or the date in the name with "
+            "--date-format), one at a time, with forcemerge-indices' filters: never the "
+            "write index of an alias or data stream, never an index behind one of "
+            "expire_protected_aliases. Each index is re-checked right before its delete; a "
+            "failure is counted and the others still go (exit 1). The retention has no "
+            "default: until it is set nothing is deleted. --dry-run lists ages and sizes."
+        ),
+        example="novajobs expire-indices --retention-days 30 --dry-run",
+        module="novajobs.jobs.expire_indices",
+        schedule="30 3 * * *",
+        timeout_sec=3600,
+        stores=("elasticsearch",),
+        destructive=True,
+        options=(
+            Option("--pattern", "indices to consider (a-*,b-*,-a-keep)",
+                   setting="expire_pattern", metavar="PATTERN"),
+            Option("--retention-days", "delete indices older than this", float,
+                   setting="expire_retention_days", metavar="DAYS"),
+            Option("--date-format", "read the age from this date in the name, e.g. %Y.%m.%d",
+                   setting="expire_name_date_format", metavar="FORMAT"),
+        ),
+    ),
     # --- Redis jobs (seeds 001, 003, 004) ---------------------------------------------
     JobSpec(
         name="clean-token-blacklist",

@@ -468,6 +468,24 @@ class Settings:
         10.0, check=positive, help="how often a running merge task is polled"
     )
 
+    # --- expire-indices (issue #13): jobs/expire_indices.py --------------------------
+    expire_pattern: str = setting(
+        "logs-*", check=non_empty, help="indices expire-indices considers (a-*,-a-keep)"
+    )
+    expire_retention_days: float = setting(
+        0.0,
+        check=non_negative,
+        help="delete matching indices older than this many days; 0 = off (deletes nothing)",
+    )
+    expire_name_date_format: str = setting(
+        "",
+        check=name_date_format,
+        help="age from this date in the index name (e.g. %Y.%m.%d); '' = creation_date",
+    )
+    expire_protected_aliases: tuple[str, ...] = setting(
+        (), help="never delete an index behind one of these aliases, comma-separated"
+    )
+
     # Where each value came from ("default", "file:...", "env:NAME", "flag").
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -58,6 +58,10 @@ nj clean-token-blacklist
 nj drain-stream --max-seconds 5              # 1000 audit events -> audit_logs, 2 poison -> DLQ
 nj dlq list
 
+step "data lifecycle: index retention"
+nj expire-indices --dry-run --retention-days 7   # lists ages and sizes; the write index stays
+nj expire-indices --retention-days 8
+
 step "novajobs status"
 novajobs status
 

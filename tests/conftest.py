@@ -26,6 +26,9 @@ from novajobs_dev import stack as stack_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Fixtures of one store's tests, in their own modules (tests/ is on sys.path).
+pytest_plugins = ("es_indices",)
+
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Any]:

@@ -25,11 +25,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from es_indices import make_index
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
-
-DAY_MS = 86_400_000
 
 
 class ShardProxy:
@@ -144,38 +143,10 @@ class ShardProxy:
 
 
 @pytest.fixture
-def es(es_server: None, stack: Any, names: dict[str, str]) -> Iterator[Any]:
-    from elasticsearch import Elasticsearch
-
-    client = Elasticsearch(stack.env()["ELASTICSEARCH_URL"], request_timeout=30)
-    yield client
-    mine = client.cat.indices(index=f"{names['schema']}-*", format="json", h="index",
-                              expand_wildcards="open,closed")
-    if mine:  # the emulator refuses wildcard deletes
-        client.indices.delete(index=",".join(row["index"] for row in mine))
-    client.close()
-
-
-@pytest.fixture
-def p(names: dict[str, str]) -> str:
-    """This test's index name prefix."""
-    return f"{names['schema']}-"
-
-
-@pytest.fixture
 def proxy(es: Any, stack: Any) -> Iterator[ShardProxy]:
     server = ShardProxy(stack.env()["ELASTICSEARCH_URL"])
     yield server
     server.close()
-
-
-def make_index(es: Any, name: str, age_days: float = 10, docs: int = 2,
-               aliases: dict[str, Any] | None = None) -> None:
-    created = int(time.time() * 1000 - age_days * DAY_MS)
-    es.indices.create(index=name, settings={"index.creation_date": created},
-                      aliases=aliases or None)
-    for n in range(docs):
-        es.index(index=name, document={"n": n, "msg": "hello"}, refresh=True)
 
 
 @pytest.fixture

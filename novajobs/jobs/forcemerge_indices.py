@@ -17,33 +17,30 @@ Re-running is safe: a merged index is skipped as "already merged".
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from novajobs.context import JobContext, Result
-from novajobs.dates import date_in_name
 from novajobs.errors import JobFailed, NovajobsError, Outcome
+from novajobs.esindices import (
+    Index,
+    age_skip,
+    client,
+    count_reasons,
+    error_text,
+    list_indices,
+    read_aliases,
+    write_indices,
+)
 
-_EXPAND = "open,closed"  # list closed indices too, to say why they are skipped
 
-
-@dataclass
-class Index:
-    name: str
-    open: bool
-    created_ms: int | None
-    age_days: float | None = None
-    segments: int | None = None  # most segments of any shard copy
-    skip: str | None = None  # why it is not merged
-
-    def summary(self) -> dict[str, Any]:
-        return {"index": self.name, "age_days": self.age_days, "segments": self.segments}
+def summary(index: Index) -> dict[str, Any]:
+    return {"index": index.name, "age_days": index.age_days, "segments": index.segments}
 
 
 def run(ctx: JobContext) -> Result:
     s = ctx.settings
     indices = list_indices(ctx, s.forcemerge_pattern)
-    writes = write_indices(ctx, s.forcemerge_pattern)
+    writes = write_indices(ctx, read_aliases(ctx, s.forcemerge_pattern))
     now = time.time()
     for index in indices:
         classify(ctx, index, writes, now)
@@ -58,10 +55,10 @@ def run(ctx: JobContext) -> Result:
               segments=index.segments)
     details: dict[str, Any] = {
         "pattern": s.forcemerge_pattern,
-        "candidates": [i.summary() for i in candidates],
+        "candidates": [summary(i) for i in candidates],
         "skipped": {i.name: i.skip for i in skipped},
     }
-    why_not = _reasons(skipped)
+    why_not = count_reasons(skipped)
     if ctx.dry_run:
         for index in candidates:
             ctx.log.info("would force-merge", index=index.name, age_days=index.age_days,
@@ -82,97 +79,13 @@ def run(ctx: JobContext) -> Result:
                   f"{', '.join(merged)}{why_not}", details)
 
 
-def _reasons(skipped: list[Index]) -> str:
-    counts: dict[str, int] = {}
-    for index in skipped:
-        assert index.skip is not None
-        counts[index.skip] = counts.get(index.skip, 0) + 1
-    if not counts:
-        return ""
-    parts = (f"{n} {reason.replace('_', ' ')}" for reason, n in counts.items())
-    return "; skipped: " + ", ".join(parts)
-
-
 # -- reading the cluster ----------------------------------------------------------------
-
-
-def _es(ctx: JobContext) -> Any:
-    """The client, with a request timeout that never outlives the run's time budget."""
-    client = ctx.conns.elasticsearch
-    left = ctx.guard.remaining()
-    if left is None:
-        return client
-    return client.options(request_timeout=max(1.0, min(ctx.settings.http_timeout_sec, left)))
-
-
-def list_indices(ctx: JobContext, pattern: str) -> list[Index]:
-    from elasticsearch import NotFoundError
-
-    try:
-        rows = ctx.retry(
-            lambda: _es(ctx).cat.indices(index=pattern, format="json", expand_wildcards=_EXPAND,
-                                         h="index,status,creation.date"),
-            "list Elasticsearch indices",
-        )
-    except NotFoundError:  # a pattern without wildcards naming a missing index
-        rows = []
-    found = [Index(name=row["index"], open=row.get("status") != "close",
-                   created_ms=int(row["creation.date"]) if row.get("creation.date") else None)
-             for row in rows]
-    return sorted(found, key=lambda i: i.name)
-
-
-def write_indices(ctx: JobContext, pattern: str) -> dict[str, str]:
-    """Indices that still take writes -> why: the write index of an alias (explicit
-    ``is_write_index``, or the only index of an alias without the flag) or data stream."""
-    from elasticsearch import NotFoundError
-
-    try:
-        by_index = ctx.retry(
-            lambda: _es(ctx).indices.get_alias(index=pattern, expand_wildcards=_EXPAND),
-            "read Elasticsearch aliases",
-        )
-    except NotFoundError:
-        by_index = {}
-    members: dict[str, list[tuple[str, bool | None]]] = {}
-    for index, body in dict(by_index).items():
-        for alias, props in (body.get("aliases") or {}).items():
-            members.setdefault(alias, []).append((index, props.get("is_write_index")))
-    writes: dict[str, str] = {}
-    for alias, entries in members.items():
-        flagged = [index for index, flag in entries if flag is True]
-        implicit = [index for index, flag in entries if flag is None] if len(entries) == 1 else []
-        for index in flagged or implicit:
-            writes[index] = f"alias {alias}"
-    for stream, index in data_stream_write_indices(ctx).items():
-        writes[index] = f"data stream {stream}"
-    return writes
-
-
-def data_stream_write_indices(ctx: JobContext) -> dict[str, str]:
-    """Data stream -> its write index (the last backing index)."""
-    from elasticsearch import ApiError
-
-    try:
-        body = ctx.retry(
-            lambda: _es(ctx).indices.get_data_stream(name="*", expand_wildcards="all"),
-            "list Elasticsearch data streams",
-        )
-    except ApiError as exc:
-        if exc.meta.status not in (400, 403, 404):
-            raise
-        # A cluster (or stand-in) without data streams, or a user who may not see them.
-        ctx.log.warning("cannot list data streams; their write indices are not known",
-                        error=str(exc.message))
-        return {}
-    return {ds["name"]: ds["indices"][-1]["index_name"]
-            for ds in body.get("data_streams", []) if ds.get("indices")}
 
 
 def segment_count(ctx: JobContext, name: str) -> int:
     """The most segments any copy (primary or replica) of any shard of ``name`` has."""
     stats = ctx.retry(
-        lambda: _es(ctx).indices.stats(index=name, metric="segments", level="shards"),
+        lambda: client(ctx).indices.stats(index=name, metric="segments", level="shards"),
         f"read the segments of {name}",
     )
     shards = stats["indices"][name]["shards"]
@@ -186,28 +99,13 @@ def classify(ctx: JobContext, index: Index, writes: dict[str, str], now: float) 
     if not index.open:
         index.skip = "closed"
         return
-    if index.name in writes:
-        index.skip = "write_index"
-        return
-    born = _born(index, s.forcemerge_name_date_format)
-    if born is None:
-        index.skip = "no_date"
-        return
-    index.age_days = round((now - born) / 86400, 2)
-    if index.age_days < s.forcemerge_min_age_days:
-        index.skip = "too_young"
+    index.skip = age_skip(index, writes, now, s.forcemerge_min_age_days,
+                          s.forcemerge_name_date_format)
+    if index.skip is not None:
         return
     index.segments = segment_count(ctx, index.name)
     if index.segments <= s.forcemerge_max_num_segments:
         index.skip = "already_merged"
-
-
-def _born(index: Index, name_format: str) -> float | None:
-    """Unix time the index's data starts: the date in its name, or its creation date."""
-    if name_format:
-        date = date_in_name(index.name, name_format)
-        return date.timestamp() if date else None
-    return index.created_ms / 1000 if index.created_ms is not None else None
 
 
 # -- merging ------------------------------------------------------------------------------
@@ -233,7 +131,7 @@ def merge_all(ctx: JobContext, candidates: list[Index]) -> tuple[list[str], list
             except (ApiError, MergeFailed) as exc:
                 failed.append(index.name)
                 ctx.count("failed")
-                ctx.log.error("force-merge failed", index=index.name, error=_error_text(exc))
+                ctx.log.error("force-merge failed", index=index.name, error=error_text(exc))
             else:
                 merged.append(index.name)
                 ctx.count("merged")
@@ -253,7 +151,7 @@ def merge_one(ctx: JobContext, index: Index) -> int:
         return index.segments
     ctx.checkpoint()
     answer = ctx.retry(
-        lambda: _es(ctx).indices.forcemerge(index=index.name, max_num_segments=target,
+        lambda: client(ctx).indices.forcemerge(index=index.name, max_num_segments=target,
                                             wait_for_completion=False),
         f"start the force-merge of {index.name}",
     )
@@ -302,7 +200,7 @@ def task_status(ctx: JobContext, task: str) -> dict[str, Any] | None:
             # The client labels the tasks API "technical preview"; it has been stable
             # since Elasticsearch 5 and is how the reference says to follow a merge.
             warnings.simplefilter("ignore", GeneralAvailabilityWarning)
-            return _es(ctx).tasks.get(task_id=task)
+            return client(ctx).tasks.get(task_id=task)
 
     try:
         return dict(ctx.retry(get, f"poll task {task}"))
@@ -322,14 +220,6 @@ def _reason(error: Any) -> str:
     while isinstance(error, dict) and (error.get("reason") or error.get("error")):
         error = error.get("reason") or error.get("error")
     return str(error)
-
-
-def _error_text(exc: Exception) -> str:
-    from elasticsearch import ApiError
-
-    if isinstance(exc, ApiError):
-        return f"{exc.meta.status} {exc.message}"
-    return str(exc)
 
 
 def pause(ctx: JobContext, seconds: float) -> None:

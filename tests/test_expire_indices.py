@@ -1,0 +1,154 @@
+"""expire-indices against the noida-db Elasticsearch emulator (official client): what is
+deleted, what is never deleted, and failures that stay isolated."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from es_indices import make_index
+from test_forcemerge import ShardProxy
+
+from novajobs.errors import Outcome
+from novajobs.runner import RunOptions, run_job
+
+
+@pytest.fixture
+def ex_settings(make_settings: Any, redis_server: None, es: Any, p: str) -> Any:
+    def make(**overrides: Any) -> Any:
+        values = {"expire_pattern": f"{p}logs-*", "expire_retention_days": 7, **overrides}
+        return make_settings(**values)
+
+    return make
+
+
+class RefusingProxy(ShardProxy):
+    """Passes everything through, but answers the DELETE of one index with a 500."""
+
+    def __init__(self, upstream: str, refuse: str) -> None:
+        super().__init__(upstream)
+        self.refuse = refuse
+
+    def answer(self, method: str, path: str, headers: dict[str, str],
+               body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if method == "DELETE" and path.split("?")[0].strip("/") == self.refuse:
+            error = {"error": {"type": "exception", "reason": "disk on fire"}, "status": 500}
+            return 500, {"X-Elastic-Product": "Elasticsearch",
+                         "Content-Type": "application/json"}, json.dumps(error).encode()
+        return super().answer(method, path, headers, body)
+
+
+def existing(es: Any, p: str) -> list[str]:
+    rows = es.cat.indices(index=f"{p}*", format="json", h="index", expand_wildcards="open,closed")
+    return sorted(row["index"] for row in rows)
+
+
+def test_dry_run_lists_old_indices_with_age_and_size_and_deletes_nothing(es, p, ex_settings):
+    for name, age in (("logs-a", 10), ("logs-b", 30), ("logs-new", 2), ("other-old", 40)):
+        make_index(es, p + name, age)
+
+    rec = run_job("expire-indices", ex_settings(), RunOptions(dry_run=True))
+
+    assert rec.outcome is Outcome.DRY_RUN and rec.exit_code == 0, rec.error
+    candidates = rec.details["candidates"]
+    assert [c["index"] for c in candidates] == [p + "logs-a", p + "logs-b"]
+    assert [round(c["age_days"]) for c in candidates] == [10, 30]
+    assert all(c["size_bytes"] > 0 for c in candidates)
+    assert rec.details["skipped"] == {p + "logs-new": "too_young"}
+    assert rec.counters == {"indices": 3, "candidates": 2, "skipped_too_young": 1}
+    assert existing(es, p) == sorted(p + n for n in ("logs-a", "logs-b", "logs-new", "other-old"))
+
+
+def test_deletes_old_indices_but_never_a_write_index_or_a_protected_alias(es, p, ex_settings):
+    make_index(es, p + "logs-app-1", 30, aliases={p + "app": {"is_write_index": False}})
+    make_index(es, p + "logs-app-2", 30, aliases={p + "app": {"is_write_index": True}})
+    make_index(es, p + "logs-solo", 30, aliases={p + "solo": {}})  # only index: takes writes
+    make_index(es, p + "logs-kept", 30, aliases={p + "dashboards": {}, p + "more": {}})
+    make_index(es, p + "logs-kept2", 30, aliases={p + "more": {}})
+    make_index(es, p + "logs-closed", 30)
+    es.indices.close(index=p + "logs-closed")
+    make_index(es, p + "logs-young", 1)
+
+    rec = run_job("expire-indices", ex_settings(expire_protected_aliases=f"{p}dashboards"))
+
+    assert rec.outcome is Outcome.SUCCESS and rec.exit_code == 0, rec.error
+    assert rec.details["deleted"] == [p + "logs-app-1", p + "logs-closed", p + "logs-kept2"]
+    assert rec.details["skipped"] == {p + "logs-app-2": "write_index",
+                                      p + "logs-kept": "protected_alias",
+                                      p + "logs-solo": "write_index",
+                                      p + "logs-young": "too_young"}
+    assert rec.counters["deleted"] == 3 and rec.counters["bytes_freed"] > 0
+    assert existing(es, p) == sorted(p + n for n in ("logs-app-2", "logs-kept", "logs-solo",
+                                                     "logs-young"))
+    again = run_job("expire-indices", ex_settings(expire_protected_aliases=f"{p}dashboards"))
+    assert again.outcome is Outcome.NOTHING_TO_DO
+
+
+def test_age_can_come_from_the_date_in_the_name(es, p, ex_settings):
+    old = (datetime.now(UTC) - timedelta(days=20)).strftime("%Y.%m.%d")
+    today = datetime.now(UTC).strftime("%Y.%m.%d")
+    for name in (f"logs-{old}", f"logs-{today}", "logs-undated"):
+        make_index(es, p + name, age_days=0)  # all created just now
+
+    rec = run_job("expire-indices", ex_settings(expire_name_date_format="%Y.%m.%d"))
+
+    assert rec.details["deleted"] == [p + f"logs-{old}"]
+    assert rec.details["skipped"] == {p + f"logs-{today}": "too_young",
+                                      p + "logs-undated": "no_date"}
+    assert existing(es, p) == sorted([p + f"logs-{today}", p + "logs-undated"])
+
+
+def test_without_a_retention_nothing_is_deleted(es, p, ex_settings):
+    make_index(es, p + "logs-ancient", 900)
+
+    rec = run_job("expire-indices", ex_settings(expire_retention_days=0))
+
+    assert rec.outcome is Outcome.NOTHING_TO_DO and rec.exit_code == 0
+    assert "expire_retention_days is not set" in rec.message
+    assert existing(es, p) == [p + "logs-ancient"]
+
+
+def test_a_failed_delete_is_isolated_and_the_run_exits_1(es, p, ex_settings, stack):
+    for name in ("logs-a", "logs-b", "logs-c"):
+        make_index(es, p + name, 30)
+    proxy = RefusingProxy(stack.env()["ELASTICSEARCH_URL"], refuse=p + "logs-b")
+    try:
+        rec = run_job("expire-indices", ex_settings(elasticsearch_url=proxy.url))
+    finally:
+        proxy.close()
+
+    assert rec.outcome is Outcome.FAILED and rec.exit_code == 1
+    assert rec.error == f"delete failed for 1 of 3 indices ({p}logs-b); deleted 2"
+    assert rec.counters["deleted"] == 2 and rec.counters["failed"] == 1
+    assert existing(es, p) == [p + "logs-b"]
+
+
+def test_an_index_that_got_an_alias_since_the_listing_is_kept(es, p, ex_settings):
+    from novajobs.context import JobContext
+    from novajobs.esindices import list_indices
+    from novajobs.jobs import expire_indices
+
+    make_index(es, p + "logs-a", 30)
+    with JobContext(ex_settings(), "expire-indices") as ctx:
+        (index,) = list_indices(ctx, f"{p}logs-*")
+        es.indices.put_alias(index=p + "logs-a", name=p + "writes")
+        assert expire_indices.delete_one(ctx, index, set()) == "changed_meanwhile"
+        es.indices.delete(index=p + "logs-a")
+        assert expire_indices.delete_one(ctx, index, set()) == "already_gone"
+
+
+def test_cli_dry_run_json_and_bad_date_format(es, p, cli):
+    make_index(es, p + "logs-old", 12)
+
+    done = cli("expire-indices", "--dry-run", "--json", "--pattern", f"{p}logs-*",
+               "--retention-days", "5")
+    bad = cli("expire-indices", "--dry-run", "--date-format", "%b")
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "dry_run"
+    assert [c["index"] for c in result["details"]["candidates"]] == [p + "logs-old"]
+    assert bad.returncode == 2 and "expire_name_date_format" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
