@@ -11,7 +11,7 @@ query on that table from queueing behind the DDL).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from novajobs.errors import JobFailed, JobTimeout
@@ -49,3 +49,22 @@ def pg_errors(what: str) -> Iterator[None]:
             f"{what}: a table lock was not granted within lock_timeout "
             "(a long transaction holds it); the next run tries again"
         ) from None
+
+
+@contextmanager
+def exclusive_run(conn: psycopg.Connection[Any], name: str) -> Iterator[None]:
+    """Hold a session-level advisory lock named ``name`` for the block, so two runs of a
+    job that must not overlap stay apart even without the Redis lock (``--no-lock``, or a
+    lease lost mid-run). Held elsewhere: the run is skipped (exit 75)."""
+    from novajobs.errors import LockHeld
+
+    key = f"novajobs:{name}"
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
+    if not row or not row[0]:
+        raise LockHeld(f"another {name} run holds the PostgreSQL advisory lock {key!r}")
+    try:
+        yield
+    finally:
+        # A broken connection has released it with its session.
+        with suppress(Exception):
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])

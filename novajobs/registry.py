@@ -317,6 +317,31 @@ JOBS: tuple[JobSpec, ...] = (
         ),
     ),
     JobSpec(
+        name="archive-audit-logs",
+        summary="Archive audit_logs rows past their retention to S3, then delete them.",
+        description=(
+            "Rows of audit_logs older than audit_archive_retention_days (no default: off "
+            "until set) go in keyset batches, each one gzip'd COPY object in archive_bucket "
+            "named after its first and last id (a re-run overwrites, never duplicates), read "
+            "back and verified, then deleted in a transaction that locks and re-reads the "
+            "batch first and records the object in novajobs_audit_archive. Nothing is "
+            "deleted that is not in a verified archive; a crash loses or doubles no row. "
+            "Needs `novajobs init-db` once."
+        ),
+        example="novajobs archive-audit-logs --retention-days 180 --dry-run",
+        module="novajobs.jobs.archive_audit_logs",
+        schedule="15 1 * * *",
+        timeout_sec=3 * 3600,
+        stores=("postgres", "s3"),
+        destructive=True,
+        options=(
+            Option("--retention-days", "archive rows older than this many days", int,
+                   setting="audit_archive_retention_days", metavar="DAYS"),
+            Option("--batch-rows", "rows per archive object", int,
+                   setting="audit_archive_batch_rows", metavar="N"),
+        ),
+    ),
+    JobSpec(
         name="expire-indices",
         summary="Delete Elasticsearch indices older than a retention (never a write index).",
         description=(

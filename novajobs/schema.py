@@ -65,6 +65,22 @@ CREATE TABLE IF NOT EXISTS novajobs_fences (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
 )"""
 
+# archive-audit-logs: the committed archives of audit_logs batches. A row here is
+# written in the same transaction that deletes the batch's rows, so an object without
+# one is an unfinished upload (its rows are still in audit_logs) and may be removed.
+OWNED_TABLES["novajobs_audit_archive"] = """
+CREATE TABLE IF NOT EXISTS novajobs_audit_archive (
+    bucket TEXT NOT NULL,
+    object_key TEXT NOT NULL,
+    first_id BIGINT NOT NULL,
+    last_id BIGINT NOT NULL,
+    row_count BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    cutoff TIMESTAMPTZ NOT NULL,
+    archived_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    PRIMARY KEY (bucket, object_key)
+)"""
+
 # Two `init-db` at once would race on CREATE TABLE IF NOT EXISTS (the loser fails on
 # pg_type's unique index); one transaction-scoped advisory lock serialises them.
 INIT_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('novajobs:init-db'))"

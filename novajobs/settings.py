@@ -468,6 +468,26 @@ class Settings:
         10.0, check=positive, help="how often a running merge task is polled"
     )
 
+    # --- archives (issue #13): archive-partitions, restore-partition, archive-audit-logs --
+    archive_bucket: str = setting(
+        "novajobs-archive", check=non_empty, help="S3 bucket of the archives (must exist)"
+    )
+    archive_prefix: str = setting("", help="key prefix of every archive object, e.g. 'prod/'")
+    archive_compression_level: int = setting(
+        6, check=int_between(1, 9), help="gzip level of the archives (1 fastest, 9 smallest)"
+    )
+    archive_part_size_mb: int = setting(
+        16, check=int_between(5, 1024), help="multipart upload part size; memory ~3 parts"
+    )
+    audit_archive_retention_days: int = setting(
+        0,
+        check=non_negative,
+        help="archive, then delete, audit_logs rows older than this; 0 = off (deletes nothing)",
+    )
+    audit_archive_batch_rows: int = setting(
+        10_000, check=int_between(1, 1_000_000), help="audit_logs rows per archive object"
+    )
+
     # --- expire-indices (issue #13): jobs/expire_indices.py --------------------------
     expire_pattern: str = setting(
         "logs-*", check=non_empty, help="indices expire-indices considers (a-*,-a-keep)"
