@@ -24,7 +24,7 @@ WHERE = "{{ $labels.job }}{{ if $labels.shard }} shard {{ $labels.shard }}{{ end
 def render_rules(plans: list[Plan], *, header: str) -> str:
     groups = [
         {"name": "novajobs", "rules": [_failed(), _problem_found(), _skipped(),
-                                       _missed_periods()]},
+                                       _missed_periods(), _rows_without_object()]},
         {"name": "novajobs-freshness", "rules": [_stale(p.spec.name, p.interval_sec)
                                                  for p in plans]},
         {"name": "novajobs-never-reported", "rules": [_never_reported(p.spec.name,
@@ -89,6 +89,22 @@ def _missed_periods() -> dict[str, Any]:
             "had holes. The run fills up to catchup_max_periods of them, oldest first; "
             "novajobs_missed_periods_left counts the rest, which the next runs fill; the "
             "run's log lines name them. Resolves after a run that finds none.",
+        },
+    }
+
+
+def _rows_without_object() -> dict[str, Any]:
+    return {
+        "alert": "NovajobsRowsWithoutObject",
+        "expr": 'novajobs_last_run_counter{job="gc-orphans",counter="rows_without_object"} > 0',
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": f"{{{{ $value }}}} file_metadata rows point at no object ({WHERE})",
+            "description": "gc-orphans found live file_metadata rows whose object is not in "
+            "the bucket (files users would fail to download). The run record names a sample "
+            "(`novajobs history gc-orphans --json`); `gc-orphans --mark-missing` lists them "
+            "all in novajobs_missing_objects. novajobs never deletes them. Resolves after a "
+            "run that finds none.",
         },
     }
 

@@ -52,7 +52,7 @@ class JobSpec:
     description: str  # what it reads and writes, for `novajobs JOB --help`
     example: str  # ends every help text
     module: str
-    schedule: str  # default cron expression (5 fields) in the configured time zone
+    schedule: str  # default cron expression (5 fields) in the configured time zone; "" = by hand
     timeout_sec: int
     stores: tuple[str, ...]
     lock_ttl_sec: int = 60
@@ -317,6 +317,32 @@ JOBS: tuple[JobSpec, ...] = (
         ),
     ),
     JobSpec(
+        name="archive-partitions",
+        summary="Move monthly partitions past their retention to S3 (verified), then drop them.",
+        description=(
+            "For each table of archive_retention_months (table=months; none by default: off "
+            "until set), every monthly partition whose month is older than the retention is "
+            "detached (CONCURRENTLY unless there is a default partition), streamed with COPY "
+            "into one gzip'd S3 object (multipart, memory flat), described by a manifest "
+            "(range, columns and types, rows, bytes, SHA-256), read back and verified, then "
+            "dropped (or kept detached: archive_keep_detached) in the transaction that "
+            "verified it. A crash at any step is completed by the next run. A partition "
+            "still being written to, the default partition and a table not partitioned by "
+            "month are refused with one line; the other tables go on."
+        ),
+        example="novajobs archive-partitions -s archive_retention_months=chat_messages=6 --dry-run",
+        module="novajobs.jobs.archive_partitions",
+        schedule="30 2 * * *",
+        timeout_sec=4 * 3600,
+        lock_ttl_sec=120,
+        stores=("postgres", "s3"),
+        destructive=True,
+        options=(
+            Option("--table", "only this table of archive_retention_months (repeatable)",
+                   multiple=True, metavar="[SCHEMA.]TABLE"),
+        ),
+    ),
+    JobSpec(
         name="archive-audit-logs",
         summary="Archive audit_logs rows past their retention to S3, then delete them.",
         description=(
@@ -339,6 +365,33 @@ JOBS: tuple[JobSpec, ...] = (
                    setting="audit_archive_retention_days", metavar="DAYS"),
             Option("--batch-rows", "rows per archive object", int,
                    setting="audit_archive_batch_rows", metavar="N"),
+        ),
+    ),
+    JobSpec(
+        name="gc-orphans",
+        summary="Quarantine S3 objects that no file_metadata row names (sharded, race-safe).",
+        description=(
+            "Lists each bucket of orphan_buckets beside its file_metadata rows (both in key "
+            "order, merged: memory flat). Objects without a row older than orphan_grace are "
+            "looked up again, copied into the quarantine if unchanged, deleted, and put back "
+            "at once if a row appeared meanwhile. Live rows whose object is missing are "
+            "counted and sampled in the record (--mark-missing: also listed in "
+            "novajobs_missing_objects), never deleted. Quarantined objects older than "
+            "quarantine_retention are purged. A shard I/N owns the keys whose CRC-32 % N is "
+            "I-1. See `novajobs quarantine`."
+        ),
+        example="novajobs gc-orphans --dry-run   # or: --shard auto (Indexed Job)",
+        module="novajobs.jobs.gc_orphans",
+        schedule="0 5 * * *",
+        timeout_sec=3300,
+        stores=("postgres", "s3"),
+        shardable=True,
+        destructive=True,
+        options=(
+            Option("--grace", "only objects older than this (e.g. 24h, 2d)",
+                   setting="orphan_grace", metavar="DURATION"),
+            Option("--mark-missing", "also record live rows without an object in "
+                   "novajobs_missing_objects (needs init-db)", bool),
         ),
     ),
     JobSpec(
@@ -462,10 +515,39 @@ def check_flag(flag: str, value: object) -> None:
         raise UsageError(f"{flag} {value!r}: expected True or False")
 
 
+# Jobs run by hand only, with the same run contract (lock, record, exit codes): no
+# schedule, so no crontab line or CronJob.
+ON_DEMAND: tuple[JobSpec, ...] = (
+    JobSpec(
+        name="restore-partition",
+        summary="Bring one archived month back from S3 into its table (verified, attached).",
+        description=(
+            "Reads the manifest of TABLE's month YYYY-MM, recreates the partition's table "
+            "like the parent, COPYs the archive into it, checks rows and SHA-256 of what S3 "
+            "sent and of what the table holds against the manifest, and attaches it for the "
+            "month, all in one transaction: on any mismatch or overlap nothing is left "
+            "behind. A partition archive-partitions kept detached is checked and attached. "
+            "The archive stays in S3."
+        ),
+        example="novajobs restore-partition chat_messages 2025-01",
+        module="novajobs.jobs.restore_partition",
+        schedule="",
+        timeout_sec=4 * 3600,
+        lock_ttl_sec=120,
+        stores=("postgres", "s3"),
+        destructive=True,
+        options=(
+            Option("TABLE", "the partitioned table", param="table", argument=True),
+            Option("MONTH", "the month, YYYY-MM", param="month", argument=True),
+        ),
+    ),
+)
+
+
 def get_job(name: str) -> JobSpec:
-    for spec in JOBS:
+    for spec in (*JOBS, *ON_DEMAND):
         if spec.name == name:
             return spec
-    known = ", ".join(spec.name for spec in JOBS)
+    known = ", ".join(spec.name for spec in (*JOBS, *ON_DEMAND))
     raise UsageError(f"unknown job {name!r}; jobs: {known}")
 

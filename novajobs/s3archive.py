@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from novajobs.errors import ConfigError, JobFailed
 if TYPE_CHECKING:
     from novajobs.context import JobContext
 
+Chunk = bytes | bytearray | memoryview  # what COPY hands out
 GZIP = 31  # zlib wbits for a gzip container: `gunzip`, `zcat` and S3 tools read it
 READ_CHUNK = 1 << 20
 MIN_PART = 5 << 20  # S3's smallest part (but the last)
@@ -77,7 +78,7 @@ def compress(data: bytes, level: int) -> tuple[bytes, Digest]:
     return body, comp.finish(len(body))
 
 
-def in_blocks(chunks: Iterable[bytes | memoryview]) -> Iterable[bytearray]:
+def in_blocks(chunks: Iterable[Chunk]) -> Iterable[bytearray]:
     """COPY rows gathered into blocks of about a MiB: one hash/zlib call per block."""
     pending = bytearray()
     for chunk in chunks:
@@ -88,7 +89,7 @@ def in_blocks(chunks: Iterable[bytes | memoryview]) -> Iterable[bytearray]:
     yield pending
 
 
-def digest_of(chunks: Iterable[bytes | memoryview]) -> Digest:
+def digest_of(chunks: Iterable[Chunk]) -> Digest:
     """The digest of uncompressed COPY text (e.g. a table read again), object size 0."""
     hasher, rows, size = hashlib.sha256(), 0, 0
     for block in in_blocks(chunks):
@@ -167,15 +168,19 @@ class MultipartWriter:
                                  key=self.key, error=str(exc))
 
 
-def upload_stream(ctx: JobContext, bucket: str, key: str, chunks: Iterable[bytes | memoryview],
+def upload_stream(ctx: JobContext, bucket: str, key: str, chunks: Iterable[Chunk],
                   *, level: int, part_size: int, metadata: dict[str, str] | None = None,
-                  ) -> Digest:
-    """Compress ``chunks`` (COPY text) into s3://bucket/key; returns its digest."""
+                  on_block: Callable[[int], None] | None = None) -> Digest:
+    """Compress ``chunks`` (COPY text) into s3://bucket/key; returns its digest.
+    ``on_block(rows)`` is called after each block (progress, safe points)."""
     comp = Compressor(level)
     writer = MultipartWriter(ctx, bucket, key, part_size, metadata)
     try:
         for block in in_blocks(chunks):
+            rows = comp.rows
             writer.write(comp.feed(block))
+            if on_block is not None:
+                on_block(comp.rows - rows)
         writer.write(comp.flush())
         size = writer.complete()
     except BaseException:

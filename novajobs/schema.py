@@ -81,6 +81,18 @@ CREATE TABLE IF NOT EXISTS novajobs_audit_archive (
     PRIMARY KEY (bucket, object_key)
 )"""
 
+# gc-orphans --mark-missing: live file_metadata rows whose object is missing (another
+# service's table is never altered). key_hash lets a shard clear only its own marks.
+OWNED_TABLES["novajobs_missing_objects"] = """
+CREATE TABLE IF NOT EXISTS novajobs_missing_objects (
+    file_id BIGINT PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    path TEXT NOT NULL,
+    key_hash BIGINT NOT NULL,
+    first_seen TIMESTAMPTZ NOT NULL,
+    last_seen TIMESTAMPTZ NOT NULL
+)"""
+
 # Two `init-db` at once would race on CREATE TABLE IF NOT EXISTS (the loser fails on
 # pg_type's unique index); one transaction-scoped advisory lock serialises them.
 INIT_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('novajobs:init-db'))"

@@ -479,6 +479,15 @@ class Settings:
     archive_part_size_mb: int = setting(
         16, check=int_between(5, 1024), help="multipart upload part size; memory ~3 parts"
     )
+    archive_retention_months: tuple[str, ...] = setting(
+        (),
+        check=pairs_of(int_between(1, 1200), "chat_messages=12"),
+        help="table=months: archive-partitions archives monthly partitions whose month is "
+        "more than this many months back; none = off (archives nothing)",
+    )
+    archive_keep_detached: bool = setting(
+        False, help="after a verified archive keep the detached partition instead of dropping it"
+    )
     audit_archive_retention_days: int = setting(
         0,
         check=non_negative,
@@ -486,6 +495,34 @@ class Settings:
     )
     audit_archive_batch_rows: int = setting(
         10_000, check=int_between(1, 1_000_000), help="audit_logs rows per archive object"
+    )
+
+    # --- gc-orphans, quarantine (issue #13): jobs/gc_orphans.py, quarantine.py --------
+    orphan_buckets: tuple[str, ...] = setting(
+        (), help="buckets gc-orphans checks for objects without a file_metadata row; none = off"
+    )
+    orphan_grace: str = setting(
+        "24h", check=duration, help="an object without a row must be this old to be an orphan"
+    )
+    orphan_settle_sec: float = setting(
+        10.0,
+        check=non_negative,
+        help="after moving orphans, look their rows up once more this much later",
+    )
+    orphan_batch_size: int = setting(
+        1000, check=int_between(1, 10_000), help="orphans re-checked and moved per batch"
+    )
+    orphan_sample_size: int = setting(
+        20, check=non_negative, help="rows without an object named in the run record"
+    )
+    quarantine_bucket: str = setting(
+        "", help="bucket orphans are moved to; '' = each bucket's own quarantine_prefix"
+    )
+    quarantine_prefix: str = setting(
+        "novajobs-quarantine/", check=non_empty, help="key prefix of quarantined objects"
+    )
+    quarantine_retention: str = setting(
+        "30d", check=duration, help="quarantined objects older than this are purged for good"
     )
 
     # --- expire-indices (issue #13): jobs/expire_indices.py --------------------------

@@ -105,13 +105,13 @@ def command() -> list[str]:
             "--log-format", "json"]
 
 
-def kill_after(env: dict[str, str], delay: float) -> int | None:
+def kill_after(argv: list[str], env: dict[str, str], delay: float) -> int | None:
     """Start the job and SIGKILL it ``delay`` s after it logged "run started" (start-up
     time on a loaded machine varies too much to aim from the process start). None if
     killed, else its exit code."""
     import threading
 
-    with subprocess.Popen(command(), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+    with subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE) as proc:
         started = threading.Event()
 
@@ -144,7 +144,7 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, old: dic
     while killed < kills and rounds < kills * 4:
         rounds += 1
         delay = rng.uniform(0.0, max_delay)
-        code = kill_after(env, delay)
+        code = kill_after(command(), env, delay)
         copies, stray = archived(pg, minio, bucket)
         table = table_ids(pg)
         found = check_safe(old, table, copies)

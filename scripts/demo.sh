@@ -58,6 +58,22 @@ nj clean-token-blacklist
 nj drain-stream --max-seconds 5              # 1000 audit events -> audit_logs, 2 poison -> DLQ
 nj dlq list
 
+step "data lifecycle: archive old months to S3, bring one back"
+export NOVAJOBS_ARCHIVE_RETENTION_MONTHS="chat_messages=3,chat_inbox=3"
+month=$(date -u -d "$(date -u +%Y-%m-01) -5 months" +%Y-%m)
+nj archive-partitions --dry-run                  # the 3 old months of each table
+nj archive-partitions                            # detached, archived, verified, dropped
+nj restore-partition chat_messages "$month" --json
+nj archive-audit-logs --retention-days 20        # audit rows older than 20 days -> S3
+
+step "data lifecycle: orphan objects to quarantine and back"
+export NOVAJOBS_ORPHAN_BUCKETS=nova-orphans-demo NOVAJOBS_ORPHAN_SETTLE_SEC=1
+nj gc-orphans --dry-run --grace 0                # 30 orphans; 5 rows point at nothing
+nj gc-orphans --grace 0 --shard 1/2
+nj gc-orphans --grace 0 --shard 2/2
+nj quarantine list -n 5
+nj quarantine restore --prefix uploads/tmp/000   # 10 of them back where they were
+
 step "data lifecycle: index retention"
 nj expire-indices --dry-run --retention-days 7   # lists ages and sizes; the write index stays
 nj expire-indices --retention-days 8

@@ -38,3 +38,20 @@ def test_archive_audit_logs_killed_at_random_points_loses_and_doubles_nothing(
 
     print(f"seed {seed}", *lines, sep="\n")
     assert problems == [], (seed, lines, problems[:10])
+
+
+def test_archive_partitions_killed_at_random_points_never_drops_an_unarchived_month(
+        pg, minio_client, names, redis_server, stack):
+    load_script("crash_archive_audit_logs")  # kill_after
+    crash = load_script("crash_archive_partitions")
+    loaded = crash.load(pg, months=3, rows=2000)
+    env = crash.job_env(stack.env(), names["schema"], names["prefix"], names["bucket"])
+    seed = random.randrange(1 << 30)
+    lines: list[str] = []
+
+    problems = crash.crash_rounds(env, pg, minio_client, names["bucket"], names["schema"],
+                                  loaded, kills=4, max_delay=5.0, rng=random.Random(seed),
+                                  say=lines.append)
+
+    print(f"seed {seed}", *lines, sep="\n")
+    assert problems == [], (seed, lines, problems[:10])

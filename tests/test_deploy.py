@@ -207,6 +207,8 @@ def test_alert_rules_fire_on_the_series_novajobs_pushes(tmp_path):
         ('novajobs_last_run_outcome{job="check-message-gaps",outcome="problem_found"}', "1x10"),
         ('novajobs_skipped_in_a_row{job="drain-stream"}', "1 2 3 3"),
         ('novajobs_missed_periods{job="daily-stats"}', "0 3 0"),
+        ('novajobs_last_run_counter{job="gc-orphans",shard="1-of-4",'
+         'counter="rows_without_object"}', "0 5"),
     ]
     cases = [
         # last success at 0 s, every minute: 2 min of silence is fine, 3 min is stale
@@ -225,6 +227,10 @@ def test_alert_rules_fire_on_the_series_novajobs_pushes(tmp_path):
         ("NovajobsMissedPeriods", "1m",
          [('{__name__="novajobs_missed_periods",job="daily-stats"}', 3)]),
         ("NovajobsMissedPeriods", "2m", []),  # the next run found none
+        ("NovajobsRowsWithoutObject", "0m", []),
+        ("NovajobsRowsWithoutObject", "1m",
+         [('{__name__="novajobs_last_run_counter",job="gc-orphans",shard="1-of-4",'
+           'counter="rows_without_object"}', 5)]),
     ]
     test = {
         "rule_files": [str(ROOT / deploy.RULES)],

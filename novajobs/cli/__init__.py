@@ -12,10 +12,10 @@ from typing import Any
 import click
 
 from novajobs import __version__
-from novajobs.cli import admin, db, deploy, dlq, runs
+from novajobs.cli import admin, db, deploy, dlq, quarantine, runs
 from novajobs.cli.jobs import job_command
 from novajobs.errors import ExitCode, NovajobsError
-from novajobs.registry import JOBS
+from novajobs.registry import JOBS, ON_DEMAND
 
 
 class _Group(click.Group):
@@ -43,13 +43,14 @@ def cli() -> None:
     """
 
 
-for _spec in JOBS:
+for _spec in (*JOBS, *ON_DEMAND):
     cli.add_command(job_command(_spec))
 admin.register(cli)
 deploy.register(cli)
 db.register(cli)
 dlq.register(cli)
 runs.register(cli)
+quarantine.register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -288,6 +288,9 @@ POSTGRES_INDEXES = {
                              "ON audit_logs (created_at)",
     "file_metadata_created_at": "CREATE INDEX IF NOT EXISTS file_metadata_created_at_idx "
                                 "ON file_metadata (created_at)",
+    # gc-orphans reads a bucket's rows in S3's key order, and looks paths up.
+    "file_metadata_bucket_path": "CREATE INDEX IF NOT EXISTS file_metadata_bucket_path_idx "
+                                 'ON file_metadata (bucket, path COLLATE "C", id)',
 }
 DEMO_FILES_BUCKET = "nova-demo-files"  # live files only; gc-files' loader adds marked ones
 RECENT_MINUTES = 15  # the newest messages are dense, so check-message-gaps has work
@@ -485,10 +488,75 @@ def load_postgres_from_args(args: argparse.Namespace) -> None:
         counts = load_postgres(conn, users=args.pg_users, channels=args.channels,
                                messages=args.messages, audit=args.audit, files=args.files,
                                days=args.days, gaps=args.gaps)
+        history = load_history(conn)
     gaps = counts.pop("deleted_messages")
     for table, n in counts.items():
         print(f"postgres {table}: {n:,} rows", file=sys.stderr)
     print(f"postgres: deleted (channel_id, seq) {gaps} on purpose", file=sys.stderr)
+    print(f"postgres: old months to archive {history}", file=sys.stderr)
+
+
+# -- data lifecycle (issue #13): old months to archive, orphans to quarantine -----------
+ARCHIVE_BUCKET = "novajobs-archive"
+ORPHANS_BUCKET = "nova-orphans-demo"
+HISTORY_CHANNEL_BASE = 1_000_000  # channels of their own: check-message-gaps never mixes them
+
+_HISTORY_SQL = """
+INSERT INTO chat_messages (id, channel_id, sender_id, seq, created_at)
+SELECT %(base)s + n, %(channels)s + n %% 20, 1 + n %% 97, %(seq)s + n / 20,
+       %(start)s::timestamptz + (n::float8 / %(rows)s) * (%(end)s::timestamptz - %(start)s)
+FROM generate_series(0, %(rows)s - 1) AS n
+"""
+
+
+def load_history(conn: Any, *, months_back: tuple[int, ...] = (6, 5, 4),
+                 rows_per_month: int = 5_000, now: Any = None) -> dict[str, int]:
+    """Whole old months of chat_messages (and their chat_inbox rows) in partitions of
+    their own, for archive-partitions to archive and restore-partition to bring back."""
+    from datetime import UTC, date, datetime
+
+    now = now or datetime.now(UTC)
+    counts = {}
+    for back in months_back:
+        index = now.year * 12 + now.month - 1 - back
+        start, end = date(index // 12, index % 12 + 1, 1), date((index + 1) // 12,
+                                                                 (index + 1) % 12 + 1, 1)
+        for table in ("chat_messages", "chat_inbox"):
+            conn.execute(POSTGRES_DDL[table])
+            create_month_partitions(conn, table, start, start)
+        name = f"chat_messages_{start:%Y_%m}"
+        conn.execute(f"TRUNCATE {name}, chat_inbox_{start:%Y_%m}")
+        conn.execute(_HISTORY_SQL, {"base": 10_000_000 * (back + 1), "rows": rows_per_month,
+                                    "channels": HISTORY_CHANNEL_BASE, "seq": back * 100_000,
+                                    "start": start, "end": end})
+        conn.execute(f"INSERT INTO chat_inbox_{start:%Y_%m} SELECT sender_id, id, created_at "
+                     f"FROM {name}")
+        counts[f"{start:%Y-%m}"] = rows_per_month
+    return counts
+
+
+def load_orphans(pg_conn: Any, minio_client: Any, bucket: str = ORPHANS_BUCKET, *,
+                 live: int = 200, orphans: int = 30, missing: int = 5) -> dict[str, int]:
+    """A bucket for gc-orphans: live files (row + object), objects no row names (an
+    upload whose row was never written), live rows whose object is gone."""
+    import io
+
+    reset_files(pg_conn, minio_client, bucket)
+    load_files(pg_conn, minio_client, bucket, live=live, marked=0, recent=0, missing=0,
+               held=0, seed=13, max_size=2048)
+    for n in range(orphans):
+        body = f"an upload whose row was never written #{n}".encode()
+        minio_client.put_object(bucket, f"uploads/tmp/{n:04d}.part", io.BytesIO(body),
+                                len(body))
+    pg_conn.execute("""
+        INSERT INTO file_metadata (file_hash, bucket, path, size, ref_count, status, created_at)
+        SELECT 'demo-gone-' || n, %s, 'files/gone/' || n, 100, 1, 0, now() - interval '3 days'
+        FROM generate_series(1, %s) AS n
+    """, [bucket, missing])
+    pg_conn.execute(POSTGRES_INDEXES["file_metadata_bucket_path"])
+    if not minio_client.bucket_exists(ARCHIVE_BUCKET):
+        minio_client.make_bucket(ARCHIVE_BUCKET)
+    return {"live": live, "orphans": orphans, "rows_without_object": missing}
 
 
 # -- Redis, Neo4j and Elasticsearch: small fixed sets that show each job's branches ------
@@ -569,6 +637,10 @@ def load_others_from_args(args: argparse.Namespace) -> None:
         conns.pg.rollback()
         print(f"neo4j: {load_neo4j(conns.neo4j, ids):,} :User nodes "
               f"({len(ids):,} PostgreSQL users)", file=sys.stderr)
+        lifecycle = load_orphans(conns.pg, conns.minio)
+        conns.pg.commit()
+        print(f"s3 {ORPHANS_BUCKET}: {lifecycle}; archive bucket {ARCHIVE_BUCKET}",
+              file=sys.stderr)
         indices = load_elasticsearch(conns.elasticsearch)
         print(f"elasticsearch: {len(indices)} indices {indices[-1]} .. {indices[0]}",
               file=sys.stderr)
