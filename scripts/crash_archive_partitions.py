@@ -15,188 +15,19 @@ without a verified archive, never a manifest that disagrees with its data. At th
 one uninterrupted run must archive everything (no table, no marker, no unfinished object
 left), and restore-partition must bring every month back identical.
 
-tests/test_crash_archive.py runs a small version of the same code against the test stack.
+The rounds are novajobs_dev/partition_crash.py; tests/test_crash_archive.py runs a few of
+them against the test stack, and `--tiny` runs one kill at toy sizes (tests/test_scripts.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import os
 import random
-import subprocess
 import sys
-import time
-from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-TABLE = "chat_messages"
-
-
-def months_back(count: int) -> list[date]:
-    today = datetime.now(UTC).date()
-    out = []
-    for back in range(count + 4, 4, -1):  # older than the retention of 3 months
-        index = today.year * 12 + today.month - 1 - back
-        out.append(date(index // 12, index % 12 + 1, 1))
-    return out
-
-
-def load(pg: Any, *, months: int, rows: int) -> dict[str, bytes]:
-    """Old months of chat_messages; returns each month's rows as sorted COPY text."""
-    import demo_data
-
-    pg.execute(demo_data.POSTGRES_DDL[TABLE])
-    firsts = months_back(months)
-    today = datetime.now(UTC).date()
-    demo_data.create_month_partitions(pg, TABLE, firsts[0], today)
-    for n, first in enumerate(firsts):
-        pg.execute("""
-            INSERT INTO chat_messages (id, channel_id, sender_id, seq, created_at)
-            SELECT %(base)s + g, g %% 50, g %% 999, g, %(first)s::timestamptz
-                   + (g::float8 / %(rows)s) * interval '27 days'
-            FROM generate_series(1, %(rows)s) AS g
-        """, {"base": (n + 1) * 100_000_000, "first": first, "rows": rows})
-    return {f"{first:%Y-%m}": month_rows(pg, f"{TABLE}_{first:%Y_%m}") for first in firsts}
-
-
-def month_rows(pg: Any, table: str) -> bytes:
-    out = bytearray()
-    with pg.cursor() as cur, cur.copy(f"COPY {table} TO STDOUT") as copy:
-        for data in copy:
-            out += data
-    return b"".join(sorted(bytes(out).splitlines(keepends=True)))
-
-
-def s3_read(minio: Any, bucket: str, key: str) -> bytes | None:
-    from minio.error import S3Error
-
-    try:
-        response = minio.get_object(bucket, key)
-    except S3Error as exc:
-        if exc.code == "NoSuchKey":
-            return None
-        raise
-    try:
-        return bytes(response.read())
-    finally:
-        response.close()
-        response.release_conn()
-
-
-def detached(pg: Any) -> int:
-    """Old months whose table is no longer (fully) attached: pending or detached."""
-    row = pg.execute(
-        "SELECT count(*) FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid "
-        "WHERE c.relname LIKE %s AND c.relkind = 'r' AND (i.inhrelid IS NULL OR "
-        "i.inhdetachpending)", [f"{TABLE}\\_%"]).fetchone()
-    return int(row[0])
-
-
-def check_safe(pg: Any, minio: Any, bucket: str, schema: str,
-               loaded: dict[str, bytes]) -> tuple[list[str], int]:
-    """(problems, months archived) — what must hold right after any kill."""
-    problems, archived = [], 0
-    for month, rows in loaded.items():
-        table = f"{TABLE}_{month.replace('-', '_')}"
-        exists = pg.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone()[0]
-        folder = f"partitions/{schema}.{TABLE}/{month}/"
-        raw = s3_read(minio, bucket, folder + "manifest.json")
-        manifest = json.loads(raw) if raw else None
-        if manifest is not None:
-            data = s3_read(minio, bucket, manifest["data_key"])
-            content = gzip.decompress(data) if data else b""
-            if not data or content.count(b"\n") != manifest["rows"]:
-                problems.append(f"{month}: the manifest names {manifest['data_key']}, which "
-                                "is missing or does not hold its rows")
-            elif b"".join(sorted(content.splitlines(keepends=True))) != rows:
-                problems.append(f"{month}: the archive's rows differ from the month's")
-        if exists:
-            if month_rows(pg, table) != rows:
-                problems.append(f"{month}: the table's rows changed")
-        elif manifest is None:
-            problems.append(f"{month}: table dropped without an archive")
-        else:
-            archived += 1
-    return problems, archived
-
-
-def leftovers(pg: Any, minio: Any, bucket: str, schema: str) -> list[str]:
-    """After the final run: nothing marked, no data object a manifest does not name."""
-    out = [f"marked table {r[0]}" for r in pg.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_description d ON d.objoid = c.oid "
-        "WHERE d.description LIKE 'novajobs-archive %'")]
-    named = set()
-    for obj in minio.list_objects(bucket, prefix=f"partitions/{schema}.{TABLE}/",
-                                  recursive=True):
-        if obj.object_name.endswith("manifest.json"):
-            named.add(json.loads(s3_read(minio, bucket, obj.object_name) or b"{}")["data_key"])
-    for obj in minio.list_objects(bucket, prefix=f"partitions/{schema}.{TABLE}/",
-                                  recursive=True):
-        name = obj.object_name
-        if not name.endswith("manifest.json") and name not in named:
-            out.append(f"unfinished object {name}")
-    return out
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "novajobs", *args, "--wait", "10", "--log-format", "json"]
-
-
-def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, schema: str,
-                 loaded: dict[str, bytes], *, kills: int, max_delay: float,
-                 rng: random.Random, say: Any = print) -> list[str]:
-    from crash_archive_audit_logs import kill_after
-
-    problems: list[str] = []
-    killed = rounds = 0
-    while killed < kills and rounds < kills * 4:
-        rounds += 1
-        delay = rng.uniform(0.0, max_delay)
-        code = kill_after(command("archive-partitions"), env, delay)
-        found, archived = check_safe(pg, minio, bucket, schema, loaded)
-        problems += [f"round {rounds}: {p}" for p in found]
-        killed += code is None
-        what = "killed" if code is None else f"exited {code}"
-        say(f"round {rounds:3d}: {what} after {delay:.2f} s; months archived "
-            f"{archived}/{len(loaded)}, detached {detached(pg)}; problems {len(found)}")
-        if archived == len(loaded):
-            break  # nothing left to interrupt
-    started = time.monotonic()
-    final = subprocess.run(command("archive-partitions"), env=env, cwd=ROOT,
-                           capture_output=True, text=True, timeout=3600)
-    if final.returncode != 0:
-        problems.append(f"final run exited {final.returncode}: {final.stderr[-500:]}")
-    found, archived = check_safe(pg, minio, bucket, schema, loaded)
-    problems += [f"final: {p}" for p in found + leftovers(pg, minio, bucket, schema)]
-    if archived != len(loaded):
-        problems.append(f"final: {archived} of {len(loaded)} months archived")
-    say(f"final run: exit {final.returncode} in {time.monotonic() - started:.1f} s; "
-        f"{archived} months archived; problems {len(problems)}")
-    for month, rows in loaded.items():
-        back = subprocess.run(command("restore-partition", TABLE, month), env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=3600)
-        table = f"{TABLE}_{month.replace('-', '_')}"
-        if back.returncode != 0 or month_rows(pg, table) != rows:
-            problems.append(f"restore {month}: exit {back.returncode}, rows identical: "
-                            f"{back.returncode == 0 and month_rows(pg, table) == rows}")
-    say(f"restored {len(loaded)} months; problems {len(problems)}")
-    return problems
-
-
-def job_env(stack_env: dict[str, str], schema: str, prefix: str, bucket: str) -> dict[str, str]:
-    env = {**os.environ, **stack_env}
-    env.pop("NOVAJOBS_CONFIG", None)
-    env["DATABASE_URL"] = stack_env["DATABASE_URL"] + f"?options=-csearch_path%3D{schema}"
-    env["NOVAJOBS_REDIS_PREFIX"] = prefix
-    env["NOVAJOBS_LOCK_TTL_SEC"] = "1"  # a killed run's lock expires soon after
-    env["NOVAJOBS_ARCHIVE_BUCKET"] = bucket
-    env["NOVAJOBS_ARCHIVE_RETENTION_MONTHS"] = f"{TABLE}=3"
-    env["NOVAJOBS_ARCHIVE_PART_SIZE_MB"] = "5"  # the smallest part: more parts to kill in
-    return env
+from novajobs_dev.bench import parse_args
+from novajobs_dev.partition_crash import crash_rounds, job_env, load
+from novajobs_dev.stack import temporary
 
 
 def main() -> int:
@@ -206,13 +37,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=150_000, help="rows per month")
     parser.add_argument("--max-delay", type=float, default=4.0, help="kill within this many s")
     parser.add_argument("--seed", type=int, default=None)
-    args = parser.parse_args()
+    args = parse_args(parser, tiny={"kills": 1, "months": 2, "rows": 1000, "max_delay": 2.0})
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     print(f"seed {seed}", flush=True)
 
     import psycopg
     from minio import Minio
-    from stack import temporary
 
     with temporary(("redis", "postgres", "s3")) as stack:
         stack_env = stack.env()

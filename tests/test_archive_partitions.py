@@ -12,12 +12,12 @@ import time
 from datetime import UTC, date, datetime
 from typing import Any
 
-import demo_data
 import psycopg
 import pytest
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev import demo_data
 
 ROWS_PER_MONTH = 300
 
@@ -383,7 +383,7 @@ def test_restore_refuses_what_it_cannot_do_and_leaves_nothing_behind(chat, minio
                       month=label(-6))
 
     assert no_archive.exit_code == 2 and "no archive of" in no_archive.error
-    assert bad_month.returncode == 2
+    assert bad_month.returncode == 2 and len(bad_month.stderr.strip().splitlines()) == 1
     assert "'2025-13' is not a month (YYYY-MM)" in bad_month.stderr
     assert no_args.returncode == 2 and "needs TABLE and YYYY-MM" in no_args.stderr
     assert overlap.exit_code == 1 and "cannot attach" in overlap.error

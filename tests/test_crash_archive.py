@@ -3,38 +3,24 @@ points, check after each kill that no row was lost or archived twice, then conve
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
-from typing import Any
 
 from novajobs.schema import ensure_tables
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from novajobs_dev import audit_crash, partition_crash
 
 
 def test_archive_audit_logs_killed_at_random_points_loses_and_doubles_nothing(
         pg, minio_client, names, redis_server, stack):
-    crash = load_script("crash_archive_audit_logs")
     ensure_tables(pg, ["novajobs_audit_archive"])
-    old = crash.load(pg, old=6000, recent=300)
-    env = crash.job_env(stack.env(), names["schema"], names["prefix"], names["bucket"],
-                        batch_rows=150)
+    old = audit_crash.load(pg, old=6000, recent=300)
+    env = audit_crash.job_env(stack.env(), names["schema"], names["prefix"], names["bucket"],
+                              batch_rows=150)
     seed = random.randrange(1 << 30)
     lines: list[str] = []
 
-    problems = crash.crash_rounds(env, pg, minio_client, names["bucket"], old, kills=4,
-                                  max_delay=2.0, rng=random.Random(seed), say=lines.append)
+    problems = audit_crash.crash_rounds(env, pg, minio_client, names["bucket"], old, kills=4,
+                                        max_delay=2.0, rng=random.Random(seed),
+                                        say=lines.append)
 
     print(f"seed {seed}", *lines, sep="\n")
     assert problems == [], (seed, lines, problems[:10])
@@ -42,16 +28,15 @@ def test_archive_audit_logs_killed_at_random_points_loses_and_doubles_nothing(
 
 def test_archive_partitions_killed_at_random_points_never_drops_an_unarchived_month(
         pg, minio_client, names, redis_server, stack):
-    load_script("crash_archive_audit_logs")  # kill_after
-    crash = load_script("crash_archive_partitions")
-    loaded = crash.load(pg, months=3, rows=2000)
-    env = crash.job_env(stack.env(), names["schema"], names["prefix"], names["bucket"])
+    loaded = partition_crash.load(pg, months=3, rows=2000)
+    env = partition_crash.job_env(stack.env(), names["schema"], names["prefix"],
+                                  names["bucket"])
     seed = random.randrange(1 << 30)
     lines: list[str] = []
 
-    problems = crash.crash_rounds(env, pg, minio_client, names["bucket"], names["schema"],
-                                  loaded, kills=4, max_delay=5.0, rng=random.Random(seed),
-                                  say=lines.append)
+    problems = partition_crash.crash_rounds(env, pg, minio_client, names["bucket"],
+                                            names["schema"], loaded, kills=4, max_delay=5.0,
+                                            rng=random.Random(seed), say=lines.append)
 
     print(f"seed {seed}", *lines, sep="\n")
     assert problems == [], (seed, lines, problems[:10])

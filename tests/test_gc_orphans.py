@@ -8,12 +8,12 @@ import json
 import time
 from typing import Any
 
-import demo_data
 import pytest
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
 from novajobs.schema import ensure_tables
+from novajobs_dev import demo_data
 
 Q = "novajobs-quarantine/"
 

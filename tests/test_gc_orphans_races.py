@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import demo_data
 import psycopg
 import pytest
 from s3_faults import FaultyProxy
 
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev import demo_data
 
 Q = "novajobs-quarantine/"
 KEYS = 240

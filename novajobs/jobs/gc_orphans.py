@@ -34,10 +34,13 @@ from novajobs.checks import duration_sec
 from novajobs.context import JobContext, Result, Shard
 from novajobs.errors import ConfigError, JobFailed, Outcome
 from novajobs.pgsession import open_session, pg_errors
+from novajobs.registry import check_flag
 from novajobs.schema import require_tables
 
 if TYPE_CHECKING:
     import psycopg
+
+    from novajobs.settings import Settings
 
 ROWS_SQL = """
 SELECT path, id, status, created_at FROM file_metadata
@@ -296,6 +299,10 @@ def merge(objects: Iterator[Obj], rows: Iterator[Row]
             obj = next(objects, None)
             while row is not None and row.path == key:  # several rows, one object
                 row = next(rows, None)
+
+
+def check_params(settings: Settings, mark_missing: bool = False) -> None:
+    check_flag("--mark-missing", mark_missing)
 
 
 def run(ctx: JobContext, mark_missing: bool = False) -> Result:
