@@ -17,6 +17,7 @@ import hashlib
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -172,21 +173,80 @@ def upload_stream(ctx: JobContext, bucket: str, key: str, chunks: Iterable[Chunk
                   *, level: int, part_size: int, metadata: dict[str, str] | None = None,
                   on_block: Callable[[int], None] | None = None) -> Digest:
     """Compress ``chunks`` (COPY text) into s3://bucket/key; returns its digest.
-    ``on_block(rows)`` is called after each block (progress, safe points)."""
+    ``on_block(rows)`` is called after each block is handed on (progress, safe points).
+
+    Three stages run at once: this thread reads the rows (Python work, holding the GIL),
+    one thread hashes and compresses blocks (zlib and hashlib release the GIL), and the
+    writer's thread uploads parts. Queues of one or two items keep memory flat."""
     comp = Compressor(level)
     writer = MultipartWriter(ctx, bucket, key, part_size, metadata)
+    stage = CompressStage(comp, writer)
     try:
         for block in in_blocks(chunks):
-            rows = comp.rows
-            writer.write(comp.feed(block))
+            stage.put(block)
             if on_block is not None:
-                on_block(comp.rows - rows)
-        writer.write(comp.flush())
+                on_block(block.count(b"\n"))
+        stage.finish()
         size = writer.complete()
     except BaseException:
+        stage.cancel()
         writer.abort()
         raise
     return comp.finish(size)
+
+
+class CompressStage:
+    """Blocks of COPY text in, compressed bytes handed to the writer, in one thread."""
+
+    def __init__(self, comp: Compressor, writer: MultipartWriter) -> None:
+        import queue
+        import threading
+
+        self.comp, self.writer = comp, writer
+        self.blocks: queue.Queue[bytearray | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="archive-gzip", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (block := self.blocks.get()) is not None:
+                if self.cancelled.is_set():
+                    return
+                self.writer.write(self.comp.feed(block))
+            self.writer.write(self.comp.flush())
+        except BaseException as exc:
+            self.error = exc
+
+    def put(self, block: bytearray | None) -> None:
+        import queue
+
+        while True:
+            if self.error is not None:
+                raise self.error
+            if not self.thread.is_alive():
+                raise RuntimeError("the compression thread stopped")
+            try:
+                self.blocks.put(block, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        self.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        import queue
+
+        self.cancelled.set()
+        while self.thread.is_alive():
+            with suppress(queue.Full):  # wake it if it waits for a block: it stops there
+                self.blocks.put_nowait(None)
+            self.thread.join(timeout=0.2)
 
 
 def put_small(ctx: JobContext, bucket: str, key: str, body: bytes,

@@ -22,14 +22,13 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from novajobs_dev import demo_data
-from novajobs_dev.bench import parse_args
+from novajobs_dev.bench import parse_args, run_measured
 from novajobs_dev.gc_crash import job_env
 from novajobs_dev.stack import temporary
 
@@ -81,35 +80,6 @@ def run_gc(env: dict[str, str], *args: str) -> tuple[dict[str, Any], float, int]
     """One `novajobs gc-files` process: its run record, wall seconds, peak RSS in KiB."""
     out, wall, peak_kib = run_measured(["gc-files", "--json", *args], env)
     return json.loads(out), wall, peak_kib
-
-
-def run_measured(args: list[str], env: dict[str, str]) -> tuple[bytes, float, int]:
-    """Run `novajobs ARGS`; its stdout, wall seconds and peak RSS (KiB). The peak is the
-    child's own VmHWM, polled: a child's rusage maxrss would include this benchmark
-    process's RSS, inherited at fork and kept across exec."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "novajobs", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    peak_kib = 0
-    while proc.poll() is None:  # stdout is small (one JSON record): no pipe deadlock
-        peak_kib = max(peak_kib, _vm_hwm_kib(proc.pid))
-        time.sleep(0.02)
-    out = proc.stdout.read() if proc.stdout else b""
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"novajobs {args} exited {proc.returncode}: {out[-500:]!r}")
-    return out, wall, peak_kib
-
-
-def _vm_hwm_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass  # exited between poll() and open()
-    return 0
 
 
 def bench_gc(pg: Any, minio: Any, env: dict[str, str], n: int) -> tuple[float, float]:
