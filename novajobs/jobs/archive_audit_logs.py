@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
+from novajobs.fencing import check_pg
 from novajobs.pgsession import exclusive_run, open_session, pg_errors
 from novajobs.s3archive import (
     Digest,
@@ -149,6 +150,7 @@ class Archiver:
         """Delete the batch's rows if they are still exactly what was archived."""
         self.ctx.checkpoint()
         with self.conn.transaction():
+            check_pg(self.ctx, self.conn, f"delete audit_logs {batch.first}..{batch.last}")
             ids = [r[0] for r in self.conn.execute(LOCK_SQL, batch.params(self.cutoff))]
             again = digest_of([self.read_rows("id = ANY(%(ids)s)", {"ids": ids})])
             if not again.same_data(digest):

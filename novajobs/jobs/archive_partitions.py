@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
+from novajobs.fencing import check_pg
 from novajobs.partitioning import Parent, TableProblem, bound_literal, inspect_parent
 from novajobs.pgarchive import (
     MANIFEST_FORMAT,
@@ -193,6 +194,7 @@ class PartitionArchiver:
 
         try:
             with self.conn.transaction():
+                check_pg(self.ctx, self.conn, f"archive {slot.label}")
                 self.conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(slot.ident()))
                 manifest, reused = self.archive_locked(parent, slot)
                 self.ctx.checkpoint()

@@ -33,6 +33,7 @@ from novajobs import quarantine
 from novajobs.checks import duration_sec
 from novajobs.context import JobContext, Result, Shard
 from novajobs.errors import ConfigError, JobFailed, Outcome
+from novajobs.fencing import check_pg
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.registry import check_flag
 from novajobs.schema import require_tables
@@ -159,9 +160,11 @@ class OrphanScan:
         self.late_check(bucket, numbers)
         self.note_missing(bucket, missing, numbers)
         if self.mark_missing and not self.ctx.dry_run:
-            self.conn.execute(UNMARK_SQL, {"bucket": bucket, "total": self.shard.total,
-                                           "remainder": self.shard.remainder,
-                                           "start": self.start})
+            with self.conn.transaction():
+                check_pg(self.ctx, self.conn, "forget rows found whole again")
+                self.conn.execute(UNMARK_SQL, {"bucket": bucket, "total": self.shard.total,
+                                               "remainder": self.shard.remainder,
+                                               "start": self.start})
 
     def checked(self, bar: Any, numbers: dict[str, int], n: int) -> None:
         self.ctx.count("objects_checked", n)
@@ -252,9 +255,11 @@ class OrphanScan:
                               for r in rows[:max(room, 0)]]
         if self.mark_missing and not self.ctx.dry_run:
             self.ctx.checkpoint()
-            self.conn.execute(MARK_SQL, {"bucket": bucket, "ids": [r.id for r in rows],
-                                         "paths": [r.path for r in rows],
-                                         "hashes": [key_hash(r.path) for r in rows]})
+            with self.conn.transaction():
+                check_pg(self.ctx, self.conn, "mark rows without objects")
+                self.conn.execute(MARK_SQL, {"bucket": bucket, "ids": [r.id for r in rows],
+                                             "paths": [r.path for r in rows],
+                                             "hashes": [key_hash(r.path) for r in rows]})
             self.ctx.count("rows_marked", len(rows))
 
     def purge_expired(self, bucket: str) -> None:

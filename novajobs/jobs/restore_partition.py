@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
+from novajobs.fencing import check_pg
 from novajobs.partitioning import Parent, TableProblem, inspect_parent
 from novajobs.pgarchive import (
     Slot,
@@ -121,6 +122,7 @@ def restore(ctx: JobContext, conn: psycopg.Connection[Any], parent: Parent, slot
                         f"{', '.join(missing)}; restore it by hand (COPY the archive's data)")
     try:
         with conn.transaction():
+            check_pg(ctx, conn, f"restore {slot.label}")
             conn.execute("SET LOCAL synchronize_seqscans = off")  # read back in load order
             if reuse:
                 set_marker(conn, slot, None)
