@@ -544,10 +544,14 @@ ON_DEMAND: tuple[JobSpec, ...] = (
 )
 
 
+# Every job the CLI and the runner know: the scheduled ones, then those run by hand.
+ALL_JOBS: tuple[JobSpec, ...] = (*JOBS, *ON_DEMAND)
+
+
 def get_job(name: str) -> JobSpec:
-    for spec in (*JOBS, *ON_DEMAND):
+    for spec in ALL_JOBS:
         if spec.name == name:
             return spec
-    known = ", ".join(spec.name for spec in (*JOBS, *ON_DEMAND))
+    known = ", ".join(spec.name for spec in ALL_JOBS)
     raise UsageError(f"unknown job {name!r}; jobs: {known}")
 

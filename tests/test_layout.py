@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from novajobs.registry import JOBS
+from novajobs.registry import ALL_JOBS
 from novajobs.settings import setting_names
 
 PACKAGE = Path(__file__).resolve().parent.parent / "novajobs"
@@ -84,7 +84,7 @@ def test_the_bottom_floor_reaches_no_higher_than_the_errors():
     assert {m: n for m, n in wrong.items() if n} == {}
 
 
-@pytest.mark.parametrize("spec", JOBS, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", ALL_JOBS, ids=lambda spec: spec.name)
 def test_the_job_loads_and_takes_exactly_what_its_command_passes(spec):
     run = spec.load()
     assert spec.module == "novajobs.jobs." + spec.name.replace("-", "_")  # one module per job
@@ -97,7 +97,7 @@ def test_the_job_loads_and_takes_exactly_what_its_command_passes(spec):
         "every parameter has a default: the scheduled run passes none"
 
 
-@pytest.mark.parametrize("spec", JOBS, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", ALL_JOBS, ids=lambda spec: spec.name)
 def test_the_job_names_only_real_settings(spec):
     known = set(setting_names())
     named = [o.setting for o in spec.options if o.setting] + [spec.lock_scope or "redis_url"]
@@ -107,7 +107,7 @@ def test_the_job_names_only_real_settings(spec):
 
 
 def test_job_names_are_unique_and_every_job_module_is_registered():
-    names = [spec.name for spec in JOBS]
+    names = [spec.name for spec in ALL_JOBS]
     assert len(names) == len(set(names))
     modules = {p.stem for p in (PACKAGE / "jobs").glob("*.py") if p.stem != "__init__"}
-    assert modules == {spec.module.rsplit(".", 1)[1] for spec in JOBS}
+    assert modules == {spec.module.rsplit(".", 1)[1] for spec in ALL_JOBS}

@@ -15,7 +15,7 @@ from novajobs import __version__
 from novajobs.cli import admin, db, deploy, dlq, quarantine, runs
 from novajobs.cli.jobs import job_command
 from novajobs.errors import ExitCode, NovajobsError
-from novajobs.registry import JOBS, ON_DEMAND
+from novajobs.registry import ALL_JOBS, JOBS
 
 
 class _Group(click.Group):
@@ -43,7 +43,7 @@ def cli() -> None:
     """
 
 
-for _spec in (*JOBS, *ON_DEMAND):
+for _spec in ALL_JOBS:
     cli.add_command(job_command(_spec))
 admin.register(cli)
 deploy.register(cli)

@@ -161,16 +161,18 @@ def purge(older_than: str | None, yes: bool, bucket: str | None, prefix: str, dr
     \b
       novajobs quarantine purge --older-than 30d --dry-run
     """
-    from novajobs.checks import duration, duration_sec
+    from novajobs.dates import DURATION_HELP, parse_duration
     from novajobs.output import print_json, print_line
     from novajobs.quarantine import listing
     from novajobs.quarantine import purge as purge_items
 
     settings = settings_from(kw)
     age = older_than or settings.quarantine_retention
-    if duration(age):
-        raise UsageError(f"--older-than {age!r} {duration(age)}")
-    cutoff = datetime.now(UTC) - timedelta(seconds=duration_sec(age))
+    try:
+        seconds = parse_duration(age)
+    except ValueError:
+        raise UsageError(f"--older-than {age!r}: expected {DURATION_HELP}") from None
+    cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
     with _context(settings) as ctx:
         items: list[Quarantined] = list(listing(ctx, _buckets(settings, bucket), prefix,
                                                 until=cutoff))

@@ -30,8 +30,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from novajobs import quarantine
-from novajobs.checks import duration_sec
 from novajobs.context import JobContext, Result, Shard
+from novajobs.dates import parse_duration
 from novajobs.errors import ConfigError, JobFailed, Outcome
 from novajobs.fencing import check_pg
 from novajobs.pgsession import open_session, pg_errors
@@ -103,7 +103,7 @@ class OrphanScan:
         s = ctx.settings
         self.ctx, self.conn, self.start, self.mark_missing = ctx, conn, start, mark_missing
         self.shard = ctx.shard or Shard(1, 1)
-        self.cutoff = start - timedelta(seconds=duration_sec(s.orphan_grace))
+        self.cutoff = start - timedelta(seconds=parse_duration(s.orphan_grace))
         self.tally = Tally()
         self.moved: list[Obj] = []  # quarantined, not yet looked up after the settle time
         self.moved_at = 0.0
@@ -264,7 +264,7 @@ class OrphanScan:
 
     def purge_expired(self, bucket: str) -> None:
         """Quarantined objects of this shard past quarantine_retention go for good."""
-        keep = timedelta(seconds=duration_sec(self.ctx.settings.quarantine_retention))
+        keep = timedelta(seconds=parse_duration(self.ctx.settings.quarantine_retention))
         old = (q for q in quarantine.listing(self.ctx, [bucket], until=self.start - keep)
                if self.mine(q.key))
         if self.ctx.dry_run:
