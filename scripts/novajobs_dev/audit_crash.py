@@ -115,7 +115,9 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, old: dic
         if not table & old.keys():
             break  # everything archived: nothing left to interrupt
     started = time.monotonic()
-    final = subprocess.run(command(), env=env, cwd=ROOT, capture_output=True, text=True,
+    # The uninterrupted runs keep a TTL a loaded machine's heartbeat can renew in time.
+    steady = {**env, "NOVAJOBS_LOCK_TTL_SEC": "60"}
+    final = subprocess.run(command(), env=steady, cwd=ROOT, capture_output=True, text=True,
                            timeout=1800)
     copies, stray = archived(pg, minio, bucket)
     table = table_ids(pg)
@@ -135,7 +137,7 @@ def job_env(stack_env: dict[str, str], schema: str, prefix: str, bucket: str,
     env.pop("NOVAJOBS_CONFIG", None)
     env["DATABASE_URL"] = stack_env["DATABASE_URL"] + f"?options=-csearch_path%3D{schema}"
     env["NOVAJOBS_REDIS_PREFIX"] = prefix
-    env["NOVAJOBS_LOCK_TTL_SEC"] = "1"  # a killed run's lock expires soon after
+    env["NOVAJOBS_LOCK_TTL_SEC"] = "2"  # a killed run's lock expires soon after
     env["NOVAJOBS_ARCHIVE_BUCKET"] = bucket
     env["NOVAJOBS_AUDIT_ARCHIVE_RETENTION_DAYS"] = "30"
     env["NOVAJOBS_AUDIT_ARCHIVE_BATCH_ROWS"] = str(batch_rows)

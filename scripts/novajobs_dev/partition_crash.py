@@ -152,7 +152,9 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, schema: 
         if archived == len(loaded):
             break  # nothing left to interrupt
     started = time.monotonic()
-    final = subprocess.run(command("archive-partitions"), env=env, cwd=ROOT,
+    # The uninterrupted runs keep a TTL a loaded machine's heartbeat can renew in time.
+    steady = {**env, "NOVAJOBS_LOCK_TTL_SEC": "60"}
+    final = subprocess.run(command("archive-partitions"), env=steady, cwd=ROOT,
                            capture_output=True, text=True, timeout=3600)
     if final.returncode != 0:
         problems.append(f"final run exited {final.returncode}: {final.stderr[-500:]}")
@@ -163,7 +165,7 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, schema: 
     say(f"final run: exit {final.returncode} in {time.monotonic() - started:.1f} s; "
         f"{archived} months archived; problems {len(problems)}")
     for month, rows in loaded.items():
-        back = subprocess.run(command("restore-partition", TABLE, month), env=env, cwd=ROOT,
+        back = subprocess.run(command("restore-partition", TABLE, month), env=steady, cwd=ROOT,
                               capture_output=True, text=True, timeout=3600)
         table = f"{TABLE}_{month.replace('-', '_')}"
         if back.returncode != 0 or month_rows(pg, table) != rows:
@@ -178,7 +180,7 @@ def job_env(stack_env: dict[str, str], schema: str, prefix: str, bucket: str) ->
     env.pop("NOVAJOBS_CONFIG", None)
     env["DATABASE_URL"] = stack_env["DATABASE_URL"] + f"?options=-csearch_path%3D{schema}"
     env["NOVAJOBS_REDIS_PREFIX"] = prefix
-    env["NOVAJOBS_LOCK_TTL_SEC"] = "1"  # a killed run's lock expires soon after
+    env["NOVAJOBS_LOCK_TTL_SEC"] = "2"  # a killed run's lock expires soon after
     env["NOVAJOBS_ARCHIVE_BUCKET"] = bucket
     env["NOVAJOBS_ARCHIVE_RETENTION_MONTHS"] = f"{TABLE}=3"
     env["NOVAJOBS_ARCHIVE_PART_SIZE_MB"] = "5"  # the smallest part: more parts to kill in
