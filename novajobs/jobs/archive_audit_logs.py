@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
-from novajobs.fencing import check_pg
+from novajobs.pgfence import check_pg
 from novajobs.pgsession import exclusive_run, open_session, pg_errors
 from novajobs.s3archive import (
     Digest,

@@ -31,7 +31,6 @@ from zoneinfo import ZoneInfo
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
-from novajobs.fencing import check_pg
 from novajobs.partitioning import Parent, TableProblem, bound_literal, inspect_parent
 from novajobs.pgarchive import (
     MANIFEST_FORMAT,
@@ -47,6 +46,7 @@ from novajobs.pgarchive import (
     write_manifest,
     writers,
 )
+from novajobs.pgfence import check_pg
 from novajobs.pgsession import exclusive_run, open_session, pg_errors
 from novajobs.s3archive import digest_of, read_digest, require_bucket, upload_stream
 

@@ -33,7 +33,7 @@ from novajobs import quarantine
 from novajobs.context import JobContext, Result, Shard
 from novajobs.dates import parse_duration
 from novajobs.errors import ConfigError, JobFailed, Outcome
-from novajobs.fencing import check_pg
+from novajobs.pgfence import check_pg
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.registry import check_flag
 from novajobs.schema import require_tables

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
-from novajobs.fencing import check_pg
 from novajobs.partitioning import Parent, TableProblem, inspect_parent
 from novajobs.pgarchive import (
     Slot,
@@ -28,6 +27,7 @@ from novajobs.pgarchive import (
     read_marker,
     set_marker,
 )
+from novajobs.pgfence import check_pg
 from novajobs.pgsession import exclusive_run, open_session, pg_errors
 from novajobs.s3archive import Digest, digest_of, stream_object
 
