@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import operator
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -50,7 +51,10 @@ if TYPE_CHECKING:
     from novajobs.streams.handlers import HandlerFactory
 
 _STOPS = (Interrupted, LockLost, JobTimeout)
+_ENTRY_ID = operator.attrgetter("entry_id")
 CALLS_PER_TASK = 32  # one-message calls a worker takes at a time (fewer thread hand-offs)
+TASK_TARGET_SEC = 0.002  # cheap calls go in tasks of about this long: hand-offs cost more
+READ_MOST = 1000  # entries read at once when calls are that cheap
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Drainer:
         self.pending = Round()
         self.backlog: deque[Task] = deque()  # read, not yet started (waiting for a slot)
         self.untried: dict[str, list[str]] = {}  # stream -> ids left pending, to give back
+        self.call_sec: dict[str, float] = {}  # stream -> recent seconds per handler call
         self.failures_in_row = 0
         self.fatal: NovajobsError | None = None
         self.halting = False  # stopping: what has not finished stays pending
@@ -159,12 +164,20 @@ class Drainer:
         return started
 
     def _room(self, plan: StreamPlan) -> int:
-        """Entries to read now: enough for the free task slots, within the budget."""
-        if self.backlog:
+        """Entries to read now: enough for the free task slots (up to READ_MOST at once
+        when calls are cheap), within the budget."""
+        if self.backlog or not self.pool.free:
             return 0
         left = self.budget.max_messages - self.stats.counts["received"]
         per_task = self.calls[plan.name] * self.batch[plan.name]
-        return max(0, min(self.pool.free * per_task, left))
+        room = self.pool.free * per_task
+        if self._fit(plan.name) >= per_task:
+            room = max(room, READ_MOST)
+        return max(0, min(room, left))
+
+    def _fit(self, stream: str) -> int:
+        """Calls that take about TASK_TARGET_SEC together, lately."""
+        return int(TASK_TARGET_SEC / max(self.call_sec.get(stream, 1.0), 1e-6))
 
     def _wait_for_entries(self) -> bool:
         """Block (drain_block_ms) on every stream at once; False when nothing arrived."""
@@ -190,15 +203,17 @@ class Drainer:
     def _take(self, plan: StreamPlan, entries: Iterable[Entry]) -> int:
         """Decode entries into tasks; poison goes to the DLQ. Returns calls started."""
         messages: list[Message] = []
+        entries = list(entries)
+        self.stats.add(plan.name, "received", len(entries))
         for raw_id, raw in entries:
-            entry_id = text(raw_id)
-            self.stats.add(plan.name, "received")
+            entry_id = raw_id.decode()
             try:
                 messages.append(decode_entry(plan.name, entry_id, raw))
             except PoisonEntry as exc:
                 self._dead(plan.name, entry_id, raw, f"cannot be decoded: {exc}", 0)
         size = self.batch[plan.name]
-        calls = [messages[i : i + size] for i in range(0, len(messages), size)]
+        calls = ([[m] for m in messages] if size == 1 else
+                 [messages[i : i + size] for i in range(0, len(messages), size)])
         self._queue_calls(plan.name, plan.handler, calls)
         return self._start_backlog()
 
@@ -209,6 +224,7 @@ class Drainer:
             return
         slots = max(1, self.pool.free)
         per_task = min(self.calls[stream], -(-len(calls) // slots))
+        per_task = max(per_task, min(self._fit(stream), len(calls)))  # cheap: fewer, longer
         for i in range(0, len(calls), per_task):
             self.backlog.append(Task(stream, handler, calls[i : i + per_task]))
 
@@ -222,8 +238,16 @@ class Drainer:
     # -- settling ---------------------------------------------------------------------------
     def _settle(self, results: Iterable[TaskResult]) -> None:
         for result in results:
+            self._learn(result)
+            done: list[Message] = []  # calls that succeeded whole: settled together
             for call in result.completed:
-                self._settle_call(result.task.handler, call)
+                if call.error is None and not call.failures:
+                    self.stats.timed(call.duration, len(call.messages))
+                    done += call.messages
+                else:
+                    self._settle_call(result.task.handler, call)
+            if done:
+                self._ack_all(result.task.stream, done)
             self._not_started(result.task, result.unstarted)
         self._flush()
 
@@ -240,6 +264,13 @@ class Drainer:
                 self._leave(handler, [message], error)
             else:
                 self._failed(message, error)
+
+    def _learn(self, result: TaskResult) -> None:
+        """How long a call of the stream takes lately (a moving average per task)."""
+        if result.completed:
+            took = sum(call.duration for call in result.completed) / len(result.completed)
+            before = self.call_sec.get(result.task.stream, took)
+            self.call_sec[result.task.stream] = 0.7 * before + 0.3 * took
 
     def _leave(self, handler: str, messages: list[Message], error: BaseException | None) -> None:
         """The run must stop for what ``error`` says; ``messages`` are not at fault: they
@@ -282,9 +313,12 @@ class Drainer:
         self._flush()
 
     def _ack(self, message: Message) -> None:
+        self._ack_all(message.stream, [message])
+
+    def _ack_all(self, stream: str, messages: list[Message]) -> None:
         self.failures_in_row = 0
-        self.stats.add(message.stream, "succeeded")
-        self.pending.ack(message.stream, message.entry_id)
+        self.stats.add(stream, "succeeded", len(messages))
+        self.pending.acks.setdefault(stream, []).extend(map(_ENTRY_ID, messages))
 
     def _failed(self, message: Message, error: BaseException) -> None:
         self.failures_in_row += 1

@@ -80,10 +80,12 @@ def peek_meta(raw: Mapping[Any, Any], entry_id: str) -> tuple[str, int]:
 
 
 def decode_entry(stream: str, entry_id: str, raw: Mapping[bytes, bytes]) -> Message:
-    try:
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+    try:  # (map/zip/dict: no Python loop; this runs for every entry)
+        fields = dict(zip(map(bytes.decode, raw), map(bytes.decode, raw.values()), strict=True))
     except UnicodeDecodeError as exc:
         raise PoisonEntry(f"fields are not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if META_ID not in fields and META_ATTEMPTS not in fields:
+        return Message(stream, entry_id, entry_id, fields, 0)  # a producer's entry as is
     first_id = fields.get(META_ID, entry_id)
     attempts_text = fields.get(META_ATTEMPTS, "0")
     if not attempts_text.isdigit():
