@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from novajobs.fencing import is_cluster
 from novajobs.streams.handlers import StreamPlan
+from novajobs.streams.keys import slot
 
 if TYPE_CHECKING:
     from novajobs.context import JobContext
@@ -76,16 +78,25 @@ class Reader:
         return list(reply[0][1]) if reply else []
 
     def wait(self, count: int) -> list[tuple[StreamPlan, list[Entry]]]:
-        """Block (drain_block_ms) on every stream at once for new entries."""
-        by_key = {p.keys.stream: p for p in self.plans}
-        block = self.ctx.settings.drain_block_ms
-        reply: Any = self.ctx.retry(
-            lambda: self.ctx.redis.xreadgroup(
-                self.group, self.consumer, dict.fromkeys(by_key, ">"), count=count, block=block
-            ),
-            "wait for stream entries",
-        )
-        return [(by_key[text(key)], list(entries)) for key, entries in reply or []]
+        """Block (drain_block_ms) for new entries on every stream at once: one read per
+        Redis Cluster slot the streams are in (one read can only name one slot's keys),
+        the blocking time shared between them."""
+        cluster = is_cluster(self.ctx.redis)
+        by_slot: dict[int, dict[str, StreamPlan]] = {}
+        for plan in self.plans:
+            group = slot(plan.keys.stream) if cluster else 0
+            by_slot.setdefault(group, {})[plan.keys.stream] = plan
+        block = max(1, self.ctx.settings.drain_block_ms // len(by_slot))
+        for by_key in by_slot.values():
+            reply: Any = self.ctx.retry(
+                lambda k=by_key: self.ctx.redis.xreadgroup(  # type: ignore[misc]
+                    self.group, self.consumer, dict.fromkeys(k, ">"), count=count, block=block
+                ),
+                "wait for stream entries",
+            )
+            if reply:
+                return [(by_key[text(key)], list(entries)) for key, entries in reply]
+        return []
 
     # -- redeliveries ------------------------------------------------------------------------
     def _resume(self, plan: StreamPlan, count: int) -> Taken:
