@@ -19,7 +19,7 @@ for streams with their own tag). ``migrate_legacy`` moves what such keys hold in
 the new ones, a batch per atomic script, and every stream command (drain-stream,
 promote-retries, ``dlq``) runs it first, so an upgraded single-Redis deployment
 migrates by itself on its next run. On a cluster the old keys live in other slots:
-migrate on the single Redis before moving to a cluster (see docs/operations.md).
+migrate on the single Redis before moving to a cluster (docs/jobs.md, Stream keys).
 """
 
 from __future__ import annotations
@@ -140,10 +140,10 @@ def _eval(r: redis.Redis, script: str, *args: Any) -> Any:
 
     try:
         return r.eval(script, 4, *args)
-    except redis_module.ResponseError as exc:
-        if "CROSSSLOT" in str(exc):
+    except (redis_module.ResponseError, redis_module.RedisClusterException) as exc:
+        if "CROSSSLOT" in str(exc) or "same key slot" in str(exc):
             raise ConfigError(
                 f"keys {args[0]} / {args[2]} (pre-cluster names) are on a Redis Cluster in "
                 "another slot than the stream: migrate them on a single Redis first "
-                "(docs/operations.md)") from None
+                "(docs/jobs.md, Stream keys)") from None
         raise
