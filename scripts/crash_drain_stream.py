@@ -101,6 +101,7 @@ def main() -> int:
         pg.execute("INSERT INTO flaky SELECT i, i %% 1000 = 3 FROM generate_series(0, %s) i "
                    "WHERE i %% 1000 = 3 OR i %% 2000 = 7", [entries])
         fill(r, entries)
+        r.xgroup_create(STREAM, "novajobs", "0")  # (a drain killed while starting makes none)
         print(f"seed {seed}: {entries} entries; {kills} rounds of kill -9 "
               "(drain-stream, promote-retries, dlq replay)")
         for kill in range(kills):
