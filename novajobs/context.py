@@ -173,7 +173,7 @@ class JobContext:
         self.conns = connections or Connections(settings, self.log, self.guard)
         self.counters: Counter[str] = Counter()
 
-    # -- stores --------------------------------------------------------------------------
+    # -- stores: a job reaches each as ctx.<store>, never through ctx.conns ----------------
     @property
     def redis(self) -> redis.Redis:
         return self.conns.redis
@@ -185,6 +185,20 @@ class JobContext:
     @property
     def pg(self) -> psycopg.Connection[Any]:
         return self.conns.pg
+
+    @property
+    def s3(self) -> Any:
+        """The S3/MinIO client (the MinIO SDK)."""
+        return self.conns.minio
+
+    @property
+    def neo4j(self) -> Any:
+        """The Neo4j driver: open a session per query (``with ctx.neo4j.session()``)."""
+        return self.conns.neo4j
+
+    @property
+    def elasticsearch(self) -> Any:
+        return self.conns.elasticsearch
 
     def key(self, name: str) -> str:
         """A Redis key with the configured prefix."""

@@ -32,7 +32,7 @@ class Index:
 
 def client(ctx: JobContext) -> Any:
     """The client, with a request timeout that never outlives the run's time budget."""
-    es = ctx.conns.elasticsearch
+    es = ctx.elasticsearch
     left = ctx.guard.remaining()
     if left is None:
         return es

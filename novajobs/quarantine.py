@@ -56,7 +56,7 @@ def move_in(ctx: JobContext, bucket: str, key: str, etag: str | None) -> bool:
     from minio.commonconfig import CopySource
     from minio.error import S3Error
 
-    client = ctx.conns.minio
+    client = ctx.s3
     qbucket, prefix = area(ctx.settings, bucket)
     try:
         ctx.retry(lambda: client.copy_object(qbucket, prefix + key,
@@ -79,7 +79,7 @@ def etag_of(ctx: JobContext, bucket: str, key: str) -> str | None:
     from minio.error import S3Error
 
     try:
-        stat = ctx.retry(lambda: ctx.conns.minio.stat_object(bucket, key),
+        stat = ctx.retry(lambda: ctx.s3.stat_object(bucket, key),
                          f"look up s3://{bucket}/{key}")
     except S3Error as exc:
         if exc.code in ("NoSuchKey", "NotFound"):
@@ -97,7 +97,7 @@ def remove_all(ctx: JobContext, bucket: str, keys: list[str]) -> list[str]:
         chunk = [DeleteObject(k) for k in keys[start:start + S3_MAX_KEYS_PER_DELETE]]
 
         def call(objects: list[Any] = chunk) -> list[str]:
-            return [e.name for e in ctx.conns.minio.remove_objects(bucket, objects)
+            return [e.name for e in ctx.s3.remove_objects(bucket, objects)
                     if e.name and e.code != "NoSuchKey"]
 
         failed += ctx.retry(call, f"delete {len(chunk)} objects in S3 bucket {bucket}")
@@ -111,7 +111,7 @@ def listing(ctx: JobContext, buckets: Iterable[str], prefix: str = "",
     that were quarantined in [since, until), in key order, a page at a time."""
     for bucket in buckets:
         qbucket, qprefix = area(ctx.settings, bucket)
-        pages = ctx.conns.minio.list_objects(qbucket, prefix=qprefix + prefix, recursive=True)
+        pages = ctx.s3.list_objects(qbucket, prefix=qprefix + prefix, recursive=True)
         for obj in pages:
             at = obj.last_modified
             if at is None or (since and at < since) or (until and at >= until):
@@ -128,9 +128,9 @@ def move_out(ctx: JobContext, item: Quarantined) -> str:
     if etag_of(ctx, item.bucket, item.key) is not None:
         return "exists"
     source = CopySource(item.qbucket, item.qkey)
-    ctx.retry(lambda: ctx.conns.minio.copy_object(item.bucket, item.key, source),
+    ctx.retry(lambda: ctx.s3.copy_object(item.bucket, item.key, source),
               f"restore s3://{item.bucket}/{item.key}")
-    ctx.retry(lambda: ctx.conns.minio.remove_object(item.qbucket, item.qkey),
+    ctx.retry(lambda: ctx.s3.remove_object(item.qbucket, item.qkey),
               f"remove s3://{item.qbucket}/{item.qkey}")
     return "restored"
 

@@ -107,7 +107,7 @@ class MultipartWriter:
                  metadata: dict[str, str] | None = None) -> None:
         self.ctx, self.bucket, self.key = ctx, bucket, key
         self.part_size = max(part_size, MIN_PART)
-        self.client = ctx.conns.minio
+        self.client = ctx.s3
         headers = {"Content-Type": "application/gzip"}
         headers.update({f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()})
         self.upload_id: str = ctx.retry(
@@ -254,7 +254,7 @@ def put_small(ctx: JobContext, bucket: str, key: str, body: bytes,
               ) -> None:
     import io
 
-    ctx.retry(lambda: ctx.conns.minio.put_object(bucket, key, io.BytesIO(body), len(body),
+    ctx.retry(lambda: ctx.s3.put_object(bucket, key, io.BytesIO(body), len(body),
                                                  content_type=content_type, metadata=metadata),
               f"write s3://{bucket}/{key}")
 
@@ -265,7 +265,7 @@ def get_small(ctx: JobContext, bucket: str, key: str) -> bytes | None:
         from minio.error import S3Error
 
         try:
-            response = ctx.conns.minio.get_object(bucket, key)
+            response = ctx.s3.get_object(bucket, key)
         except S3Error as exc:
             if exc.code == "NoSuchKey":
                 return None
@@ -284,7 +284,7 @@ def read_digest(ctx: JobContext, bucket: str, key: str) -> Digest:
     def read() -> Digest:
         unzip = zlib.decompressobj(GZIP)
         hasher, rows, raw, size = hashlib.sha256(), 0, 0, 0
-        response = ctx.conns.minio.get_object(bucket, key)
+        response = ctx.s3.get_object(bucket, key)
         try:
             for chunk in response.stream(READ_CHUNK):
                 size += len(chunk)
@@ -305,7 +305,7 @@ def read_digest(ctx: JobContext, bucket: str, key: str) -> Digest:
 def stream_object(ctx: JobContext, bucket: str, key: str) -> Iterable[bytes]:
     """The uncompressed data of an archive, chunk by chunk (restore's COPY FROM)."""
     unzip = zlib.decompressobj(GZIP)
-    response = ctx.retry(lambda: ctx.conns.minio.get_object(bucket, key),
+    response = ctx.retry(lambda: ctx.s3.get_object(bucket, key),
                          f"read s3://{bucket}/{key}")
     try:
         for chunk in response.stream(READ_CHUNK):
@@ -322,7 +322,7 @@ def stream_object(ctx: JobContext, bucket: str, key: str) -> Iterable[bytes]:
 
 def require_bucket(ctx: JobContext, bucket: str) -> None:
     """One clear line (exit 78) when the archive bucket is missing."""
-    if not ctx.retry(lambda: ctx.conns.minio.bucket_exists(bucket),
+    if not ctx.retry(lambda: ctx.s3.bucket_exists(bucket),
                      f"check S3 bucket {bucket}"):
         raise ConfigError(f"S3 bucket {bucket} (archive_bucket) does not exist: create it, "
                           "or point archive_bucket at the bucket for archives")

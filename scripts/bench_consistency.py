@@ -92,7 +92,7 @@ def main() -> int:
         ctx = JobContext(settings, "check-consistency")
         pg = open_session(ctx)
         ids = [row[0] for row in pg_rows(ctx, pg, SAMPLE_USERS, {"n": args.sample})]
-        session = ctx.conns.neo4j.session()
+        session = ctx.neo4j.session()
 
         def batched() -> tuple[set[int], set[int]]:
             return found_in_neo4j(ctx, ids), found_in_postgres(ctx, pg, ids)

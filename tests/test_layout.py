@@ -68,6 +68,19 @@ def test_jobs_import_no_cli_or_console_and_the_console_no_job_or_cli():
     assert {m: n for m, n in wrong.items() if n} == {}
 
 
+def test_jobs_reach_stores_as_ctx_attributes_not_through_the_connections():
+    """One surface for jobs and their helpers: ctx.redis, ctx.pg, ctx.clickhouse, ctx.s3,
+    ctx.neo4j, ctx.elasticsearch."""
+    reaching = sorted(
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in ("context.py", "runner.py")  # the owner, and closing up after a run
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "conns"
+    )
+    assert reaching == []
+
+
 @pytest.mark.parametrize(("library", "allowed"), [
     ("click", ("novajobs.cli",)),
     ("rich", ("novajobs.output",)),

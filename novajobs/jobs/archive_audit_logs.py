@@ -175,7 +175,7 @@ class Archiver:
         smallest id: only keys from there on are listed."""
         row = self.conn.execute(f"SELECT min(id) FROM {TABLE}").fetchone()
         start = f"{self.base}{(row[0] if row and row[0] is not None else 0):020d}"
-        client, removed = self.ctx.conns.minio, 0
+        client, removed = self.ctx.s3, 0
         listed = self.ctx.retry(
             lambda: [o.object_name for o in client.list_objects(
                 self.bucket, prefix=self.base, start_after=start, recursive=True)],

@@ -257,7 +257,7 @@ class PartitionArchiver:
 
     def remove_other_data(self, folder: str, keep: str) -> None:
         """Data objects of earlier attempts at this month: no manifest names them now."""
-        client, bucket = self.ctx.conns.minio, self.ctx.settings.archive_bucket
+        client, bucket = self.ctx.s3, self.ctx.settings.archive_bucket
         names = self.ctx.retry(
             lambda: [o.object_name for o in client.list_objects(bucket, prefix=folder)],
             f"list s3://{bucket}/{folder}")

@@ -180,7 +180,7 @@ def cypher(ctx: JobContext, query: str, what: str, **params: Any) -> list[dict[s
     from neo4j.exceptions import AuthError
 
     def call() -> list[dict[str, Any]]:
-        with ctx.conns.neo4j.session() as session:
+        with ctx.neo4j.session() as session:
             return [record.data() for record in session.run(query, params)]
 
     try:

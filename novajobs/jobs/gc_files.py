@@ -272,7 +272,7 @@ def remove_objects(ctx: JobContext, bucket: str, paths: list[str]) -> dict[str, 
 
     def call() -> dict[str, str]:
         # remove_objects is lazy: the request is only sent while its result is consumed.
-        errors = ctx.conns.minio.remove_objects(bucket, objects)
+        errors = ctx.s3.remove_objects(bucket, objects)
         return {e.name: e.code for e in errors if e.name is not None}
 
     return ctx.retry(call, f"delete {len(paths)} objects in S3 bucket {bucket}")

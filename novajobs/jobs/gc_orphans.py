@@ -114,7 +114,7 @@ class OrphanScan:
     # -- the two sorted streams ---------------------------------------------------------
     def objects(self, bucket: str) -> Iterator[Obj]:
         s = self.ctx.settings
-        for o in self.ctx.conns.minio.list_objects(bucket, recursive=True):
+        for o in self.ctx.s3.list_objects(bucket, recursive=True):
             if not quarantine.is_quarantine_key(s, bucket, o.object_name):
                 yield Obj(o.object_name, o.size or 0, o.etag, o.last_modified)
 
@@ -342,7 +342,7 @@ def check_bucket(ctx: JobContext, bucket: str) -> str | None:
         return f"bucket {bucket} holds the archives (archive_bucket); it is never scanned"
     if s.quarantine_bucket and bucket == s.quarantine_bucket:
         return f"bucket {bucket} is the quarantine (quarantine_bucket); it is never scanned"
-    if not ctx.retry(lambda: ctx.conns.minio.bucket_exists(bucket), f"check bucket {bucket}"):
+    if not ctx.retry(lambda: ctx.s3.bucket_exists(bucket), f"check bucket {bucket}"):
         return f"bucket {bucket} (orphan_buckets) does not exist"
     return None
 
