@@ -36,6 +36,16 @@ def open_session(ctx: JobContext, *, lock_timeout_sec: float = 0) -> psycopg.Con
 
 
 @contextmanager
+def pg_session(
+    ctx: JobContext, *, lock_timeout_sec: float = 0
+) -> Iterator[psycopg.Connection[Any]]:
+    """The job's session (``open_session``), with the server-side stops we ask for turned
+    into the run's outcomes (``pg_errors``): ``with pg_session(ctx) as conn: ...``."""
+    with pg_errors(ctx.job):
+        yield open_session(ctx, lock_timeout_sec=lock_timeout_sec)
+
+
+@contextmanager
 def pg_errors(what: str) -> Iterator[None]:
     """Turn the two server-side stops we ask for into the run's own outcomes."""
     import psycopg

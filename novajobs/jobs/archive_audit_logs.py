@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
 from novajobs.pgfence import check_pg
-from novajobs.pgsession import exclusive_run, open_session, pg_errors
+from novajobs.pgsession import exclusive_run, pg_session
 from novajobs.s3archive import (
     Digest,
     compress,
@@ -203,8 +203,7 @@ def run(ctx: JobContext) -> Result:
                    "deleted until it is (e.g. NOVAJOBS_AUDIT_ARCHIVE_RETENTION_DAYS=180)")
         ctx.log.warning(message)
         return Result(Outcome.NOTHING_TO_DO, message)
-    with pg_errors("archive-audit-logs"):
-        conn = open_session(ctx)
+    with pg_session(ctx) as conn:
         require_tables(conn, owned=("novajobs_audit_archive",), read=(TABLE,))
         require_bucket(ctx, s.archive_bucket)
         with exclusive_run(conn, "archive-audit-logs"):

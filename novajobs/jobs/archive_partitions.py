@@ -47,7 +47,7 @@ from novajobs.pgarchive import (
     writers,
 )
 from novajobs.pgfence import check_pg
-from novajobs.pgsession import exclusive_run, open_session, pg_errors
+from novajobs.pgsession import exclusive_run, pg_session
 from novajobs.s3archive import digest_of, read_digest, require_bucket, upload_stream
 
 if TYPE_CHECKING:
@@ -284,8 +284,7 @@ def run(ctx: JobContext, table: tuple[str, ...] = ()) -> Result:
                    "is (e.g. NOVAJOBS_ARCHIVE_RETENTION_MONTHS=chat_messages=12,chat_inbox=12)")
         ctx.log.warning(message)
         return Result(Outcome.NOTHING_TO_DO, message)
-    with pg_errors("archive-partitions"):
-        conn = open_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec)
+    with pg_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec) as conn:
         if not ctx.dry_run:
             require_bucket(ctx, s.archive_bucket)
         with exclusive_run(conn, "archive-partitions"):

@@ -170,7 +170,7 @@ def found_in_postgres(ctx: JobContext, pg: Any, ids: list[int]) -> set[int]:
 def pg_rows(ctx: JobContext, conn: Any, query: str, params: dict[str, Any] | None = None
             ) -> list[Any]:
     """Rows of a read query on the job's autocommit session (no transaction left open)."""
-    with pg_errors("check-consistency"):
+    with pg_errors(ctx.job):
         return ctx.retry(lambda: conn.execute(query, params).fetchall(),
                          "query PostgreSQL users")
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from novajobs.context import JobContext, Result
 from novajobs.dates import resolve_range
 from novajobs.errors import Outcome
-from novajobs.pgsession import open_session, pg_errors
+from novajobs.pgsession import pg_session
 from novajobs.schema import require_tables
 
 if TYPE_CHECKING:
@@ -155,8 +155,7 @@ def check_params(settings: Settings, since: str | None = None, until: str | None
 def run(ctx: JobContext, since: str | None = None, until: str | None = None) -> Result:
     s = ctx.settings
     start, end = window(s, since, until)
-    with pg_errors("check-message-gaps"):
-        open_session(ctx)
+    with pg_session(ctx):
         require_tables(ctx.pg, read=("chat_messages",))
         found = check_window(ctx, start, end)
     gaps = found["gaps"]

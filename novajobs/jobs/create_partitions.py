@@ -34,7 +34,7 @@ from novajobs.partitioning import (
     split_name,
 )
 from novajobs.pgfence import pg_transaction
-from novajobs.pgsession import open_session, pg_errors
+from novajobs.pgsession import pg_session
 from novajobs.registry import check_flag
 
 if TYPE_CHECKING:
@@ -265,8 +265,7 @@ def run(ctx: JobContext, table: tuple[str, ...] = (), move_default_rows: bool = 
     tables = table or s.partition_tables
     today = datetime.now(ZoneInfo(s.partition_timezone)).date()
     months = months_ahead(today, s.partition_months_ahead)
-    with pg_errors("create-partitions"):
-        conn = open_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec)
+    with pg_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec) as conn:
         job = PartitionRun(ctx, conn, move_default_rows)
         for name in tables:
             job.handle_table(name, months)

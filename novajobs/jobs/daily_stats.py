@@ -33,7 +33,7 @@ from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, local_today, resolve_days
 from novajobs.errors import Outcome
 from novajobs.pgfence import pg_transaction
-from novajobs.pgsession import open_session, pg_errors
+from novajobs.pgsession import pg_session
 from novajobs.registry import check_flag
 from novajobs.schema import require_tables
 
@@ -191,8 +191,7 @@ def run(
         ctx.log.warning("today is not over: its numbers will grow", stat_date=str(last))
     written = Written()
     catch: CatchUp[date] | None = None
-    with pg_errors("daily-stats"):
-        conn = open_session(ctx)
+    with pg_session(ctx) as conn:
         require_tables(
             conn,
             owned=("daily_stats",),

@@ -34,7 +34,7 @@ from novajobs.context import JobContext, Result, Shard
 from novajobs.dates import parse_duration
 from novajobs.errors import ConfigError, JobFailed, Outcome
 from novajobs.pgfence import check_pg
-from novajobs.pgsession import open_session, pg_errors
+from novajobs.pgsession import pg_session
 from novajobs.registry import check_flag
 from novajobs.schema import require_tables
 
@@ -317,8 +317,7 @@ def run(ctx: JobContext, mark_missing: bool = False) -> Result:
                    "(e.g. NOVAJOBS_ORPHAN_BUCKETS=nova-files)")
         ctx.log.warning(message)
         return Result(Outcome.NOTHING_TO_DO, message)
-    with pg_errors("gc-orphans"):
-        conn = open_session(ctx)
+    with pg_session(ctx) as conn:
         require_tables(conn, owned=("novajobs_missing_objects",) if mark_missing else (),
                        read=("file_metadata",))
         row = conn.execute("SELECT now()").fetchone()

@@ -28,7 +28,7 @@ from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, IsoWeek, local_today, parse_week, resolve_week
 from novajobs.errors import Outcome, UsageError
 from novajobs.pgfence import pg_transaction
-from novajobs.pgsession import open_session, pg_errors
+from novajobs.pgsession import pg_session
 from novajobs.registry import check_flag
 from novajobs.schema import require_tables
 
@@ -153,8 +153,7 @@ def run(ctx: JobContext, week: str | None = None, no_catchup: bool = False) -> R
     if target.monday + timedelta(days=7) > local_today(tz):
         ctx.log.warning("the week is not over: its ranking will change", stat_week=target.label)
     catch: CatchUp[IsoWeek] | None = None
-    with pg_errors("group-activity-rank"):
-        open_session(ctx)
+    with pg_session(ctx):
         require_tables(ctx.pg, owned=("group_activity_rank",), read=("chat_messages",))
         ranked, replaced = rank_week(ctx, target)
         if week is None:

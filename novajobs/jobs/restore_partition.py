@@ -28,7 +28,7 @@ from novajobs.pgarchive import (
     set_marker,
 )
 from novajobs.pgfence import check_pg
-from novajobs.pgsession import exclusive_run, open_session, pg_errors
+from novajobs.pgsession import exclusive_run, pg_session
 from novajobs.s3archive import Digest, digest_of, stream_object
 
 if TYPE_CHECKING:
@@ -57,8 +57,7 @@ def check_params(settings: Settings, table: str | None = None,
 def run(ctx: JobContext, table: str | None = None, month: str | None = None) -> Result:
     table, month = check_params(ctx.settings, table, month)
     s = ctx.settings
-    with pg_errors("restore-partition"):
-        conn = open_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec)
+    with pg_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec) as conn:
         try:
             parent = inspect_parent(conn, table)
         except TableProblem as exc:
