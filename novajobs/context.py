@@ -234,8 +234,3 @@ class JobContext:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def batched(items: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

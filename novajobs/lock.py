@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from novajobs.conversions import text
+
 if TYPE_CHECKING:
     import redis
 
@@ -71,13 +73,13 @@ def read_holder(r: redis.Redis, key: str) -> Holder | None:
     raw, ttl = pipe.execute()
     if raw is None:
         return None
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    raw_text = text(raw)
     try:
-        info = json.loads(text)
+        info = json.loads(raw_text)
         info = info if isinstance(info, dict) else {}
     except ValueError:  # a lock written by something else: show it, don't crash
         info = {}
-    return Holder(key=key, info=info, ttl_ms=max(int(ttl), 0), raw=text)
+    return Holder(key=key, info=info, ttl_ms=max(int(ttl), 0), raw=raw_text)
 
 
 def force_release(r: redis.Redis, holder: Holder) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from novajobs.conversions import text
 from novajobs.errors import LockLost, Outcome
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def record_start(r: redis.Redis, prefix: str, rec: RunRecord, fence: Fence | Non
         return
     # Kept in case this run turns out to be an attempt (a usage error found mid-run).
     previous = r.hmget(key, _RUN_FIELDS)
-    stash = {name: _s(v) for name, v in zip(_RUN_FIELDS, previous, strict=True) if v is not None}
+    stash = {name: text(v) for name, v in zip(_RUN_FIELDS, previous, strict=True) if v is not None}
     pipe = FencedTransaction(r, fence)
     pipe.hset(key, mapping={**_flat(rec), "previous": json.dumps(stash), "skips": "0",
                             "seen_at": rec.started_at})
@@ -246,7 +247,7 @@ def entry(data: dict[str, Any], unit: str | None = None) -> dict[str, Any]:
 
 def read_status(r: redis.Redis, prefix: str, unit: str) -> dict[str, Any] | None:
     raw = r.hgetall(status_key(prefix, unit))
-    return status_entry({_s(k): _s(v) for k, v in raw.items()}, unit) if raw else None
+    return status_entry({text(k): text(v) for k, v in raw.items()}, unit) if raw else None
 
 
 def status_entry(data: dict[str, str], unit: str) -> dict[str, Any]:
@@ -266,7 +267,7 @@ def read_statuses(r: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     out = []
     start = len(status_key(prefix, ""))
     for key in r.scan_iter(match=status_key(prefix, "*"), count=500):
-        unit = _s(key)[start:]
+        unit = text(key)[start:]
         if (status := read_status(r, prefix, unit)) is not None:
             out.append(status)
     return sorted(out, key=lambda d: str(d["unit"]))
@@ -303,7 +304,3 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from novajobs.cli.options import JSON_OPTION, SETTINGS_OPTIONS, settings_from, with_options
+from novajobs.conversions import text
 from novajobs.errors import ExitCode, UsageError
 from novajobs.registry import JOBS, get_job
 
@@ -117,7 +118,7 @@ def locks(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     ]
     rows = [
         {
-            "job": _s(h.key)[len(prefix) :],
+            "job": text(h.key)[len(prefix) :],
             "host": h.info.get("host"),
             "pid": h.info.get("pid"),
             "run_id": h.info.get("run_id"),
@@ -264,7 +265,3 @@ def unit_name(job: str, shard: str | None) -> str:
 
     parsed = Shard.parse(shard, completion_index=None, shard_count=0)
     return f"{name}:{parsed.label}"
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from novajobs.conversions import text
 from novajobs.jobstatus import job_statuses, unit_status
 from novajobs.lock import read_holder
 from novajobs.records import find_run, read_history
@@ -138,10 +139,10 @@ def _group(r: redis.Redis, key: str, group: str) -> dict[str, Any] | None:
         return None
     for info in groups:
         name = info.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) == group:
+        if text(name) == group:
             return {"name": group, "pending": info.get("pending"), "lag": info.get("lag"),
                     "consumers": info.get("consumers"),
-                    "last_delivered_id": _text(info.get("last-delivered-id"))}
+                    "last_delivered_id": text(info["last-delivered-id"])}
     return None
 
 
@@ -164,7 +165,3 @@ def known_stream(settings: Settings, stream: str) -> bool:
 
 def job_names() -> list[str]:
     return [spec.name for spec in JOBS]
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from novajobs.context import JobContext, Result, batched
+from novajobs.context import JobContext, Result
+from novajobs.conversions import batched
 from novajobs.errors import ConfigError, Outcome
 from novajobs.pgsession import open_session, pg_errors
 from novajobs.schema import require_tables

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from novajobs.context import JobContext, Result, Shard, batched
+from novajobs.context import JobContext, Result, Shard
+from novajobs.conversions import batched
 from novajobs.dates import parse_duration
 from novajobs.errors import JobFailed, Outcome
 from novajobs.pgfence import check_pg

@@ -19,12 +19,12 @@ import json
 import math
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import partial
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
+from novajobs.conversions import batched
 from novajobs.errors import Outcome, UsageError
 from novajobs.fencing import FencedPipeline, fenced_command
 
@@ -110,7 +110,7 @@ def pick_stalest(ctx: JobContext, users: array[int], n: int) -> list[int]:
     """The ``n`` users refreshed longest ago (never refreshed first), ties by id."""
     zset = ctx.key(REFRESHED_ZSET)
     heap: list[tuple[float, int]] = []  # max-heap on (-refreshed_at, -id) of the n stalest
-    for chunk in _chunks(users, 10_000):
+    for chunk in batched(users, 10_000):
         members = [str(u) for u in chunk]
         scores = ctx.retry(partial(ctx.redis.zmscore, zset, members), "read refresh times")
         for user, score in zip(chunk, scores, strict=True):
@@ -162,7 +162,7 @@ def run(ctx: JobContext, user: int | None = None) -> Result:
     if total == 0:
         return Result(Outcome.NOTHING_TO_DO, "no active users in the window")
     with ctx.progress("users", total) as bar:
-        for chunk in _chunks(chosen, s.suggestion_chunk_size):
+        for chunk in batched(chosen, s.suggestion_chunk_size):
             ctx.checkpoint()
             suggestions = suggest(ctx, chunk, s.suggestions_per_user)
             write(ctx, suggestions, ttl_sec)
@@ -188,9 +188,3 @@ def _forget_inactive(ctx: JobContext, now: float) -> None:
                                repr(horizon)),
         "prune refresh times",
     )
-
-
-def _chunks(items: Iterable[int], size: int) -> Iterator[list[int]]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk

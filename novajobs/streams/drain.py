@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from novajobs.conversions import text
 from novajobs.errors import (
     ConfigError,
     Interrupted,
@@ -42,7 +43,7 @@ from novajobs.streams.entries import PoisonEntry, decode_entry, meta, peek_meta,
 from novajobs.streams.handlers import Message, PermanentError, StreamPlan, is_outage
 from novajobs.streams.pool import CallResult, Task, TaskResult, WorkerPool
 from novajobs.streams.queues import retry_delay, retry_member
-from novajobs.streams.reader import Entry, Reader, Taken, text
+from novajobs.streams.reader import Entry, Reader, Taken
 from novajobs.streams.settle import Round, give_back, write_round
 from novajobs.streams.stats import DrainStats
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from novajobs.conversions import text
 from novajobs.fencing import is_cluster
 from novajobs.streams.handlers import StreamPlan
 from novajobs.streams.keys import slot
@@ -156,7 +157,3 @@ class Reader:
 
         replies = self.ctx.retry(fetch, f"read delivery counts of {plan.name}")
         return [int(r[0]["times_delivered"]) if r else 1 for r in replies]
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
