@@ -147,6 +147,14 @@ class Connections:
                 self.log.debug("closing a connection failed", error=str(exc))
 
 
+def redis_client(settings: Settings) -> redis.Redis:
+    """Redis for a command outside a run (status, locks, dlq, the console): the same
+    client a run gets, built from the same settings."""
+    from novajobs.output import JobLog
+
+    return Connections(settings, JobLog()).redis
+
+
 def close_pg(conn: psycopg.Connection[Any]) -> None:
     """Close, cancelling first a query a stop left running: the server would otherwise go
     on waiting in it (a lock wait does not notice the client left), holding its locks."""

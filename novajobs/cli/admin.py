@@ -17,21 +17,13 @@ from novajobs.registry import JOBS, get_job
 # Every command below imports what it needs when it runs: `novajobs --help` stays cheap.
 
 if TYPE_CHECKING:
-    import redis
 
-    from novajobs.settings import Settings
+    pass
 
 
 def register(group: click.Group) -> None:
     for command in (status, history, locks, schedule, config):
         group.add_command(command)
-
-
-def _redis(settings: Settings) -> redis.Redis:
-    from novajobs.connections import Connections
-    from novajobs.output import JobLog
-
-    return Connections(settings, JobLog()).redis
 
 
 @click.command()
@@ -50,12 +42,13 @@ def status(as_json: bool, **kw: Any) -> None:
     """
     import shutil
 
+    from novajobs.connections import redis_client
     from novajobs.jobstatus import job_statuses
     from novajobs.output import print_json, print_line
     from novajobs.textview import status_lines
 
     settings = settings_from(kw)
-    rows = job_statuses(_redis(settings), settings.redis_prefix, settings.run_heartbeat_sec)
+    rows = job_statuses(redis_client(settings), settings.redis_prefix, settings.run_heartbeat_sec)
     if as_json:
         print_json(rows)
         return
@@ -77,13 +70,14 @@ def history(job: str, shard: str | None, limit: int, as_json: bool, **kw: Any) -
     \b
       novajobs history refresh-trending -n 5
     """
+    from novajobs.connections import redis_client
     from novajobs.output import print_json, print_line
     from novajobs.records import read_history
     from novajobs.textview import history_lines
 
     settings = settings_from(kw)
     unit = unit_name(job, shard)
-    rows = read_history(_redis(settings), settings.redis_prefix, unit, limit)
+    rows = read_history(redis_client(settings), settings.redis_prefix, unit, limit)
     if as_json:
         print_json(rows)
         return
@@ -105,13 +99,14 @@ def locks(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
       novajobs locks
       novajobs locks release refresh-suggestions --force
     """
+    from novajobs.connections import redis_client
     if ctx.invoked_subcommand is not None:
         return
     from novajobs.lock import read_holder
     from novajobs.output import print_json, print_line, print_table
 
     settings = settings_from(kw)
-    r = _redis(settings)
+    r = redis_client(settings)
     prefix = f"{settings.redis_prefix}job:lock:"
     holders = [
         h for key in r.scan_iter(match=prefix + "*", count=500) if (h := read_holder(r, key))
@@ -153,12 +148,13 @@ def release(lock: str, force: bool, **kw: Any) -> int:
     \b
       novajobs locks release refresh-suggestions --force
     """
+    from novajobs.connections import redis_client
     from novajobs.lock import force_release, lock_key, read_holder
     from novajobs.output import print_line
 
     job, _, scope = lock.partition(":")
     settings = settings_from(kw)
-    r = _redis(settings)
+    r = redis_client(settings)
     key = lock_key(settings.redis_prefix, get_job(job).name, scope or None)
     holder = read_holder(r, key)
     if holder is None:

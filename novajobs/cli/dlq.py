@@ -46,12 +46,11 @@ def dlq() -> None:
 
 def _connect(settings: Settings, stream: str) -> tuple[redis.Redis, StreamKeys]:
     """The client and the stream's keys, legacy keys migrated (see streams/keys.py)."""
-    from novajobs.connections import Connections
-    from novajobs.output import JobLog
+    from novajobs.connections import redis_client
     from novajobs.streams.keys import migrate_legacy, stream_keys
 
     keys = stream_keys(settings.redis_prefix, stream)
-    r = Connections(settings, JobLog()).redis
+    r = redis_client(settings)
     migrate_legacy(r, keys)
     return r, keys
 

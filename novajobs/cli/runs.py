@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from novajobs.cli.admin import _redis, unit_name
+from novajobs.cli.admin import unit_name
 from novajobs.cli.options import JSON_OPTION, SETTINGS_OPTIONS, settings_from, with_options
 from novajobs.errors import ExitCode, UsageError
 from novajobs.registry import get_job
@@ -40,13 +40,14 @@ def logs(job: str, run_id: str | None, shard: str | None, follow: bool, as_json:
       novajobs logs gc-files --follow
       novajobs logs refresh-trending 3f2a9c1e
     """
+    from novajobs.connections import redis_client
     from novajobs.records import find_run, read_status
     from novajobs.runlog import follow as follow_lines
     from novajobs.runlog import read_lines
     from novajobs.stops import Target, still_running
 
     settings = settings_from(kw)
-    r, prefix, unit = _redis(settings), settings.redis_prefix, unit_name(job, shard)
+    r, prefix, unit = redis_client(settings), settings.redis_prefix, unit_name(job, shard)
     if run_id:
         run = find_run(r, prefix, unit, run_id, settings.history_size)
     else:
@@ -116,13 +117,14 @@ def stop(job: str, shard: str | None, wait_sec: float, as_json: bool, **kw: Any)
     \b
       novajobs stop gc-files --shard 2/4
     """
+    from novajobs.connections import redis_client
     from novajobs.output import print_json, print_line
     from novajobs.stops import request_stop, running_runs, wait_ended, who_am_i
 
     settings = settings_from(kw)
     name = get_job(job).name
     unit = unit_name(job, shard) if shard else None
-    r = _redis(settings)
+    r = redis_client(settings)
     targets, stale = running_runs(r, settings, name, unit)
     for s in stale:
         print_line(f"{s['unit']}: run {s['run_id']} is stale (no heartbeat for "

@@ -192,10 +192,9 @@ def build(settings: Settings, bind: str, read_only: bool,
     if not token and not is_loopback(host):
         raise ConfigError(f"console --bind {bind}: not a loopback address, so the setting "
                           "console_token must be set (every request then needs it)")
-    from novajobs.connections import Connections
-    from novajobs.output import JobLog
+    from novajobs.connections import redis_client
 
-    client = Connections(settings, JobLog()).redis
+    client = redis_client(settings)
     guard = Guard(token or new_token(), host.strip("[]"), int(port), read_only)
     console = Console(settings, guard, client)
     server = ThreadingHTTPServer((host.strip("[]"), int(port)), make_handler(console))
