@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from novajobs.conversions import text
 from novajobs.errors import ConfigError, UsageError
 from novajobs.streams.entries import (
     META_ATTEMPTS,
@@ -143,7 +144,7 @@ def parse_when(verb: str, flag: str, text: str | None) -> float | None:
 def read(r: redis.Redis, keys: StreamKeys, start: str = "-", end: str = "+",
          count: int = 100) -> list[DeadLetter]:
     rows: Any = r.eval(_XRANGE, 1, keys.dlq, start, end, count)
-    return [_dead_letter(_text(entry_id), first_values(pairs)) for entry_id, pairs in rows]
+    return [_dead_letter(text(entry_id), first_values(pairs)) for entry_id, pairs in rows]
 
 
 def show(r: redis.Redis, keys: StreamKeys, entry_id: str) -> DeadLetter | None:
@@ -165,7 +166,7 @@ def select(r: redis.Redis, keys: StreamKeys, sel: Selection,
     if not last:
         return
     start = _id_at(sel.since) if sel.since is not None else "-"
-    end = _text(last[0][0])
+    end = text(last[0][0])
     if sel.until is not None and _id_order(_id_at(sel.until)) <= _id_order(end):
         end = "(" + _id_at(sel.until)  # dead-lettered before `until`
     while letters := read(r, keys, start, end, batch):
@@ -349,17 +350,13 @@ def _id_order(entry_id: str) -> tuple[int, int]:
 
 
 def _dead_letter(entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
-    attempts = _text(raw.get(META_ATTEMPTS.encode(), b""))
+    attempts = text(raw.get(META_ATTEMPTS.encode(), b""))
     return DeadLetter(
         id=entry_id,
-        first_id=_text(raw.get(META_ID.encode(), b"")),
+        first_id=text(raw.get(META_ID.encode(), b"")),
         attempts=int(attempts) if attempts.isdigit() else 0,
-        failed_at=_text(raw.get(META_FAILED_AT.encode(), b"")),
-        error=_text(raw.get(META_ERROR.encode(), b"")),
-        fields={_text(k): _text(v) for k, v in raw.items() if not is_meta(k)},
+        failed_at=text(raw.get(META_FAILED_AT.encode(), b"")),
+        error=text(raw.get(META_ERROR.encode(), b"")),
+        fields={text(k): text(v) for k, v in raw.items() if not is_meta(k)},
         raw=raw,
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

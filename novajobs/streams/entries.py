@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from novajobs.conversions import text
 from novajobs.streams.handlers import Message
 
 META_PREFIX = "novajobs:"
@@ -74,8 +75,8 @@ def first_values(pairs: Iterable[Any]) -> dict[Any, Any]:
 
 def peek_meta(raw: Mapping[Any, Any], entry_id: str) -> tuple[str, int]:
     """(first id, attempts) of an entry that may not decode: its meta where readable."""
-    first = _text(raw.get(META_ID.encode(), raw.get(META_ID, b"")))
-    attempts = _text(raw.get(META_ATTEMPTS.encode(), raw.get(META_ATTEMPTS, b"")))
+    first = text(raw.get(META_ID.encode(), raw.get(META_ID, b"")))
+    attempts = text(raw.get(META_ATTEMPTS.encode(), raw.get(META_ATTEMPTS, b"")))
     return first or entry_id, int(attempts) if attempts.isdigit() else 0
 
 
@@ -92,9 +93,3 @@ def decode_entry(stream: str, entry_id: str, raw: Mapping[bytes, bytes]) -> Mess
         raise PoisonEntry(f"{META_ATTEMPTS} is {attempts_text!r}, not a count")
     data = {k: v for k, v in fields.items() if not k.startswith(META_PREFIX)}
     return Message(stream, first_id, entry_id, data, int(attempts_text))
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return str(value)

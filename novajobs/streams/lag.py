@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from novajobs.conversions import text
+
 if TYPE_CHECKING:
     import redis
 
@@ -86,7 +88,7 @@ def _group(groups: Any, name: str) -> dict[str, Any]:
     if not _ok(groups):
         return {}  # no stream yet
     for group in groups:
-        if _text(group.get("name", b"")) == name:
+        if text(group.get("name", b"")) == name:
             return dict(group)
     return {}
 
@@ -101,7 +103,7 @@ def _lag(info: dict[str, Any]) -> int | None:
 def _age(entry_id: Any, now: float) -> float | None:
     if entry_id is None:
         return None
-    ms = _text(entry_id).partition("-")[0]
+    ms = text(entry_id).partition("-")[0]
     return max(0.0, round(now - int(ms) / 1000, 3)) if ms.isdigit() else None
 
 
@@ -111,7 +113,3 @@ def _count(value: Any) -> int:
 
 def _ok(value: Any) -> bool:
     return not isinstance(value, Exception)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
