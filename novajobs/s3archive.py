@@ -122,16 +122,16 @@ class MultipartWriter:
     def write(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) >= self.part_size:
-            self._send(bytes(self._buffer))
-            self._buffer.clear()
+            part, self._buffer = self._buffer, bytearray()  # handed over, not copied
+            self._send(part)
 
-    def _send(self, part: bytes) -> None:
+    def _send(self, part: bytearray) -> None:
         self._wait_pending()  # at most one part in flight: memory stays flat
         number = len(self._parts) + 1
         self._pending = self._pool.submit(self._upload, number, part)
         self.object_bytes += len(part)
 
-    def _upload(self, number: int, part: bytes) -> None:
+    def _upload(self, number: int, part: bytearray) -> None:
         from minio.datatypes import Part
 
         etag = self.ctx.retry(
@@ -147,8 +147,8 @@ class MultipartWriter:
 
     def complete(self) -> int:
         if self._buffer or not self._parts:
-            self._send(bytes(self._buffer))
-            self._buffer.clear()
+            part, self._buffer = self._buffer, bytearray()
+            self._send(part)
         self._wait_pending()
         self._pool.shutdown()
         parts = sorted(self._parts, key=lambda p: p.part_number)

@@ -402,3 +402,27 @@ def test_restore_of_a_damaged_archive_fails_and_restores_nothing(chat, minio_cli
     assert back.outcome is Outcome.FAILED and "manifest says 300 rows" in back.error
     assert chat.execute("SELECT to_regclass(%s)", [part("chat_messages", -6)]).fetchone() == (
         None,)
+
+
+def test_a_copy_stopped_halfway_leaves_a_connection_that_rolls_back(chat, make_settings):
+    """The reader cancels and drains the COPY it did not finish (a safe point raised
+    mid-stream), so the transaction around it rolls back and the session goes on."""
+    from novajobs.context import JobContext
+    from novajobs.pgarchive import Slot, copy_out
+
+    schema = chat.execute("SELECT current_schema()").fetchone()[0]
+    slot = Slot(schema, part("chat_messages", -6), "", "", label(-6), attached=True)
+    with JobContext(make_settings(), "archive-partitions") as ctx:
+        conn = ctx.pg
+        conn.autocommit = True
+        with pytest.raises(RuntimeError, match="stop here"), conn.transaction():
+            rows = copy_out(conn, slot, ["id", "created_at"])
+            assert [next(rows) for _ in range(10)]
+            rows.close()
+            raise RuntimeError("stop here")
+        assert conn.execute("SELECT count(*) FROM chat_messages").fetchone() == (
+            7 * ROWS_PER_MONTH,)
+        missing = Slot(schema, "no_such_table", "", "", label(-6), attached=True)
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            list(copy_out(conn, missing, ["id"]))
+        assert conn.execute("SELECT 1").fetchone() == (1,)

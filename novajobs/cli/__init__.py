@@ -15,13 +15,13 @@ from novajobs import __version__
 from novajobs.cli import admin, db, deploy, dlq, quarantine, runs
 from novajobs.cli.jobs import job_command
 from novajobs.errors import ExitCode, NovajobsError
-from novajobs.registry import ALL_JOBS, JOBS
+from novajobs.registry import ALL_JOBS
 
 
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         # Jobs in registry order first, then the commands around them.
-        jobs = [spec.name for spec in JOBS]
+        jobs = [spec.name for spec in ALL_JOBS]
         return jobs + sorted(name for name in self.commands if name not in jobs)
 
 
