@@ -100,10 +100,11 @@ class PartitionArchiver:
             self.ctx.count("tables_refused")
             return
         first_kept = month_index(f"{self.today:%Y-%m}") - months
-        due = [s for s in slots if month_index(s.month) < first_kept] + leftovers
-        # A parent has at most one detach pending: finish it before starting another.
-        due.sort(key=lambda s: not s.pending)
-        self.ctx.count("partitions_within_retention", len(slots) - len(due) + len(leftovers))
+        # What earlier runs left half-way first: a parent has at most one detach pending,
+        # and detached tables should not pile up behind new detaches.
+        old = [s for s in slots if month_index(s.month) < first_kept or (s.pending and s.marker)]
+        due = [s for s in old if s.pending] + leftovers + [s for s in old if not s.pending]
+        self.ctx.count("partitions_within_retention", len(slots) - len(old))
         self.note_default(parent, first_kept)
         for slot in due:
             self.handle_slot(parent, slot)
