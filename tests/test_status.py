@@ -16,7 +16,7 @@ from typing import Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import UsageError
-from novajobs.lock import JobLock
+from novajobs.lock import JobLock, lock_key
 from novajobs.registry import JOBS, JobSpec
 from novajobs.runner import RunOptions, run_job
 
@@ -74,17 +74,19 @@ def status_of(cli: Any, unit: str, *args: str) -> dict[str, Any]:
 
 def test_a_killed_run_shows_as_stale_with_its_last_seen_age(ch, redis_client, env, names, cli):
     beat = ("-s", "run_heartbeat_sec=0.2")
-    proc = slow_run(ch, env, 3000, "-s", "lock_ttl_sec=1", *beat)
+    proc = slow_run(ch, env, 3000, *beat)  # the job's own lock TTL (60 s)
     assert status_of(cli, "refresh-suggestions", *beat)["state"] == "running"
 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.communicate()
-    lock = f"{names['prefix']}job:lock:refresh-suggestions"
-    wait_until(lambda: not redis_client.exists(lock))
     time.sleep(1)
-
+    held = status_of(cli, "refresh-suggestions", *beat)
+    redis_client.delete(lock_key(names["prefix"], "refresh-suggestions"))  # its TTL, later
     status = status_of(cli, "refresh-suggestions", *beat)
+
+    assert held["outcome"] == "running" and held["state"] == "stale"
+    assert held["lock"]["run_id"] == held["run_id"] and held["lock"]["ttl_sec"] > 50
     assert status["outcome"] == "running" and status["state"] == "stale"
     assert status["lock"] is None and status["seen_age_sec"] >= 1
     table = cli("status", *beat).stdout
