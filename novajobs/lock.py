@@ -155,10 +155,6 @@ class JobLock:
         # the TTL; below 1/3 at least one renewal was missed and a write is not safe.
         return self.lease_remaining() > self.ttl_ms / 3000
 
-    @property
-    def lost(self) -> bool:
-        return self._lost.is_set()
-
     # -- heartbeat ---------------------------------------------------------------------
     def start_heartbeat(self, on_error: Callable[[Exception], None]) -> None:
         def beat() -> None:

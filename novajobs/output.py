@@ -179,9 +179,6 @@ class JobLog:
     def __init__(self, **bound: Any) -> None:
         self.bound = bound
 
-    def bind(self, **more: Any) -> JobLog:
-        return JobLog(**self.bound, **more)
-
     def _log(self, level: int, message: str, exc_info: bool, fields: dict[str, Any]) -> None:
         if _LOGGER.isEnabledFor(level):
             merged = {k: v for k, v in {**self.bound, **fields}.items() if v is not None}

@@ -54,7 +54,6 @@ class JobSpec:
     module: str
     schedule: str  # default cron expression (5 fields) in the configured time zone; "" = by hand
     timeout_sec: int
-    stores: tuple[str, ...]
     lock_ttl_sec: int = 60
     shardable: bool = False
     destructive: bool = False  # takes --dry-run
@@ -103,7 +102,6 @@ JOBS: tuple[JobSpec, ...] = (
         schedule="* * * * *",
         timeout_sec=50,
         lock_ttl_sec=30,
-        stores=("clickhouse", "redis"),
         options=(
             Option("--top-k", "posts to keep", int, setting="trending_topk"),
             Option("--window-hours", "hours of events to score", int,
@@ -125,7 +123,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.refresh_suggestions",
         schedule="*/10 * * * *",
         timeout_sec=540,
-        stores=("clickhouse", "redis"),
         shardable=True,
         options=(
             Option("--user", "refresh only this user id (active or not)", int,
@@ -151,7 +148,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.create_partitions",
         schedule="0 2 * * *",
         timeout_sec=600,
-        stores=("postgres",),
         destructive=True,
         options=(
             Option("--months", "months ahead of the current one", int,
@@ -179,7 +175,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.daily_stats",
         schedule="0 1 * * *",
         timeout_sec=3600,
-        stores=("postgres",),
         options=(
             Option("--date", "one day, YYYY-MM-DD (default: yesterday)", param="on",
                    metavar="DATE"),
@@ -206,7 +201,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.group_activity_rank",
         schedule="0 2 * * 1",
         timeout_sec=3600,
-        stores=("postgres",),
         options=(
             Option("--week", "ISO week YYYY-WW (default: last week)", metavar="YYYY-WW"),
             Option("--top", "channels to keep", int, setting="rank_top_n", metavar="N"),
@@ -228,7 +222,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.check_message_gaps",
         schedule="*/10 * * * *",
         timeout_sec=540,
-        stores=("postgres",),
         options=(
             Option("--since", "start: ISO time (local to timezone if naive) or age (15m, 2h, "
                    "1d)", metavar="TIME"),
@@ -250,7 +243,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.check_consistency",
         schedule="0 5 * * *",
         timeout_sec=900,
-        stores=("postgres", "neo4j"),
         options=(
             Option("--sample", "also look up N random ids of each side on the other", int,
                    setting="consistency_sample_size", metavar="N"),
@@ -275,7 +267,6 @@ JOBS: tuple[JobSpec, ...] = (
         schedule="0 4 * * *",
         timeout_sec=3300,
         lock_ttl_sec=60,
-        stores=("postgres", "s3"),
         shardable=True,
         destructive=True,
         options=(
@@ -301,7 +292,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.forcemerge_indices",
         schedule="0 3 * * *",
         timeout_sec=4 * 3600,
-        stores=("elasticsearch",),
         destructive=True,
         options=(
             Option("--pattern", "indices to consider (a-*,b-*,-a-keep)",
@@ -335,7 +325,6 @@ JOBS: tuple[JobSpec, ...] = (
         schedule="30 2 * * *",
         timeout_sec=4 * 3600,
         lock_ttl_sec=120,
-        stores=("postgres", "s3"),
         destructive=True,
         options=(
             Option("--table", "only this table of archive_retention_months (repeatable)",
@@ -358,7 +347,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.archive_audit_logs",
         schedule="15 1 * * *",
         timeout_sec=3 * 3600,
-        stores=("postgres", "s3"),
         destructive=True,
         options=(
             Option("--retention-days", "archive rows older than this many days", int,
@@ -384,7 +372,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.gc_orphans",
         schedule="0 5 * * *",
         timeout_sec=3300,
-        stores=("postgres", "s3"),
         shardable=True,
         destructive=True,
         options=(
@@ -410,7 +397,6 @@ JOBS: tuple[JobSpec, ...] = (
         module="novajobs.jobs.expire_indices",
         schedule="30 3 * * *",
         timeout_sec=3600,
-        stores=("elasticsearch",),
         destructive=True,
         options=(
             Option("--pattern", "indices to consider (a-*,b-*,-a-keep)",
@@ -439,7 +425,6 @@ JOBS: tuple[JobSpec, ...] = (
         schedule="17 * * * *",
         timeout_sec=1800,
         lock_ttl_sec=60,
-        stores=("redis",),
         destructive=True,
         options=(
             Option("--pattern", "SCAN MATCH pattern of the blacklist keys",
@@ -468,7 +453,6 @@ JOBS: tuple[JobSpec, ...] = (
         schedule="* * * * *",
         timeout_sec=60,
         lock_ttl_sec=30,
-        stores=("redis", "postgres"),
         lock_scope="stream_consumer",
         options=(
             Option("STREAM", "streams to drain (default: all of stream_handlers)",
@@ -500,7 +484,6 @@ JOBS: tuple[JobSpec, ...] = (
         schedule="* * * * *",
         timeout_sec=50,
         lock_ttl_sec=30,
-        stores=("redis",),
         options=(
             Option("STREAM", "streams whose retries to promote (default: stream_handlers)",
                    param="streams", multiple=True, argument=True),
@@ -534,7 +517,6 @@ ON_DEMAND: tuple[JobSpec, ...] = (
         schedule="",
         timeout_sec=4 * 3600,
         lock_ttl_sec=120,
-        stores=("postgres", "s3"),
         destructive=True,
         options=(
             Option("TABLE", "the partitioned table", param="table", argument=True),

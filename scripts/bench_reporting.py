@@ -36,7 +36,7 @@ from novajobs_dev.bench import parse_args
 from novajobs_dev.stack import temporary
 
 JOB = JobSpec(name="bench-reporting", summary="", description="", example="", module="__main__",
-              schedule="* * * * *", timeout_sec=30, stores=("redis",))
+              schedule="* * * * *", timeout_sec=30)
 
 
 def run(ctx: JobContext) -> Result:

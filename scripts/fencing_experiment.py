@@ -64,7 +64,7 @@ def cache_spec() -> Any:
 
     return JobSpec(name="experiment-cache", summary="", description="", example="",
                    module="fencing_experiment", schedule="* * * * *", timeout_sec=60,
-                   stores=("redis",), lock_ttl_sec=1)
+                   lock_ttl_sec=1)
 
 
 # --- the holder (a child process) ----------------------------------------------------------

@@ -38,7 +38,7 @@ def _probe_run(ctx: JobContext, outcome: str = "problem_found", message: str = "
 PROBE.run = _probe_run  # type: ignore[attr-defined]
 sys.modules[PROBE.__name__] = PROBE
 SPEC = JobSpec(name="alert-probe", summary="probe", description="probe", example="-",
-               module=PROBE.__name__, schedule="* * * * *", timeout_sec=30, stores=("redis",))
+               module=PROBE.__name__, schedule="* * * * *", timeout_sec=30)
 
 
 def probe(settings: Any, outcome: str = "problem_found", **kw: Any) -> Any:

@@ -91,7 +91,7 @@ def job(redis_server: None) -> JobSpec:
     BEHAVIOUR.clear()
     return JobSpec(name=f"t-ping-{uuid.uuid4().hex[:8]}", summary="sample", description="",
                    example="", module=__name__, schedule="*/5 * * * *", timeout_sec=30,
-                   stores=("redis",), shardable=True)
+                   shardable=True)
 
 
 def test_a_success_pings_start_then_success_with_the_run_id(job, ping_server, make_settings):

@@ -40,7 +40,7 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
 def sample_job(**changes: Any) -> JobSpec:
     base = JobSpec(name="sample-job", summary="A sample.", description="", example="",
                    module="novajobs.jobs.refresh_trending", schedule="0 3 * * *",
-                   timeout_sec=600, stores=("redis",))
+                   timeout_sec=600)
     return dataclasses.replace(base, **changes)
 
 

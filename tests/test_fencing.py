@@ -54,8 +54,7 @@ def take_over(ctx: JobContext) -> None:
 def job(redis_server: None) -> JobSpec:
     BEHAVIOUR.clear()
     return JobSpec(name=f"t-fence-{uuid.uuid4().hex[:8]}", summary="sample", description="",
-                   example="", module=__name__, schedule="* * * * *", timeout_sec=30,
-                   stores=("redis",))
+                   example="", module=__name__, schedule="* * * * *", timeout_sec=30)
 
 
 def test_each_acquisition_gets_a_higher_fence_recorded_in_the_run_record(job, settings,

@@ -36,7 +36,7 @@ def _probe_run(ctx: JobContext, lines: int = 3, big: int = 0) -> Result:
 PROBE.run = _probe_run  # type: ignore[attr-defined]
 sys.modules[PROBE.__name__] = PROBE
 SPEC = JobSpec(name="log-probe", summary="probe", description="probe", example="-",
-               module=PROBE.__name__, schedule="* * * * *", timeout_sec=30, stores=("redis",))
+               module=PROBE.__name__, schedule="* * * * *", timeout_sec=30)
 SECRET, PASSWORD = 'S3cr"et-value', "pw-0f-neo4j"
 
 

@@ -36,7 +36,7 @@ def job(redis_server: None) -> JobSpec:
     BEHAVIOUR.clear()
     return JobSpec(name=f"t-metrics-{uuid.uuid4().hex[:8]}", summary="sample", description="",
                    example="", module=__name__, schedule="* * * * *", timeout_sec=30,
-                   stores=("redis",), shardable=True)
+                   shardable=True)
 
 
 def group(gateway: str, **labels: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def _probe_run(ctx: JobContext, fail_usage: bool = False) -> Result:
 PROBE.run = _probe_run  # type: ignore[attr-defined]
 sys.modules[PROBE.__name__] = PROBE
 SPEC = JobSpec(name="status-probe", summary="probe", description="probe", example="-",
-               module=PROBE.__name__, schedule="* * * * *", timeout_sec=30, stores=("redis",))
+               module=PROBE.__name__, schedule="* * * * *", timeout_sec=30)
 
 ENTRY_KEYS = {"job", "unit", "shard", "run_id", "host", "pid", "started_at", "ended_at",
               "duration_ms", "outcome", "exit_code", "message", "error", "counters",

@@ -139,6 +139,6 @@ def _show(rec: RunRecord, as_json: bool) -> None:
     rows.extend((name, value) for name, value in rec.counters.items())
     print_table(f"{rec.unit} run {rec.run_id}", ("", ""), rows)
     # A job may name the list in its details that is its result (days, gaps, ...).
-    listed = rec.details.get(rec.details.get("table", ""), [])
+    listed = rec.details.get(rec.details.get("listing", ""), [])
     if listed and isinstance(listed[0], dict):
-        print_table(rec.details["table"], list(listed[0]), [list(r.values()) for r in listed])
+        print_table(rec.details["listing"], list(listed[0]), [list(r.values()) for r in listed])

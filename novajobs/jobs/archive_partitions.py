@@ -296,7 +296,7 @@ def run(ctx: JobContext, table: tuple[str, ...] = ()) -> Result:
 
 
 def summarize(ctx: JobContext, job: PartitionArchiver) -> Result:
-    details = {"table": "partitions", "partitions": job.rows,
+    details = {"listing": "partitions", "partitions": job.rows,
                "bucket": ctx.settings.archive_bucket}
     if job.problems:
         raise ConfigError("; ".join(job.problems), details)

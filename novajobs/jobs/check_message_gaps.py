@@ -30,7 +30,7 @@ Required index: ``chat_messages (channel_id, seq)``. Recommended:
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from novajobs.context import JobContext, Result
 from novajobs.dates import resolve_range
@@ -96,18 +96,31 @@ FROM unnest(%(channels)s::bigint[], %(firsts)s::bigint[]) AS w(channel_id, first
 """
 
 
+class ChannelWindow(NamedTuple):
+    """A row of WINDOW_SQL: one channel's messages in the window."""
+
+    channel_id: int
+    n: int
+    first_seq: int
+    last_seq: int
+    prev_seq: int | None  # the last seq in the margin before the window
+    suspect: bool  # the window's seqs are not exactly first..last
+
+
 def check_window(ctx: JobContext, since: datetime, until: datetime) -> dict[str, Any]:
     """Every gap of the window, plus what was looked at."""
+    from psycopg.rows import class_row
+
     conn = ctx.pg
     window = {"since": since, "until": until, "margin": since - MARGIN}
-    stats = conn.execute(WINDOW_SQL, window).fetchall()
-    gaps = inner_gaps(ctx, [row for row in stats if row[5]])
+    stats = conn.cursor(row_factory=class_row(ChannelWindow)).execute(WINDOW_SQL, window).fetchall()
+    gaps = inner_gaps(ctx, [row for row in stats if row.suspect])
     # A first seq of 1 starts the channel; otherwise its predecessor must be first - 1.
-    unsure = [row for row in stats if row[2] > 1 and row[4] != row[2] - 1]
+    unsure = [row for row in stats if row.first_seq > 1 and row.prev_seq != row.first_seq - 1]
     no_history = 0
     if unsure:
-        edges = {"channels": [r[0] for r in unsure], "firsts": [r[2] for r in unsure],
-                 "recent": since - RECENT_LOOKBACK}
+        edges = {"channels": [r.channel_id for r in unsure],
+                 "firsts": [r.first_seq for r in unsure], "recent": since - RECENT_LOOKBACK}
         for channel, first, prev in conn.execute(EDGE_SQL, edges):
             if prev is None:
                 no_history += 1
@@ -116,17 +129,17 @@ def check_window(ctx: JobContext, since: datetime, until: datetime) -> dict[str,
     gaps.sort(key=lambda g: (g["channel_id"], g["from_seq"]))
     return {
         "channels": len(stats),
-        "messages": sum(row[1] for row in stats),
+        "messages": sum(row.n for row in stats),
         "channels_without_history": no_history,
         "gaps": gaps,
     }
 
 
-def inner_gaps(ctx: JobContext, suspects: list[Any]) -> list[dict[str, Any]]:
+def inner_gaps(ctx: JobContext, suspects: list[ChannelWindow]) -> list[dict[str, Any]]:
     if not suspects:
         return []
-    params = {"channels": [r[0] for r in suspects], "firsts": [r[2] for r in suspects],
-              "lasts": [r[3] for r in suspects]}
+    params = {"channels": [r.channel_id for r in suspects],
+              "firsts": [r.first_seq for r in suspects], "lasts": [r.last_seq for r in suspects]}
     return [_gap(channel, lo, hi, "inside the window")
             for channel, lo, hi in ctx.pg.execute(INNER_GAPS_SQL, params)]
 
@@ -170,7 +183,7 @@ def run(ctx: JobContext, since: str | None = None, until: str | None = None) -> 
         ctx.log.warning("seq gap", **gap)
     span = f"{start.isoformat(timespec='seconds')} .. {end.isoformat(timespec='seconds')}"
     details = {
-        "table": "gaps",
+        "listing": "gaps",
         "since": start.isoformat(),
         "until": end.isoformat(),
         "channels_checked": found["channels"],

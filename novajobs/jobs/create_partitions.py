@@ -269,7 +269,7 @@ def run(ctx: JobContext, table: tuple[str, ...] = (), move_default_rows: bool = 
         job = PartitionRun(ctx, conn, move_default_rows)
         for name in tables:
             job.handle_table(name, months)
-    details = {"table": "partitions", "partitions": job.rows, "ddl": job.ddl,
+    details = {"listing": "partitions", "partitions": job.rows, "ddl": job.ddl,
                "months": [m.suffix for m in months]}
     if job.problems:  # the other tables were still handled: say what was done
         raise ConfigError("; ".join(job.problems), details)

@@ -220,7 +220,7 @@ def _result(ctx: JobContext, first: date, last: date, written: Written,
         for day in days:
             ctx.log.info("daily stats", **{**day, "stat_date": str(day["stat_date"])})
     details: dict[str, Any] = {
-        "table": "days",
+        "listing": "days",
         "days": [{**day, "stat_date": day["stat_date"].isoformat()} for day in days],
         "inserted": [d.isoformat() for d in sorted(inserted)],
         "updated": [d.isoformat() for d in sorted(updated)],

@@ -162,7 +162,7 @@ def run(ctx: JobContext, week: str | None = None, no_catchup: bool = False) -> R
     start, end = target.bounds(tz)
     rows = [{**row, "score": float(row["score"])} for row in ranked]
     details: dict[str, Any] = {
-        "table": "channels",
+        "listing": "channels",
         "stat_week": target.label,
         "from": start.isoformat(),
         "to": end.isoformat(),
