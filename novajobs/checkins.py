@@ -1,4 +1,4 @@
-"""Health-check pings in the healthchecks.io style (SPEC §1 item 6): a dead-man's switch.
+"""Health-check pings in the healthchecks.io style (docs/operations.md): a dead-man's switch.
 
 ``healthcheck_url`` is one URL template for every job: ``{job}`` and ``{unit}`` (the
 job, or ``job-2-of-4`` for a shard) are filled in, e.g.

@@ -1,4 +1,4 @@
-"""Deployment files generated from the job registry (SPEC §4): ``crontab.example``,
+"""Deployment files generated from the job registry (docs/operations.md): ``crontab.example``,
 ``k8s-cronjobs/<job>.yaml`` and ``k8s-cronjobs/prometheus/novajobs-alerts.yml``.
 
 The registry (``novajobs.registry.JOBS``) is the one list of jobs; everything a
@@ -14,7 +14,7 @@ Derived per job (see ``plan``):
   timeouts and start-up; ``activeDeadlineSeconds`` = tries x that, so the runner's own
   timeout (exit 124, lock released, run recorded) always comes before Kubernetes' kill;
 - retries: only when the next scheduled run is far away (all tries fit in half an
-  interval), at most 2 (seed 003: three attempts). A job running every minute is not
+  interval), at most 2 (three attempts in all). A job running every minute is not
   retried: its next run is the retry;
 - a report job (``catchup``) gets the name of its Job, which the CronJob derives from
   the scheduled minute, as ``NOVAJOBS_SCHEDULED_TIME`` (downward API): a late start

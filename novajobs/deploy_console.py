@@ -45,7 +45,7 @@ def render_console(settings: Any, header: str) -> str:
         "spec": {"type": "ClusterIP", "selector": selector,
                  "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
     }
-    note = ("# The novajobs console (issue #14): a Deployment and its Service.\n"
+    note = ("# The novajobs console: a Deployment and its Service.\n"
             "# The Secret must hold NOVAJOBS_CONSOLE_TOKEN (required off loopback).\n")
     return header + note + yamltext.dump(deployment) + "---\n" + yamltext.dump(service)
 

@@ -1,4 +1,4 @@
-"""Per-run metrics pushed to a Prometheus Pushgateway (SPEC §1 item 6).
+"""Per-run metrics pushed to a Prometheus Pushgateway (docs/operations.md, Metrics).
 
 Grouping key: ``job`` (and ``shard`` for a shard, e.g. ``2-of-4``), so every job/shard
 keeps its own "last run" picture in the Pushgateway. What is pushed:
@@ -115,7 +115,7 @@ STREAM_GAUGES = {
                            "Age of the oldest dead letter."),
     "dlq_dropped_total": ("novajobs_stream_dlq_dropped_total",
                           "Dead letters dropped by the DLQ cap, ever."),
-    "queued": ("novajobs_jobs_queued", "Entries not done: lag + pending + retries (seed 001)."),
+    "queued": ("novajobs_jobs_queued", "Entries not done: lag + pending + retries."),
 }
 
 

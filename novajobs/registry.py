@@ -276,7 +276,7 @@ JOBS: tuple[JobSpec, ...] = (
                    setting="gc_grace", metavar="DURATION"),
         ),
     ),
-    # --- PostgreSQL jobs (seed 003) ---------------------------------------------------
+    # --- PostgreSQL jobs --------------------------------------------------------------
     JobSpec(
         name="forcemerge-indices",
         summary="Force-merge old Elasticsearch indices that still have many segments.",
@@ -407,7 +407,7 @@ JOBS: tuple[JobSpec, ...] = (
                    setting="expire_name_date_format", metavar="FORMAT"),
         ),
     ),
-    # --- Redis jobs (seeds 001, 003, 004) ---------------------------------------------
+    # --- Redis jobs -------------------------------------------------------------------
     JobSpec(
         name="clean-token-blacklist",
         summary="Expire or delete token-blacklist entries that have no TTL (Redis SCAN).",

@@ -1,4 +1,4 @@
-"""The run contract (SPEC §1): lock, record, run once within a timeout, log, outcome.
+"""The run contract (README): lock, record, run once within a timeout, log, outcome.
 
 ``run_job`` is what the CLI calls for every job, and what Python callers use to get
 the same guarantees. It never raises for a job's failure: the returned ``RunRecord``

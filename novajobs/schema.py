@@ -13,7 +13,7 @@ from novajobs.errors import ConfigError
 # name -> idempotent DDL (CREATE ... IF NOT EXISTS). Order matters: dependencies first.
 OWNED_TABLES: dict[str, str] = {}
 
-# daily-stats (seed 003, verbatim): one row per day, upserted on stat_date.
+# daily-stats (the table other services read): one row per day, upserted on stat_date.
 OWNED_TABLES["daily_stats"] = """
 CREATE TABLE IF NOT EXISTS daily_stats (
     id BIGSERIAL PRIMARY KEY,
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS daily_stats (
     UNIQUE (stat_date)
 )"""
 
-# group-activity-rank (seed 003 plus the unique key SPEC §3 asks for): the top channels
+# group-activity-rank (plus a unique key, so a re-run replaces a week): the top channels
 # of one ISO week, "2025-48"; a re-run replaces the week's rows.
 OWNED_TABLES["group_activity_rank"] = """
 CREATE TABLE IF NOT EXISTS group_activity_rank (

@@ -1,7 +1,7 @@
 """Settings: one typed, frozen object built from defaults < TOML file < environment < flags.
 
 Each field names its environment variables (``NOVAJOBS_<NAME>`` always works; the
-seed's names such as ``JOB_TRENDING_TOPK`` are aliases) and how it is checked. The
+older names such as ``JOB_TRENDING_TOPK`` are aliases) and how it is checked. The
 whole object is validated once, before any connection is made; the first problem
 becomes a ``ConfigError`` naming the setting and where its value came from.
 """
@@ -75,7 +75,7 @@ def setting(
 
 @dataclass(frozen=True)
 class Settings:
-    # --- connections (SPEC §3) ----------------------------------------------------
+    # --- connections --------------------------------------------------------------
     redis_url: str = setting(
         "redis://127.0.0.1:6379/0",
         env=("REDIS_URL",),
@@ -178,7 +178,7 @@ class Settings:
         0.0, check=non_negative, help="lock TTL for every job; 0 = each job's own (registry)"
     )
 
-    # --- refresh-trending (seed 000) ----------------------------------------------
+    # --- refresh-trending ---------------------------------------------------------
     trending_interval_sec: int = setting(
         60, env=("JOB_TRENDING_INTERVAL_SEC",), check=positive, help="TTL is 1.5x this"
     )
@@ -187,7 +187,7 @@ class Settings:
     )
     trending_topk: int = setting(50, env=("JOB_TRENDING_TOPK",), check=positive, help="posts kept")
 
-    # --- refresh-suggestions (seed 000) -------------------------------------------
+    # --- refresh-suggestions ------------------------------------------------------
     suggestion_interval_sec: int = setting(
         600, env=("JOB_SUGGESTION_INTERVAL_SEC",), check=positive, help="TTL is 2x this"
     )
@@ -208,7 +208,7 @@ class Settings:
         1000, check=positive, help="users per ClickHouse query and Redis pipeline"
     )
 
-    # --- clean-token-blacklist (seed 003) -----------------------------------------
+    # --- clean-token-blacklist ----------------------------------------------------
     token_blacklist_pattern: str = setting(
         "auth:block:token:*", help="SCAN MATCH pattern of the token blacklist (prefix added)"
     )
@@ -216,7 +216,7 @@ class Settings:
         1000, check=positive, help="SCAN COUNT hint, and keys per pipelined read"
     )
 
-    # --- drain-stream, promote-retries, dlq (seeds 001, 004) ----------------------
+    # --- drain-stream, promote-retries, dlq ---------------------------------------
     stream_handlers: tuple[str, ...] = setting(
         ("stream:audit:log=audit-log",),
         check=pairs_of(text, "stream:audit:log=audit-log"),
@@ -234,7 +234,7 @@ class Settings:
     )
     drain_max_messages: int = setting(10_000, check=positive, help="messages per run")
     drain_max_seconds: float = setting(45.0, check=positive, help="reading time per run")
-    drain_concurrency: int = setting(10, check=positive, help="handler calls at once (seed 004)")
+    drain_concurrency: int = setting(10, check=positive, help="handler calls at once")
     drain_message_timeout_sec: float = setting(
         10.0, check=positive, help="per handler call; an overrun counts as a failure"
     )
@@ -248,7 +248,7 @@ class Settings:
         60.0, check=positive, help="reclaim entries pending this long (dead consumers)"
     )
     stream_max_retries: int = setting(
-        3, check=non_negative, help="retries after the first failure, then the DLQ (seed 003)"
+        3, check=non_negative, help="retries after the first failure, then the DLQ"
     )
     stream_retry_initial_sec: float = setting(10.0, check=positive, help="first retry delay")
     stream_retry_multiplier: float = setting(2.0, check=at_least_one, help="backoff growth")
@@ -275,7 +275,7 @@ class Settings:
         "(when dead-lettered); at most stream_dedupe_retention_days - 1 day"
     )
 
-    # --- gc-files (seed 003 §4.2) -------------------------------------------------
+    # --- gc-files -----------------------------------------------------------------
     gc_grace: str = setting(
         "24h",
         check=duration,
@@ -294,7 +294,7 @@ class Settings:
     )
 
     # --- PostgreSQL jobs: create-partitions, daily-stats, group-activity-rank,
-    # --- check-message-gaps (seed 003) --------------------------------------------
+    # --- check-message-gaps -------------------------------------------------------
     partition_tables: tuple[str, ...] = setting(
         ("chat_messages", "chat_inbox"),
         env=("JOB_PARTITION_TABLES",),
@@ -342,7 +342,7 @@ class Settings:
         1000, check=positive, help="gaps listed in the result and log (all are counted)"
     )
 
-    # --- deployment and observability (issue #6): metrics.py, checkins.py, deploy.py ---
+    # --- deployment and observability: metrics.py, checkins.py, deploy.py --------------
     # Reporting is best effort: a dead Pushgateway or ping endpoint never fails a run.
     pushgateway_url: str = setting(
         "", check=http_url_or_empty(), help="Prometheus Pushgateway for per-run metrics; '' = off"
@@ -379,7 +379,7 @@ class Settings:
         "per consumer (drain-stream); 1 = one pod",
     )
 
-    # --- the web console (issue #14): novajobs/console/ ------------------------------
+    # --- the web console: novajobs/console/ ------------------------------------------
     console_bind: str = setting(
         "127.0.0.1:8787", check=host_port, help="where `novajobs console` listens (host:port)"
     )
@@ -394,7 +394,7 @@ class Settings:
         False, help="render-deploy also writes the console's Deployment and Service"
     )
 
-    # --- alerts (issue #5): alerts.py ---------------------------------------------
+    # --- alerts: alerts.py --------------------------------------------------------
     # Sent by the runner when a check finds a problem or a job fails; best effort.
     alert_webhook_url: str = setting(
         "",
@@ -435,7 +435,7 @@ class Settings:
     )
     alert_timeout_sec: float = setting(10.0, check=positive, help="per webhook POST / SMTP talk")
 
-    # --- check-consistency (seed 003): jobs/check_consistency.py ------------------
+    # --- check-consistency: jobs/check_consistency.py -----------------------------
     consistency_tolerance_percent: float = setting(
         0.1,
         check=non_negative,
@@ -448,7 +448,7 @@ class Settings:
         1000, check=positive, help="sampled ids per lookup query (UNWIND on Neo4j, = ANY on PG)"
     )
 
-    # --- forcemerge-indices (seed 003): jobs/forcemerge_indices.py ----------------
+    # --- forcemerge-indices: jobs/forcemerge_indices.py ---------------------------
     forcemerge_pattern: str = setting(
         "logs-*", check=non_empty, help="indices to consider, Elasticsearch syntax (a-*,-a-keep)"
     )
@@ -468,7 +468,7 @@ class Settings:
         10.0, check=positive, help="how often a running merge task is polled"
     )
 
-    # --- archives (issue #13): archive-partitions, restore-partition, archive-audit-logs --
+    # --- archives: archive-partitions, restore-partition, archive-audit-logs --------------
     archive_bucket: str = setting(
         "novajobs-archive", check=non_empty, help="S3 bucket of the archives (must exist)"
     )
@@ -497,7 +497,7 @@ class Settings:
         10_000, check=int_between(1, 1_000_000), help="audit_logs rows per archive object"
     )
 
-    # --- gc-orphans, quarantine (issue #13): jobs/gc_orphans.py, quarantine.py --------
+    # --- gc-orphans, quarantine: jobs/gc_orphans.py, quarantine.py --------------------
     orphan_buckets: tuple[str, ...] = setting(
         (), help="buckets gc-orphans checks for objects without a file_metadata row; none = off"
     )
@@ -525,7 +525,7 @@ class Settings:
         "30d", check=duration, help="quarantined objects older than this are purged for good"
     )
 
-    # --- expire-indices (issue #13): jobs/expire_indices.py --------------------------
+    # --- expire-indices: jobs/expire_indices.py --------------------------------------
     expire_pattern: str = setting(
         "logs-*", check=non_empty, help="indices expire-indices considers (a-*,-a-keep)"
     )

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark gc-files against the store's own limit and the seed's loop, same stack, same run.
+"""Benchmark gc-files against the store's own limit and a naive loop, same stack, same run.
 
     python scripts/bench_gc_files.py                       # 100k files; RSS at 100k and 1M rows
     python scripts/bench_gc_files.py --files 20000 --rss-rows 50000,200000   # quicker
@@ -8,7 +8,7 @@
    else -- what the store can do (the ceiling); single deletes for reference.
 2. gc-files: `novajobs gc-files` end to end as a process (start-up, lock, count,
    scan, lock rows, S3 deletes, row deletes, commits) over ``--files`` eligible files.
-3. seed loop (seed 003 §4.2): pages of 1000 rows, then per file one removeObject and
+3. naive loop: pages of 1000 rows, then per file one removeObject and
    one DELETE, over ``--naive-files`` files (a sample: it is slow; its rate is what counts).
 4. memory: peak RSS of gc-files over tables of ``--rss-rows`` rows, 10 % eligible
    (their objects already gone: the deletes still go to the store).
@@ -42,7 +42,7 @@ SELECT md5('bench' || g), %(bucket)s, 'rss/' || md5('bench' || g), 1000 + g %% 5
 FROM generate_series(1, %(rows)s) AS g
 """
 
-# The seed's loop: page by id, then one object delete and one row delete per file.
+# The naive loop: page by id, then one object delete and one row delete per file.
 _NAIVE_PAGE_SQL = """
 SELECT id, file_hash, bucket, path FROM file_metadata
 WHERE status = 2 AND mod(id, 1) = 0 AND id > %s ORDER BY id LIMIT 1000
@@ -119,7 +119,7 @@ def bench_rss(pg: Any, minio: Any, env: dict[str, str], rows: int) -> tuple[int,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=100_000, help="eligible files for gc-files")
-    parser.add_argument("--naive-files", type=int, default=10_000, help="files for the seed loop")
+    parser.add_argument("--naive-files", type=int, default=10_000, help="files for the naive loop")
     parser.add_argument("--singles", type=int, default=3_000, help="single deletes measured")
     parser.add_argument("--rss-rows", default="100000,1000000", help="table sizes for RSS")
     args = parse_args(parser, tiny={"files": 200, "naive_files": 50, "singles": 20,
@@ -145,10 +145,10 @@ def main() -> int:
             print(f"gc-files end to end:       {gc_rate:8,.0f} files/s    (with process "
                   f"start-up {gc_wall_rate:,.0f}/s)", flush=True)
             naive = bench_naive(pg, minio, args.naive_files)
-            print(f"seed loop:                 {naive:8,.0f} files/s    ({args.naive_files:,} "
+            print(f"naive loop:                {naive:8,.0f} files/s    ({args.naive_files:,} "
                   "files)", flush=True)
             print(f"gc-files / raw deletes:    {gc_rate / raw:8.2f}x  (goal >= 0.7)")
-            print(f"gc-files / seed loop:      {gc_rate / naive:8.2f}x  (goal >= 3)", flush=True)
+            print(f"gc-files / naive loop:     {gc_rate / naive:8.2f}x  (goal >= 3)", flush=True)
             for rows in (int(r) for r in args.rss_rows.split(",")):
                 rss, wall = bench_rss(pg, minio, env, rows)
                 print(f"peak RSS, {rows:>9,} rows ({rows // 10:,} eligible): {rss / 1024:6.1f} MiB"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """refresh-suggestions over every active user of a >= 1M-edge graph vs one query per user.
 
-Goal: >= 20x the throughput (users/s) of the seed's loop, and its peak memory.
+Goal: >= 20x the throughput (users/s) of a naive loop (one query and one SET per user),
+and its peak memory.
 
     .venv/bin/python scripts/bench_suggestions.py [--users 100000] [--edges 1000000]
 

@@ -1,5 +1,5 @@
 """`novajobs console`: its JSON API and its security, against a real Redis holding the
-records of real job runs (issue #14)."""
+records of real job runs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The console in a real browser: headless Chromium (Debian's), driven by Playwright's
-Python package, against `novajobs console` running as its own process (issue #14).
+Python package, against `novajobs console` running as its own process.
 
 It logs in, sees the jobs and a run's log, runs a job and sees it finish, stops a
 running one, replays a dead letter, and checks that a form posted from another site is

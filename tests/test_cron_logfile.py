@@ -1,5 +1,5 @@
 """cron without silent failures: novajobs' own log file, the crontab that uses it, and
-an alert for a job that never reported (issue #14)."""
+an alert for a job that never reported."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,17 @@ def test_the_job_names_only_real_settings(spec):
     assert [name for name in named if name not in known] == []
     dests = [o.dest for o in spec.options]
     assert len(dests) == len(set(dests)), "two options with one destination"
+
+
+def test_comments_point_at_the_docs_not_at_documents_outside_the_repository():
+    """The seed documents, the spec and the issue tracker are not shipped with the code."""
+    outside = re.compile(r"\bseed 0\d\d\b|\bSPEC §|\bissue #\d+")
+    roots = [PACKAGE, PACKAGE.parent / "scripts", PACKAGE.parent / "tests"]
+    found = sorted(f"{path.relative_to(PACKAGE.parent)}:{number}"
+                   for root in roots for path in root.rglob("*.py")
+                   for number, line in enumerate(path.read_text().splitlines(), 1)
+                   if outside.search(line))
+    assert found == []
 
 
 def test_job_names_are_unique_and_every_job_module_is_registered():

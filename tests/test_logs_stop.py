@@ -1,5 +1,5 @@
 """Run logs kept with the record (`novajobs logs`, --follow) and the remote stop
-(`novajobs stop`), against real runs (issue #14)."""
+(`novajobs stop`), against real runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The run contract (SPEC §1) end to end: lock, skip, lost lock, signals, timeout, records."""
+"""The run contract (README) end to end: lock, skip, lost lock, signals, timeout, records."""
 
 from __future__ import annotations
 

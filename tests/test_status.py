@@ -1,5 +1,5 @@
 """A status that can be trusted: stale runs, never-run jobs, one JSON schema, attempts
-kept beside the real run, skips counted, an 80-column table (issue #14)."""
+kept beside the real run, skips counted, an 80-column table."""
 
 from __future__ import annotations
 

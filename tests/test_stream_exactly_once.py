@@ -1,4 +1,4 @@
-"""Exactly once on every path an entry can take (issue #12): new -> retry -> promote ->
+"""Exactly once on every path an entry can take: new -> retry -> promote ->
 redelivered by XAUTOCLAIM after its consumer died having written it -> DLQ -> replay
 -> success, with the built-in audit-log handler on a real PostgreSQL: one audit row.
 Meta fields (``novajobs:*``) are never written twice into an entry."""

@@ -1,4 +1,4 @@
-"""An outage is not a poison message (issue #10): drain-stream with its store down stops
+"""An outage is not a poison message: drain-stream with its store down stops
 with exit 69 and leaves every entry pending with its counts untouched; nothing reaches
 the retry set or the DLQ because of an outage; everything drains once the store is back.
 Also: a run stopped by a missing table says truly what it left pending, and the next

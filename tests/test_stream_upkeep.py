@@ -1,4 +1,4 @@
-"""Bounded memory and visible lag (issue #12) on a real Redis: trimming with two consumer
+"""Bounded memory and visible lag on a real Redis: trimming with two consumer
 groups at different positions, the DLQ cap, the lag figures of a hand-built stream,
 and the cluster-ready key names with the migration of the old ones."""
 

@@ -1,4 +1,4 @@
-"""clean-token-blacklist: repair or remove blacklist entries that would never expire (seed 003).
+"""clean-token-blacklist: repair or remove blacklist entries that would never expire (docs/jobs.md).
 
 ``auth:block:token:{jti}`` holds the revoked token's expiry (Unix seconds, or JSON with
 ``exp``) and is normally written with a TTL, which Redis enforces by itself. An entry

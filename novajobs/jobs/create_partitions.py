@@ -1,4 +1,4 @@
-"""create-partitions: monthly range partitions, made ahead of time (seed 003 §4.1).
+"""create-partitions: monthly range partitions, made ahead of time (docs/jobs.md).
 
 For each configured table, the partitions ``{table}_{yyyy_mm}`` from the current month
 through ``partition_months_ahead`` months ahead must exist, bounded by month starts in

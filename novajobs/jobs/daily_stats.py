@@ -1,4 +1,4 @@
-"""daily-stats: one row per day in ``daily_stats`` (seed 003 §5), upserted on ``stat_date``.
+"""daily-stats: one row per day in ``daily_stats`` (docs/jobs.md), upserted on ``stat_date``.
 
 For each day, in the configured time zone (a day is local midnight to midnight):
 

@@ -1,6 +1,6 @@
 """drain-stream: consume Redis streams through a consumer group within a budget (seeds 001, 004).
 
-Several runs may drain the same streams at once (one per pod, SPEC §4): the consumer
+Several runs may drain the same streams at once (one per pod, docs/operations.md): the consumer
 group hands each new entry to exactly one consumer. The job lock is therefore per
 *consumer* (``job:lock:drain-stream:{stream_consumer}``, the host/pod name by default):
 it only keeps two processes from draining under the same consumer name, i.e. a cron

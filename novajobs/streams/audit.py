@@ -1,7 +1,8 @@
 """The built-in ``audit-log`` handler: ``stream:audit:log`` entries -> PostgreSQL ``audit_logs``.
 
-Entry fields (SPEC §3): ``user_id`` (integer), ``action`` (text), ``ts`` (Unix seconds,
-may have a fraction) -> one ``audit_logs(user_id, action, created_at = ts)`` row.
+Entry fields (docs/jobs.md, Data contracts): ``user_id`` (integer), ``action`` (text),
+``ts`` (Unix seconds, may have a fraction) -> one
+``audit_logs(user_id, action, created_at = ts)`` row.
 
 Exactly once however often an entry is delivered (a crash between the insert and the
 XACK, a reclaim, a retry after a timeout whose call did commit, a DLQ replay): one

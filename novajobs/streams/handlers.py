@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from novajobs.settings import Settings
 
 ENTRY_POINT_GROUP = "novajobs.handlers"
-DEFAULT_PRIORITY = 5  # seed 004: 1 highest .. 10 lowest, 5 normal
+DEFAULT_PRIORITY = 5  # 1 highest .. 10 lowest, 5 normal
 
 class PermanentError(Exception):
     """Raised by a handler for an entry that can never succeed (malformed data):

@@ -10,7 +10,7 @@
 | ``retry_size`` / ``retry_next_due`` | ZCARD / ZRANGE 0 0 | the retry set; next due (Unix) |
 | ``dlq_size`` / ``dlq_oldest_age_sec`` | XLEN / XRANGE COUNT 1 | dead letters; oldest's age |
 | ``dlq_dropped_total`` | GET | dead letters the DLQ cap ever dropped |
-| ``queued`` | lag + pending + retry_size | not done yet and not dead (seed 001's jobs_queued) |
+| ``queued`` | lag + pending + retry_size | not done yet and not dead |
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A bounded pool of worker threads with a per-call timeout (seed 004's worker pool).
+"""A bounded pool of worker threads with a per-call timeout.
 
 A *task* is a short run of handler calls of one stream (each call handles one message,
 or one batch for a batch handler). Handing a worker several calls at a time keeps

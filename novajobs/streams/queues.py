@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def retry_delay(failures: int, settings: Settings, rng: random.Random | None = None) -> float:
-    """Seconds before retry number ``failures`` (1 = after the first failure), seed 001:
+    """Seconds before retry number ``failures`` (1 = after the first failure):
     initial * multiplier^(failures-1), jittered by +/- jitter, capped."""
     s = settings
     base = s.stream_retry_initial_sec * s.stream_retry_multiplier ** max(failures - 1, 0)

@@ -1,4 +1,4 @@
-"""What a drain did, as seed 004's pool statistics: counts and handling times."""
+"""What a drain did, as pool statistics: counts and handling times."""
 
 from __future__ import annotations
 

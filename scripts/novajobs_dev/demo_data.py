@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load realistic demo data into the stores novajobs reads (SPEC §3 contracts).
+"""Load realistic demo data into the stores novajobs reads (docs/jobs.md, Data contracts).
 
     python scripts/demo_data.py                 # small: seconds
     python scripts/demo_data.py --events 10000000 --edges 1000000 --users 200000
@@ -40,7 +40,7 @@ CLICKHOUSE_DDL = (
     """,
 )
 
-# PostgreSQL tables other services own, as novajobs reads them (SPEC §3). The demo and
+# PostgreSQL tables other services own, as novajobs reads them (docs/jobs.md). The demo and
 # the tests create them; novajobs never does.
 POSTGRES_DDL = {
     "users": """
@@ -126,7 +126,7 @@ def load_clickhouse(client: Any, *, users: int, posts: int, events: int, edges: 
     return counts
 
 
-# --- S3 files for gc-files (issue #7) ---------------------------------------------------
+# --- S3 files for gc-files --------------------------------------------------------------
 # Kinds of file_metadata rows, as the upload service leaves them:
 #   live     status 0, ref_count 1..5                          object present   kept
 #   marked   status 2, ref_count 0, updated 2..30 days ago     object present   collected
@@ -274,7 +274,7 @@ def _upload(minio_client: Any, bucket: str, blobs: list[tuple[str, bytes]], work
         list(pool.map(put, blobs))
 
 
-# --- PostgreSQL for the PostgreSQL jobs (issue #3) -------------------------------------
+# --- PostgreSQL for the PostgreSQL jobs ------------------------------------------------
 # Indexes the jobs document: check-message-gaps probes (channel_id, seq) and scans a
 # created_at range (INCLUDE: from the index alone); daily-stats reads created_at ranges.
 # Tests and benchmarks add them too.
@@ -496,7 +496,7 @@ def load_postgres_from_args(args: argparse.Namespace) -> None:
     print(f"postgres: old months to archive {history}", file=sys.stderr)
 
 
-# -- data lifecycle (issue #13): old months to archive, orphans to quarantine -----------
+# -- data lifecycle: old months to archive, orphans to quarantine -----------------------
 ARCHIVE_BUCKET = "novajobs-archive"
 ORPHANS_BUCKET = "nova-orphans-demo"
 HISTORY_CHANNEL_BASE = 1_000_000  # channels of their own: check-message-gaps never mixes them
