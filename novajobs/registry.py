@@ -1,9 +1,9 @@
 """The one list of jobs. It feeds the CLI, `novajobs schedule` and the deployment files.
 
 Importing this module must stay cheap (no drivers): cron starts novajobs every minute.
-Adding a job = one module under ``novajobs/jobs/`` with a ``run(ctx, **params)``
-function (and, if it takes parameters, a ``check_params(settings, **params)`` that
-refuses bad values before the lock) + one ``JobSpec`` below.
+Adding a job: one module under ``novajobs/jobs/`` with a ``run(ctx, **params)``
+function, one ``JobSpec`` below, and the rest of the checklist in docs/development.md
+("Adding a job"; tests/test_layout.py checks the registry against the modules).
 """
 
 from __future__ import annotations
