@@ -7,11 +7,13 @@ skipped because the lock is held never pay for (or touch) ClickHouse, PostgreSQL
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from novajobs import tls
 from novajobs.retry import call_with_retry
 
 if TYPE_CHECKING:
@@ -38,37 +40,37 @@ class Connections:
         self.log = log
         self.guard = guard  # the run's deadline and stop request bound every retry
         self._closers: list[Callable[[], Any]] = []
+        self._redis_timeouts = (settings.redis_timeout_sec, settings.connect_timeout_sec)
 
     def retry(self, fn: Callable[[], T], what: str) -> T:
         return call_with_retry(fn, what=what, settings=self.settings, log=self.log,
                                guard=self.guard)
 
-    def _redis_client(self, timeout_sec: float, connect_timeout_sec: float) -> redis.Redis:
-        from redis import Redis
-
-        s = self.settings
-        client = Redis.from_url(
-            s.redis_url,
-            max_connections=s.redis_pool_size,
-            socket_timeout=timeout_sec,
-            socket_connect_timeout=connect_timeout_sec,
-            health_check_interval=30,
-        )
-        self._closers.append(client.close)
-        return client
-
     @cached_property
     def redis(self) -> redis.Redis:
-        s = self.settings
-        return self._redis_client(s.redis_timeout_sec, s.connect_timeout_sec)
+        """One server or a Redis Cluster, whichever REDIS_URL names (redisconn.py)."""
+        from novajobs.redisconn import connect_redis
+
+        timeouts = self._redis_timeouts
+        client = self.retry(lambda: connect_redis(self.settings, *timeouts), "connect to Redis")
+        self._closers.append(client.close)
+        return client
 
     def shorten_redis_timeouts(self) -> None:
         """From now on ``redis`` waits at most FINISH_TIMEOUT_SEC per call: for the writes
         after a run (release, record, alert cooldown), which must not hang on a Redis that
         stopped answering. A healthy Redis answers them in milliseconds."""
+        from novajobs.redisconn import with_timeouts
+
         s = self.settings
         short = min(s.redis_timeout_sec, FINISH_TIMEOUT_SEC)
-        self.__dict__["redis"] = self._redis_client(short, min(s.connect_timeout_sec, short))
+        self._redis_timeouts = (short, min(s.connect_timeout_sec, short))
+        current = self.__dict__.get("redis")
+        if current is not None:  # else the next use connects with the short timeouts
+            client = with_timeouts(current, s, *self._redis_timeouts)
+            if client is not current:
+                self._closers.append(client.close)
+                self.__dict__["redis"] = client
 
     @cached_property
     def clickhouse(self) -> Any:
@@ -98,7 +100,9 @@ class Connections:
 
         s = self.settings
         timeout = urllib3.Timeout(connect=s.connect_timeout_sec, read=s.http_timeout_sec)
-        http = urllib3.PoolManager(timeout=timeout, maxsize=10, retries=False)
+        http = urllib3.PoolManager(
+            timeout=timeout, maxsize=10, retries=False, **tls.minio_pool_options(s)
+        )
         self._closers.append(http.clear)
         return Minio(
             s.minio_endpoint,
@@ -134,6 +138,7 @@ class Connections:
             api_key=s.elasticsearch_api_key or None,
             request_timeout=s.http_timeout_sec,
             max_retries=0,  # our retry policy logs and respects the run's budget
+            **tls.elasticsearch_options(s),
         )
         self._closers.append(client.close)
         return client
@@ -172,7 +177,9 @@ def clickhouse_client(settings: Settings) -> Any:
     import clickhouse_connect
 
     url = urlsplit(settings.clickhouse_url)
-    timeout_sec = settings.ch_timeout_ms / 1000
+    # clickhouse-connect truncates its timeouts to whole seconds (0.5 -> 0: "cannot be
+    # set to a value less than or equal to 0"): round up instead.
+    timeout_sec = math.ceil(settings.ch_timeout_ms / 1000)
     if url.scheme == "chdb":
         database = parse_qs(url.query).get("database", [None])[0]
         return clickhouse_connect.get_client(interface="chdb", path=url.path, database=database)
@@ -183,6 +190,7 @@ def clickhouse_client(settings: Settings) -> Any:
         username=unquote(url.username) if url.username else None,
         password=unquote(url.password) if url.password else "",
         database=url.path.strip("/") or None,
-        connect_timeout=settings.connect_timeout_sec,
+        connect_timeout=math.ceil(settings.connect_timeout_sec),
         send_receive_timeout=timeout_sec,
+        **tls.clickhouse_options(settings),
     )

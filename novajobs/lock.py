@@ -8,6 +8,14 @@ Besides the heartbeat, the owner checks its *lease* locally before each write: t
 time since the last successful renewal, on the monotonic clock. A process that was
 paused past the TTL (GC, SIGSTOP, a frozen VM) sees at once that its lease ran out,
 even before the heartbeat thread has had a chance to notice the key is gone.
+
+Replication is asynchronous: a primary that dies right after ``SET`` may not have
+passed the lock to the replica that takes its place, and a second run could then take
+it too. Where the lock's primary has replicas, ``acquire`` therefore waits (``WAIT 1``,
+at most a tenth of the TTL, 1 s) until one has it, and the runner warns when none did.
+Renewals need no wait: the lease check stops writes a third of a TTL before even a
+renewal the new primary never saw would have run out, and the next renewal on the new
+primary either extends the lock or finds it gone (exit 4, lock lost).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from novajobs.conversions import text
+from novajobs.redisconn import write_and_wait
 
 if TYPE_CHECKING:
     import redis
@@ -95,6 +104,9 @@ class JobLock:
         self.value = json.dumps({**holder, "since": time.time(), "token": secrets.token_hex(16)})
         self._renewed_at: float | None = None  # monotonic time a successful SET/PEXPIRE was sent
         self.fence: int | None = None  # this acquisition's fencing token (novajobs/fencing.py)
+        # Replicas that acknowledged the SET (None: the primary has none). See the docstring.
+        self.replicas_acked: int | None = None
+        self.wait_ms = min(1000, self.ttl_ms // 10)
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,8 +131,13 @@ class JobLock:
         """``SET NX PX`` and, in the same script, the next fence of this lock key."""
         from novajobs.fencing import acquire_script, colocated
 
-        fence = acquire_script(self.redis)(keys=[self.key, colocated(self.key, ":fence")],
-                                           args=[self.value, self.ttl_ms])
+        script = acquire_script(self.redis)
+        fence, self.replicas_acked = write_and_wait(
+            self.redis, self.key,
+            lambda c: script(keys=[self.key, colocated(self.key, ":fence")],
+                             args=[self.value, self.ttl_ms], client=c),
+            self.wait_ms,
+        )
         if fence is None:
             return False
         self.fence = int(fence)

@@ -10,6 +10,10 @@ Per unit (a job, or ``job:shard``):
 - ``job:history:{unit}``, a capped list of JSON entries, newest first. Consecutive
   skipped runs share one entry whose ``skips`` counts them.
 
+The braces are literal: a Redis Cluster hash tag, so a unit's keys share one slot and
+one MULTI (or script) can update both. ``migrate_legacy_keys`` renames the keys of
+novajobs versions before the tags (``job:status:<unit>``).
+
 ``entry()`` turns either form into the documented schema (docs: "Run records"): the
 same keys for ``status --json``, ``history --json`` and the console's API; numbers as
 numbers, ``null`` for nothing, and always ``job``.
@@ -78,13 +82,18 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-# Every key of a unit is built here (a cluster deployment may add a hash tag in one place).
+# Every key of a unit is built here.
 def status_key(prefix: str, unit: str) -> str:
-    return f"{prefix}job:status:{unit}"
+    return f"{prefix}job:status:{{{unit}}}"
 
 
 def history_key(prefix: str, unit: str) -> str:
-    return f"{prefix}job:history:{unit}"
+    return f"{prefix}job:history:{{{unit}}}"
+
+
+def unit_of_key(prefix: str, key: bytes | str) -> str:
+    """``<prefix>job:status:{gc-files:2-of-3}`` -> ``gc-files:2-of-3``."""
+    return text(key)[len(status_key(prefix, "")) - 1 : -1]
 
 
 def log_key(prefix: str, unit: str, run_id: str) -> str:
@@ -263,11 +272,10 @@ def status_entry(data: dict[str, str], unit: str) -> dict[str, Any]:
 
 
 def read_statuses(r: redis.Redis, prefix: str) -> list[dict[str, Any]]:
-    """Every job:status:* hash (shards included), sorted by unit."""
+    """Every job:status:{*} hash (shards included; every primary of a cluster), by unit."""
     out = []
-    start = len(status_key(prefix, ""))
     for key in r.scan_iter(match=status_key(prefix, "*"), count=500):
-        unit = text(key)[start:]
+        unit = unit_of_key(prefix, key)
         if (status := read_status(r, prefix, unit)) is not None:
             out.append(status)
     return sorted(out, key=lambda d: str(d["unit"]))
@@ -304,3 +312,35 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def migrate_legacy_keys(r: redis.Redis, prefix: str, history_size: int) -> list[str]:
+    """Give the run records of novajobs before hash tags (``job:status:<unit>``,
+    ``job:history:<unit>``) their tagged names; returns the units moved.
+
+    A unit that already has tagged keys (it ran since the upgrade) keeps its status;
+    its history gains the older entries after its own. For a single Redis: records
+    written before the tags never lived on a cluster. Safe to run again.
+    """
+    legacy = f"{prefix}job:status:"
+    units = sorted(
+        text(k)[len(legacy) :] for k in r.scan_iter(match=legacy + "*", count=500)
+        if not text(k)[len(legacy) :].startswith("{")
+    )
+    for unit in units:
+        old_status, old_history = legacy + unit, f"{prefix}job:history:{unit}"
+        new_history = history_key(prefix, unit)
+        older = r.lrange(old_history, 0, history_size - 1)
+        pipe = r.pipeline(transaction=True)
+        if r.exists(status_key(prefix, unit)):
+            pipe.delete(old_status)
+        else:
+            pipe.rename(old_status, status_key(prefix, unit))
+        if older:
+            pipe.rpush(new_history, *older)
+            pipe.ltrim(new_history, 0, history_size - 1)
+        pipe.delete(old_history)
+        pipe.execute()
+    return units
+
+

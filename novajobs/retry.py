@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from novajobs.errors import Interrupted, Outcome
+from novajobs.errors import ConfigError, Interrupted, Outcome
 from novajobs.redact import redact_text
 
 if TYPE_CHECKING:
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _TRANSIENT_BY_MODULE = {
-    "redis.exceptions": ("ConnectionError", "TimeoutError", "BusyLoadingError"),
+    "redis.exceptions": ("ConnectionError", "TimeoutError", "BusyLoadingError",
+                         # a Redis Cluster mid-failover or mid-resharding
+                         "ClusterError", "TryAgainError", "SlotNotCoveredError"),
     "clickhouse_connect.driver.exceptions": ("OperationalError",),
     "urllib3.exceptions": ("HTTPError",),  # minio: MaxRetryError, ProtocolError, ...
     "neo4j.exceptions": ("ServiceUnavailable", "SessionExpired", "TransientError"),
@@ -80,7 +82,9 @@ def classify(exc: BaseException) -> Outcome:
 
 
 def is_misconfigured(exc: BaseException) -> bool:
-    if _any_of(exc, _MISCONFIGURED_BY_MODULE):
+    from novajobs.diagnose import known_failure  # TLS and Redis topology, in its chain too
+
+    if _any_of(exc, _MISCONFIGURED_BY_MODULE) or isinstance(known_failure(exc), ConfigError):
         return True
     text = str(exc)
     psycopg = sys.modules.get("psycopg")

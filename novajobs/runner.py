@@ -23,6 +23,7 @@ from novajobs import alerts, checkins, metrics
 from novajobs.beacon import Beacon
 from novajobs.connections import Connections
 from novajobs.context import Guard, JobContext, Shard
+from novajobs.diagnose import known_failure
 from novajobs.errors import (
     HardStop,
     Interrupted,
@@ -92,10 +93,13 @@ def run_job(
         except NovajobsError as exc:
             _fail(rec, exc)
         except Exception as exc:
-            rec.outcome, rec.error = classify(exc), describe_error(exc)
+            known = known_failure(exc)  # a bad certificate, a replica, a ClickHouse error...
+            rec.outcome = known.outcome if known else classify(exc)
+            rec.error = str(known) if known else describe_error(exc)
             redis_hung = rec.outcome is Outcome.UNAVAILABLE and _inside_redis(exc)
             # A traceback helps with the unexpected; an unreachable store needs none.
-            ctx.log.error("run failed", error=rec.error, exc_info=rec.outcome is Outcome.FAILED)
+            unexpected = known is None and rec.outcome is Outcome.FAILED
+            ctx.log.error("run failed", error=rec.error, exc_info=unexpected)
         finally:
             try:
                 beacon.stop()
@@ -196,6 +200,9 @@ def _take_lock(ctx: JobContext, spec: JobSpec, rec: RunRecord, wait: float) -> b
         ctx.log.info(f"lock held by {_who(ctx, key)}; waiting up to {wait:g} s", lock_key=key)
         taken = ctx.retry(lambda: lock.acquire(wait, stopping), "acquire the lock")
     if taken:
+        if lock.replicas_acked == 0:
+            ctx.log.warning("no replica acknowledged the lock yet: a failover now could lose it",
+                            lock_key=key)
         ctx.guard.lock = lock
         rec.fence = lock.fence
         lock.start_heartbeat(

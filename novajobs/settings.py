@@ -27,12 +27,16 @@ from novajobs.errors import ConfigError, UsageError
 from novajobs.validators import (
     Validator,
     at_least_one,
+    both,
+    ca_file_or_empty,
     email_addresses,
+    file_or_empty,
     fraction,
     host_port,
     http_url_or_empty,
     int_between,
     k8s_quantity,
+    libpq_tls_files,
     names_in,
     non_empty,
     non_negative,
@@ -40,6 +44,7 @@ from novajobs.validators import (
     pairs_of,
     parsed_by,
     positive,
+    redis_url_options,
     text,
     timezone_name,
     url_with_scheme,
@@ -79,8 +84,25 @@ class Settings:
     redis_url: str = setting(
         "redis://127.0.0.1:6379/0",
         env=("REDIS_URL",),
-        check=url_with_scheme("redis", "rediss", "unix"),
-        help="Redis for locks, run records and the caches",
+        check=both(url_with_scheme("redis", "rediss", "unix"), redis_url_options),
+        help="Redis for locks, run records and the caches: one server or any node of a cluster",
+    )
+    redis_mode: str = setting(
+        "auto",
+        check=one_of("auto", "cluster", "single"),
+        help="auto: ask the node (INFO) whether it is a Redis Cluster; cluster/single: don't ask",
+    )
+    tls_ca_file: str = setting(
+        "",
+        check=ca_file_or_empty,
+        help="CA bundle (PEM) verifying rediss://, https:// ClickHouse and Elasticsearch, and "
+        "S3 with minio_secure; '' = the drivers' default CAs (PostgreSQL: sslrootcert in its URL)",
+    )
+    redis_tls_cert_file: str = setting(
+        "", check=file_or_empty, help="client certificate (PEM) for rediss://; '' = none"
+    )
+    redis_tls_key_file: str = setting(
+        "", check=file_or_empty, help="its private key, if not in the certificate file"
     )
     redis_prefix: str = setting(
         "", help="prepended to every Redis key novajobs reads or writes (multi-tenant, tests)"
@@ -96,8 +118,8 @@ class Settings:
     database_url: str = setting(
         "postgresql://127.0.0.1:5432/postgres",
         env=("DATABASE_URL",),
-        check=url_with_scheme("postgresql", "postgres"),
-        help="PostgreSQL (libpq URI)",
+        check=both(url_with_scheme("postgresql", "postgres"), libpq_tls_files),
+        help="PostgreSQL (libpq URI; TLS: ?sslmode=verify-full&sslrootcert=/path/ca.pem)",
     )
     clickhouse_url: str = setting(
         "http://localhost:8123",

@@ -167,3 +167,63 @@ def non_empty(value: Any) -> str | None:
 def email_addresses(value: Any) -> str | None:
     bad = [item for item in value if "@" not in item.strip("@")]
     return f"item {bad[0]!r} is not an email address" if bad else None
+
+
+
+# -- TLS files and connection URLs (issue #11) -----------------------------------------
+
+
+def both(first: Validator, second: Validator) -> Validator:
+    def check(value: Any) -> str | None:
+        return first(value) or second(value)
+
+    return check
+
+
+def file_or_empty(value: Any) -> str | None:
+    """A file that exists and can be read (checked before any connection), or ''."""
+    if not value:
+        return None
+    try:
+        with open(value, "rb"):
+            return None
+    except OSError as exc:
+        return f"names {value}, which cannot be read ({exc.strerror or exc})"
+
+
+def ca_file_or_empty(value: Any) -> str | None:
+    """A readable PEM bundle with at least one CA certificate, or ''."""
+    import ssl
+
+    complaint = file_or_empty(value)
+    if complaint or not value:
+        return complaint
+    try:
+        ssl.create_default_context(cafile=value)
+    except ssl.SSLError:
+        return f"names {value}, which holds no PEM certificate"
+    return None
+
+
+def libpq_tls_files(value: Any) -> str | None:
+    """The files a libpq URL names (sslrootcert, sslcert, sslkey) must exist."""
+    from urllib.parse import parse_qs
+
+    for name, paths in parse_qs(urlsplit(value).query).items():
+        if name in ("sslrootcert", "sslcert", "sslkey") and paths[0] != "system":
+            complaint = file_or_empty(paths[0])
+            if complaint:
+                return f"{name} {complaint}"
+    return None
+
+
+def redis_url_options(value: Any) -> str | None:
+    """TLS comes from settings, never from REDIS_URL's query: a URL cannot turn
+    verification off (redis-py would take ?ssl_cert_reqs=none from it)."""
+    from urllib.parse import parse_qs
+
+    options = sorted(name for name in parse_qs(urlsplit(value).query) if name.startswith("ssl"))
+    if options:
+        return (f"sets {', '.join(options)} in the URL: use tls_ca_file, redis_tls_cert_file"
+                " and redis_tls_key_file instead")
+    return None

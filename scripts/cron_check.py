@@ -101,6 +101,8 @@ def verify(workdir: Path, redis_url: str, prefix: str) -> list[str]:
     """What an operator would check afterwards; the problems found (empty: all good)."""
     import redis
 
+    from novajobs.records import history_key
+
     problems = []
     log = workdir / "logs" / "novajobs" / f"{JOB}.log"
     lines = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
@@ -108,7 +110,7 @@ def verify(workdir: Path, redis_url: str, prefix: str) -> list[str]:
     if outcomes not in (["nothing_to_do", "skipped"], ["nothing_to_do", "nothing_to_do"]):
         problems.append(f"{log}: expected both runs' lines, found outcomes {outcomes}")
     r = redis.Redis.from_url(redis_url)
-    history = [json.loads(h) for h in r.lrange(f"{prefix}job:history:{JOB}", 0, -1)]
+    history = [json.loads(h) for h in r.lrange(history_key(prefix, JOB), 0, -1)]
     # From the lock taken ("run started", logged after it) to the last line (after release).
     runs = sorted(
         (min(x["ts"] for x in lines if x["run_id"] == rid and x["message"] == "run started"),
@@ -118,7 +120,7 @@ def verify(workdir: Path, redis_url: str, prefix: str) -> list[str]:
         problems.append(f"history of {JOB}: two copies ran at the same time: {runs}")
     if len(history) != 2:  # one ran and one was skipped, or they ran one after the other
         problems.append(f"history of {JOB}: expected two entries: {history}")
-    other = [json.loads(h) for h in r.lrange(f"{prefix}job:history:{OTHER}", 0, -1)]
+    other = [json.loads(h) for h in r.lrange(history_key(prefix, OTHER), 0, -1)]
     r.close()
     if [(h["outcome"], "cannot write the log file" in (h.get("warning") or ""))
             for h in other] != [("nothing_to_do", True)]:

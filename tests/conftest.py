@@ -21,8 +21,14 @@ from typing import Any
 import pytest
 
 from novajobs.settings import Settings, load_settings
-from novajobs_dev import demo_data
+from novajobs_dev import demo_data, topology
 from novajobs_dev import stack as stack_module
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.cluster``: run the test on one Redis and on a Redis Cluster."""
+    if metafunc.definition.get_closest_marker("cluster"):
+        metafunc.parametrize("redis_topology", ["single", "cluster"], indirect=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +80,35 @@ def es_server(stack: Any) -> None:
     _service(stack, "es")
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A Redis Cluster of 3 primaries with a replica each (scripts/topology.py), shared by
+    the tests marked ``cluster``. Tests that kill nodes start their own."""
+    with topology.RedisClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Any]:
+    """A Redis Cluster of the test's own (3 primaries + 3 replicas): for tests that kill
+    or reshard nodes."""
+    with topology.RedisClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_topology(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_topology: str, stack: Any) -> str:
+    """REDIS_URL of this test: the stack's Redis, or one node of the shared cluster."""
+    if redis_topology == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(stack.env()["REDIS_URL"])
+
+
 @pytest.fixture
 def names() -> dict[str, str]:
     """This test's own namespace in every store."""
@@ -83,9 +118,10 @@ def names() -> dict[str, str]:
 
 
 @pytest.fixture
-def env(stack: Any, names: dict[str, str]) -> dict[str, str]:
+def env(stack: Any, names: dict[str, str], redis_url: str) -> dict[str, str]:
     """Environment variables that point novajobs at this test's namespace."""
     e = dict(stack.env())
+    e["REDIS_URL"] = redis_url
     e["NOVAJOBS_REDIS_PREFIX"] = names["prefix"]
     e["DATABASE_URL"] += f"?options=-csearch_path%3D{names['schema']}"
     e["CLICKHOUSE_URL"] = e["CLICKHOUSE_URL"].replace("database=default",
@@ -107,10 +143,12 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def redis_client(redis_server: None, stack: Any) -> Iterator[Any]:
+def redis_client(redis_server: None, redis_url: str, redis_topology: str) -> Iterator[Any]:
+    """A client for the test's Redis: a RedisCluster when the test runs on the cluster."""
     import redis
 
-    client = redis.Redis.from_url(stack.env()["REDIS_URL"])
+    kind = redis.RedisCluster if redis_topology == "cluster" else redis.Redis
+    client = kind.from_url(redis_url)
     yield client
     client.close()
 

@@ -20,6 +20,7 @@ import pytest
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import JobFailed, Outcome
+from novajobs.records import status_key
 from novajobs.registry import JobSpec
 from novajobs.runner import RunOptions, run_job
 
@@ -154,7 +155,7 @@ def test_problem_found_posts_a_slack_compatible_webhook(redis_server, make_setti
     assert body["novajobs"]["outcome"] == "problem_found"
     assert body["novajobs"]["run_id"] == rec.run_id
     assert rec.counters == {"things_checked": 7, "alerts_sent": 1}
-    status = redis_client.hgetall(f"{names['prefix']}job:status:alert-probe")
+    status = redis_client.hgetall(status_key(names["prefix"], "alert-probe"))
     assert json.loads(status[b"counters"]) == {"things_checked": 7, "alerts_sent": 1}
 
 
@@ -308,7 +309,7 @@ def test_broken_receivers_do_not_change_the_outcome(redis_server, make_settings,
                 if r.getMessage() == "alert not sent"}
     assert failures["webhook"] == "HTTPError: HTTP Error 500: Internal Server Error"
     assert failures["email"].startswith("ConnectionRefusedError")
-    status = redis_client.hgetall(f"{names['prefix']}job:status:alert-probe")
+    status = redis_client.hgetall(status_key(names["prefix"], "alert-probe"))
     assert status[b"outcome"] == b"problem_found"
     # Nobody heard it, so the cooldown does not hold the next run's alert back.
     assert not redis_client.exists(f"{names['prefix']}job:alert:alert-probe:problem")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from novajobs.errors import Outcome
+from novajobs.records import status_key
 from novajobs.runner import run_job
 
 
@@ -126,7 +127,7 @@ def test_beyond_the_tolerance_exits_3_records_and_alerts(graph, users, cli, webh
     [alert] = webhook_receiver.bodies
     assert alert["novajobs"]["kind"] == "problem"
     assert "PostgreSQL users 1000, Neo4j :User nodes 990" in alert["text"]
-    status = redis_client.hgetall(f"{names['prefix']}job:status:check-consistency")
+    status = redis_client.hgetall(status_key(names["prefix"], "check-consistency"))
     assert status[b"outcome"] == b"problem_found" and status[b"exit_code"] == b"3"
 
 

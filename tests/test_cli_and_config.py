@@ -15,6 +15,7 @@ import pytest
 
 from novajobs.cli import cli as root
 from novajobs.errors import ConfigError, UsageError
+from novajobs.records import status_key
 from novajobs.settings import load_settings
 
 
@@ -219,7 +220,7 @@ def test_unreachable_clickhouse_exits_69_writes_nothing_and_releases_the_lock(
     assert "chsecret" not in result.stderr
     assert redis_client.get(f"{names['prefix']}nova:cache:trending:1h") is None
     assert redis_client.get(f"{names['prefix']}job:lock:refresh-trending") is None
-    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-trending")
+    status = redis_client.hgetall(status_key(names["prefix"], "refresh-trending"))
     assert status[b"outcome"] == b"unavailable"
 
 
@@ -273,6 +274,7 @@ def test_schedule_lists_every_job_with_next_runs():
     )
 
 
+@pytest.mark.cluster
 def test_locks_lists_and_releases_only_with_force(redis_client, cli, names):
     from novajobs.lock import JobLock
 
@@ -296,6 +298,7 @@ def test_locks_lists_and_releases_only_with_force(redis_client, cli, names):
     assert lock.lease_ok() and not lock.renew()  # the holder learns at its next renewal
 
 
+@pytest.mark.cluster
 def test_locks_release_takes_the_listed_name_shards_and_consumers_too(redis_client, cli, names):
     from novajobs.lock import JobLock
 

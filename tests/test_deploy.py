@@ -17,6 +17,7 @@ import yaml
 from novajobs import deploy, yamltext
 from novajobs.errors import ConfigError, ExitCode
 from novajobs.lock import lock_key
+from novajobs.records import history_key
 from novajobs.registry import JOBS, JobSpec
 from novajobs.settings import load_settings
 
@@ -176,7 +177,7 @@ def test_the_rendered_shard_command_runs_the_right_shard(cli, redis_client, name
     done = cli(*container["args"], extra_env=env)
 
     assert done.returncode == 0, done.stderr  # --skip-ok
-    history = redis_client.lrange(f"{names['prefix']}job:history:refresh-suggestions:2-of-3", 0, -1)
+    history = redis_client.lrange(history_key(names["prefix"], "refresh-suggestions:2-of-3"), 0, -1)
     assert len(history) == 1 and b'"outcome": "skipped"' in history[0]
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from novajobs.context import Shard
 from novajobs.errors import Outcome
+from novajobs.records import status_key
 from novajobs.runner import RunOptions, run_job
 from novajobs_dev import demo_data
 
@@ -143,7 +144,7 @@ def test_shard_auto_reads_the_indexed_job_index(pg, files, minio_client, names, 
     assert proc.returncode == 0, proc.stderr
     own = {i for i in eligible(files) if i % 3 == 2}
     assert_gone(pg, minio_client, names["bucket"], before, own)
-    assert redis_client.exists(names["prefix"] + "job:status:gc-files:3-of-3")
+    assert redis_client.exists(status_key(names["prefix"], "gc-files:3-of-3"))
 
 
 def test_three_shards_as_concurrent_processes_delete_everything_once(
@@ -164,7 +165,7 @@ def test_three_shards_as_concurrent_processes_delete_everything_once(
     assert sum(deleted) == len(doomed)
     assert_gone(pg, minio_client, names["bucket"], before, doomed)
     for i in (1, 2, 3):
-        status = redis_client.hgetall(f"{names['prefix']}job:status:gc-files:{i}-of-3")
+        status = redis_client.hgetall(status_key(names["prefix"], f"gc-files:{i}-of-3"))
         assert status[b"outcome"] == b"success"
 
 
@@ -172,7 +173,7 @@ def test_counters_land_in_the_run_record(pg, files, cli, redis_client, names):
     proc = cli("gc-files")
 
     assert proc.returncode == 0, proc.stderr
-    status = redis_client.hgetall(names["prefix"] + "job:status:gc-files")
+    status = redis_client.hgetall(status_key(names["prefix"], "gc-files"))
     counters = json.loads(status[b"counters"])
     assert counters["files_deleted"] == 36 and counters["files_failed"] == 0
     assert counters["bytes_freed"] > 0

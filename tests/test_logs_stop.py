@@ -17,6 +17,7 @@ from test_status import slow_run
 from novajobs.context import JobContext, Result
 from novajobs.lock import JobLock
 from novajobs.output import setup_logging
+from novajobs.records import status_key
 from novajobs.registry import JobSpec
 from novajobs.runner import run_job
 from novajobs.stops import who_am_i
@@ -94,7 +95,7 @@ def test_logs_prints_a_run_and_stop_interrupts_it_while_follow_tails_it(ch, redi
     assert f"stop requested by {by}; stopping at the next safe point" in rest
     final = rest.strip().splitlines()[-1]
     assert f" ERROR   stop requested by {by}  outcome=interrupted exit_code=130" in final
-    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    status = redis_client.hgetall(status_key(names["prefix"], "refresh-suggestions"))
     assert status[b"outcome"] == b"interrupted"
     assert status[b"error"] == f"stop requested by {by}".encode()
     assert not redis_client.exists(f"{names['prefix']}job:lock:refresh-suggestions")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import socket
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from novajobs.context import Shard
+import pytest
+
+from novajobs.context import JobContext, Shard
 from novajobs.errors import Outcome
+from novajobs.jobs import refresh_suggestions as job
 from novajobs.runner import RunOptions, run_job
 
 # A small hand-made graph: (follower, followee)
@@ -55,6 +61,7 @@ def cached(redis_client: Any, names: dict[str, str], user: int) -> Any:
     return None if raw is None else json.loads(raw)
 
 
+@pytest.mark.cluster
 def test_friends_of_friends_ranked_by_mutual_connections(ch, redis_client, settings, names):
     follow(ch, EDGES)
     activity(ch, [1])
@@ -114,6 +121,7 @@ def test_user_option_refreshes_one_user_even_if_inactive(ch, redis_client, setti
     ]
 
 
+@pytest.mark.cluster
 def test_successive_runs_cover_every_active_user_stalest_first(
     ch, redis_client, make_settings, names
 ):
@@ -141,6 +149,7 @@ def test_successive_runs_cover_every_active_user_stalest_first(
     assert {u for u in users if after[u] != first_time[u]} == oldest
 
 
+@pytest.mark.cluster
 def test_shards_partition_the_active_users(ch, redis_client, make_settings, names):
     users = list(range(1, 31))
     follow(ch, [(u, u % 30 + 1) for u in users])
@@ -162,3 +171,51 @@ def test_no_active_users_is_nothing_to_do(ch, settings):
 
     assert rec.outcome is Outcome.NOTHING_TO_DO
     assert rec.exit_code == 0
+
+
+class CutProxy:
+    """A TCP proxy to Redis that cuts the connection the first ``cuts`` times the client
+    sends a SET (a network blip mid-pipeline); everything else passes."""
+
+    def __init__(self, upstream_port: int, cuts: int) -> None:
+        self.upstream, self.cuts = ("127.0.0.1", upstream_port), cuts
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(self.upstream)
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError), source, sink:
+            while data := source.recv(65536):
+                if source.getpeername()[1] != self.upstream[1] and b"\r\nSET\r\n" in data \
+                        and self.cuts > 0:
+                    self.cuts -= 1
+                    return  # closes both sides
+                sink.sendall(data)
+
+
+def test_a_pipeline_cut_mid_write_is_sent_again_whole(redis_client, settings, names, stack):
+    """A retried write must resend its commands: redis-py empties a pipeline whose
+    execute() failed, so retrying that same pipeline wrote nothing and reported success."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    proxy = CutProxy(stack.ports["redis"], cuts=1)
+    with JobContext(settings, "refresh-suggestions") as ctx:
+        # the driver's own retries off, so the cut reaches novajobs' retry policy
+        ctx.conns.__dict__["redis"] = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 0))
+        job.write(ctx, {1: [{"user_id": 5, "mutual_count": 3}], 2: []}, ttl_sec=60)
+        ctx.redis.close()
+    proxy.server.close()
+
+    assert proxy.cuts == 0  # the cut happened
+    assert cached(redis_client, names, 1) == [{"user_id": 5, "mutual_count": 3}]
+    assert cached(redis_client, names, 2) == []

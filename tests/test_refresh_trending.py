@@ -10,6 +10,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
 
@@ -49,6 +51,7 @@ def expected_top(
     ]
 
 
+@pytest.mark.cluster
 def test_top_k_matches_an_independent_computation(ch, redis_client, settings, names):
     rng = random.Random(7)
     now = time.time()

@@ -17,6 +17,7 @@ import pytest
 
 from novajobs.errors import Outcome
 from novajobs.lock import JobLock
+from novajobs.records import history_key, status_key
 from novajobs.runner import RunOptions, run_job
 
 # Children import everything, then wait for the barrier file, then race for the lock.
@@ -118,13 +119,13 @@ def test_twenty_racing_processes_exactly_one_runs(ch, redis_client, env, names, 
     skipped = [code for code, skip_ok in results if not skip_ok and code == 75]
     history = [
         json.loads(h)
-        for h in redis_client.lrange(f"{names['prefix']}job:history:refresh-suggestions", 0, -1)
+        for h in redis_client.lrange(history_key(names["prefix"], "refresh-suggestions"), 0, -1)
     ]
     # The 19 skips are counted, not listed each: one history entry stands for them all.
     assert sorted((h["outcome"], h.get("skips", 0)) for h in history) == [
         ("skipped", 19), ("success", 0)]
     # The skips never hide the run that held the lock: the status is still its record.
-    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    status = redis_client.hgetall(status_key(names["prefix"], "refresh-suggestions"))
     assert status[b"outcome"] == b"success" and status[b"last_skipped_at"]
     # (Counted since the run's start record: a skip in the moment between its lock and
     # that record is in the history entry only.)
@@ -136,6 +137,7 @@ def test_twenty_racing_processes_exactly_one_runs(ch, redis_client, env, names, 
     assert suggestion_keys(redis_client, names) == 3000
 
 
+@pytest.mark.cluster
 def test_a_held_lock_skips_and_names_the_holder(redis_client, settings, names, cli):
     holder = JobLock(
         redis_client,
@@ -156,6 +158,7 @@ def test_a_held_lock_skips_and_names_the_holder(redis_client, settings, names, c
     assert holder.release()
 
 
+@pytest.mark.cluster
 def test_wait_takes_the_lock_once_it_is_released(ch, redis_client, settings, names):
     holder = JobLock(
         redis_client,
@@ -172,6 +175,7 @@ def test_wait_takes_the_lock_once_it_is_released(ch, redis_client, settings, nam
     assert 1.0 < time.monotonic() - started < 9
 
 
+@pytest.mark.cluster
 def test_release_never_removes_a_lock_another_run_holds(redis_client, names):
     key = f"{names['prefix']}job:lock:demo"
     first = JobLock(redis_client, key, 1, {"run_id": "first"})
@@ -188,6 +192,7 @@ def test_release_never_removes_a_lock_another_run_holds(redis_client, names):
     assert redis_client.get(key) is None
 
 
+@pytest.mark.cluster
 def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_client, env, names):
     proc = start_slow_run(ch, redis_client, env, names, "-s", "lock_ttl_sec=1.5")
     redis_client.delete(f"{names['prefix']}job:lock:refresh-suggestions")
@@ -195,7 +200,7 @@ def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_clie
     proc.communicate()
 
     assert code == 4
-    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    status = redis_client.hgetall(status_key(names["prefix"], "refresh-suggestions"))
     assert status[b"outcome"] == b"lock_lost"
     written = json.loads(status[b"counters"])["keys_written"]
     assert 0 < written < 400
@@ -227,7 +232,7 @@ def test_sigterm_stops_at_a_safe_point_releases_and_records_interrupted(
 
     assert code == 130
     assert redis_client.get(f"{names['prefix']}job:lock:refresh-suggestions") is None
-    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    status = redis_client.hgetall(status_key(names["prefix"], "refresh-suggestions"))
     assert status[b"outcome"] == b"interrupted"
     written = json.loads(status[b"counters"])["keys_written"]
     assert 0 < written < 400 and suggestion_keys(redis_client, names) == written
@@ -250,11 +255,12 @@ def test_timeout_ends_the_run_with_its_exit_code(ch, redis_client, cli, names):
 
     assert result.returncode == 124
     assert time.monotonic() - started < 15
-    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-suggestions")
+    status = redis_client.hgetall(status_key(names["prefix"], "refresh-suggestions"))
     assert status[b"outcome"] == b"timeout"
     assert redis_client.get(f"{names['prefix']}job:lock:refresh-suggestions") is None
 
 
+@pytest.mark.cluster
 def test_status_and_history_show_the_runs(ch, redis_client, settings, cli, tmp_path: Path):
     ch.release()
     for _ in range(3):
@@ -274,11 +280,12 @@ def test_status_and_history_show_the_runs(ch, redis_client, settings, cli, tmp_p
     assert history[0]["started_at"] > history[1]["started_at"]
 
 
+@pytest.mark.cluster
 def test_history_is_capped(ch, redis_client, make_settings, names):
     settings = make_settings(history_size=3)
     for _ in range(5):
         run_job("refresh-trending", settings)
-    assert redis_client.llen(f"{names['prefix']}job:history:refresh-trending") == 3
+    assert redis_client.llen(history_key(names["prefix"], "refresh-trending")) == 3
 
 
 def port_open(port: int) -> bool:
@@ -319,7 +326,9 @@ def test_a_hung_redis_cannot_hold_the_run_past_its_timeout(tmp_path):
         }
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "novajobs", "refresh-trending", "--timeout", "2"],
+            # 3 s: one 1.5 s try always leaves room for one retry (with 2 s, whether the
+            # first backoff still fit was a coin toss, and the retry line below flaky)
+            [sys.executable, "-m", "novajobs", "refresh-trending", "--timeout", "3"],
             env=env,
             capture_output=True,
             text=True,
@@ -333,8 +342,8 @@ def test_a_hung_redis_cannot_hold_the_run_past_its_timeout(tmp_path):
 
     # Retries stop when the next one would not fit in the budget: the store is unavailable.
     assert result.returncode == 69, result.stderr
-    assert elapsed < 12  # 2 s budget + 2 s grace, then one bounded try to record the outcome
-    assert "acquire the lock failed, retrying" in result.stderr
+    assert elapsed < 12  # 3 s budget + 2 s grace, then one bounded try to record the outcome
+    assert "connect to Redis failed, retrying" in result.stderr
 
 
 def test_a_job_stuck_in_one_call_is_cut_off_at_its_timeout(redis_client, cli, names):
@@ -358,7 +367,7 @@ def test_a_job_stuck_in_one_call_is_cut_off_at_its_timeout(redis_client, cli, na
     assert result.returncode == 124, result.stderr
     assert elapsed < 10  # 2 s + 2 s grace (not 60 s)
     assert redis_client.get(f"{names['prefix']}job:lock:refresh-trending") is None
-    status = redis_client.hgetall(f"{names['prefix']}job:status:refresh-trending")
+    status = redis_client.hgetall(status_key(names["prefix"], "refresh-trending"))
     assert status[b"outcome"] == b"timeout"
 
 

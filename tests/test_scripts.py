@@ -38,7 +38,7 @@ def test_the_script_runs_in_its_tiny_mode(script, tiny_runs):
 
 
 def test_the_entry_points_the_docs_name_run():
-    for script in ("stack.py", "demo_data.py"):
+    for script in ("stack.py", "demo_data.py", "topology.py"):
         done = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr)

@@ -17,6 +17,7 @@ from typing import Any
 from novajobs.context import JobContext, Result
 from novajobs.errors import UsageError
 from novajobs.lock import JobLock, lock_key
+from novajobs.records import status_key
 from novajobs.registry import JOBS, JobSpec
 from novajobs.runner import RunOptions, run_job
 
@@ -180,7 +181,7 @@ def test_skips_in_a_row_are_one_history_entry(redis_client, settings, names, cli
 
 def test_the_table_fits_80_columns_and_errors_only_in_errors(redis_client, settings, cli):
     run_job("clean-token-blacklist", settings)
-    redis_client.hset(f"{settings.redis_prefix}job:status:clean-token-blacklist", "message",
+    redis_client.hset(status_key(settings.redis_prefix, "clean-token-blacklist"), "message",
                       "x" * 300)
 
     lines = cli("status").stdout.splitlines()

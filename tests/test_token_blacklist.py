@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from novajobs.context import JobContext
 from novajobs.errors import Outcome
 from novajobs.jobs import clean_token_blacklist as job
@@ -42,6 +44,7 @@ def make_keys(r: Any, prefix: str, now: float) -> None:
     r.set(p[len(prefix):] + "not-ours", "1")  # another namespace (no test prefix)
 
 
+@pytest.mark.cluster
 def test_every_branch_on_hand_made_keys(redis_client, settings, names):
     prefix, now = names["prefix"], time.time()
     make_keys(redis_client, prefix, now)
@@ -65,6 +68,7 @@ def test_every_branch_on_hand_made_keys(redis_client, settings, names):
     redis_client.delete(BLOCK + "not-ours")
 
 
+@pytest.mark.cluster
 def test_delete_unreadable_only_with_the_flag(redis_client, settings, names):
     prefix = names["prefix"]
     make_keys(redis_client, prefix, time.time())
@@ -78,6 +82,7 @@ def test_delete_unreadable_only_with_the_flag(redis_client, settings, names):
     redis_client.delete(BLOCK + "not-ours")
 
 
+@pytest.mark.cluster
 def test_dry_run_changes_nothing(redis_client, settings, names):
     prefix = names["prefix"]
     make_keys(redis_client, prefix, time.time())
@@ -93,6 +98,7 @@ def test_dry_run_changes_nothing(redis_client, settings, names):
     redis_client.delete(BLOCK + "not-ours")
 
 
+@pytest.mark.cluster
 def test_an_entry_rewritten_meanwhile_is_left_alone(redis_client, settings, names):
     p = names["prefix"] + BLOCK
     now = time.time()
@@ -124,6 +130,7 @@ def test_token_expiry_parsing():
         assert job.token_expiry(bad) is None, bad
 
 
+@pytest.mark.cluster
 def test_scan_over_100k_keys(redis_client, make_settings, names):
     p = names["prefix"] + BLOCK
     now = int(time.time())
@@ -156,6 +163,7 @@ def test_scan_over_100k_keys(redis_client, make_settings, names):
         redis_client.unlink(*keys[i : i + 5000])
 
 
+@pytest.mark.cluster
 def test_cli_dry_run_json_and_pattern_flag(redis_client, cli, names):
     p = names["prefix"]
     redis_client.set(p + "tokens:revoked:1", "1")  # expired, no TTL

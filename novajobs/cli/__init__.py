@@ -73,9 +73,13 @@ def run_cli(argv: list[str] | None = None) -> int:
         _error_line(str(exc))
         return int(exc.exit_code)
     except Exception as exc:  # from a command outside the runner (status, dlq, init-db...)
+        from novajobs.diagnose import known_failure
         from novajobs.errors import Outcome
         from novajobs.retry import classify, describe_error
 
+        if (known := known_failure(exc)) is not None:  # a bad certificate, a replica...
+            _error_line(str(known))
+            return int(known.exit_code)
         outcome = classify(exc)
         if outcome is Outcome.FAILED:
             raise

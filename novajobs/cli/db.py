@@ -1,4 +1,5 @@
-"""`novajobs init-db`: create the tables novajobs owns (novajobs/schema.py), idempotently."""
+"""`novajobs init-db`: create the tables novajobs owns (novajobs/schema.py), idempotently;
+`novajobs migrate-keys`: rename the Redis keys of an older novajobs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from novajobs.cli.options import JSON_OPTION, SETTINGS_OPTIONS, settings_from, w
 
 def register(group: click.Group) -> None:
     group.add_command(init_db)
+    group.add_command(migrate_keys)
 
 
 @click.command("init-db")
@@ -58,3 +60,32 @@ def _connect(settings: Any) -> Any:
     from novajobs.output import JobLog
 
     return Connections(settings, JobLog(command="init-db")).pg
+
+
+@click.command("migrate-keys")
+@with_options(*SETTINGS_OPTIONS, JSON_OPTION)
+def migrate_keys(as_json: bool, **kw: Any) -> None:
+    """Rename the Redis keys an older novajobs wrote to the names this version uses.
+
+    Run records moved to hash-tagged names (job:status:{unit}, job:history:{unit}) so
+    that they work on a Redis Cluster. Run it once after upgrading, on the single Redis
+    the older version used (before moving to a cluster). Safe to run again.
+
+    Example:
+
+    \b
+      REDIS_URL=redis://cache:6379/0 novajobs migrate-keys
+    """
+    from novajobs.connections import Connections
+    from novajobs.output import JobLog, print_json, print_line
+    from novajobs.records import migrate_legacy_keys
+
+    settings = settings_from(kw)
+    r = Connections(settings, JobLog(command="migrate-keys")).redis
+    units = migrate_legacy_keys(r, settings.redis_prefix, settings.history_size)
+    if as_json:
+        print_json({"run_records": units})
+    elif units:
+        print_line(f"moved the run records of {len(units)} units: {', '.join(units)}")
+    else:
+        print_line("nothing to migrate")

@@ -6,7 +6,8 @@ without a TTL is a leak: if its expiry has passed it is deleted; if not, it gets
 ``EXPIREAT`` its expiry (deleting it would un-revoke a live token); if its value cannot
 be read it is counted and reported, and deleted only with ``--delete-unreadable``.
 
-The keyspace is walked with SCAN (COUNT ``token_blacklist_scan_count``), never KEYS;
+The keyspace is walked with SCAN (COUNT ``token_blacklist_scan_count``), never KEYS; on a
+Redis Cluster every primary is scanned, all at once (one thread each);
 per SCAN batch one pipeline reads the TTLs and one reads the values of the keys without
 TTL, so Redis never runs a big command and memory stays flat (one batch at a time).
 Each change is one small Lua script that first re-checks the key has still no TTL and
@@ -17,19 +18,28 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
 from novajobs.fencing import FencedPipeline
+from novajobs.redisconn import node_name, pipelined, scan_nodes
 from novajobs.registry import check_flag
 
 if TYPE_CHECKING:
+    import redis
 
     from novajobs.settings import Settings
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # KEYS[1] the key; ARGV[1] 'del' or 'expireat'; ARGV[2] 'string' or 'other' (its type
 # when read); ARGV[3] the value read (strings); ARGV[4] the Unix time for EXPIREAT.
@@ -59,20 +69,8 @@ def check_params(settings: Settings, delete_unreadable: bool = False) -> None:
 
 
 def run(ctx: JobContext, delete_unreadable: bool = False) -> Result:
-    s = ctx.settings
-    pattern = ctx.key(s.token_blacklist_pattern)
-    tally: Counter[str] = Counter()
-    samples: list[str] = []
-    cursor = 0
-    with ctx.progress("scanning the token blacklist") as bar:
-        while True:
-            cursor, keys = _scan(ctx, cursor, pattern, s.token_blacklist_scan_count)
-            if keys:
-                fixes = classify(ctx, keys, time.time(), delete_unreadable, tally, samples)
-                apply_fixes(ctx, fixes, tally)
-            bar.advance(len(keys))
-            if cursor == 0:
-                break
+    pattern = ctx.key(ctx.settings.token_blacklist_pattern)
+    tally, samples = clean(ctx, pattern, delete_unreadable)
     for name in ("scanned", "with_ttl", "repaired", "deleted", "unreadable"):
         tally.setdefault(name, 0)
     ctx.counters.update(tally)
@@ -82,9 +80,81 @@ def run(ctx: JobContext, delete_unreadable: bool = False) -> Result:
     return _result(ctx, pattern, tally, samples)
 
 
-def _scan(ctx: JobContext, cursor: int, pattern: str, count: int) -> tuple[int, list[bytes]]:
+def clean(
+    ctx: JobContext, pattern: str, delete_unreadable: bool, parallel: bool = True
+) -> tuple[Counter[str], list[str]]:
+    """Clean the keys matching ``pattern`` on every primary (one SCAN each; on a cluster
+    the primaries are scanned at once, one thread each, unless not ``parallel``)."""
+    nodes = scan_nodes(ctx.redis)
+    lock = threading.Lock()
+    with ctx.progress("scanning the token blacklist") as bar:
+
+        def advance(n: int) -> None:
+            with lock:
+                bar.advance(n)
+
+        def one(node: redis.Redis, stop: threading.Event) -> tuple[Counter[str], list[str]]:
+            return _clean_node(ctx, node, pattern, delete_unreadable, advance, stop)
+
+        results = _each(one, nodes, parallel)
+    tally: Counter[str] = Counter()
+    samples: list[str] = []
+    for node_tally, node_samples in results:
+        tally.update(node_tally)
+        samples.extend(node_samples[: SAMPLES - len(samples)])
+    return tally, samples
+
+
+def _each(fn: Callable[[T, threading.Event], R], items: list[T], parallel: bool) -> list[R]:
+    """``fn(item, stop)`` for each item, in threads when parallel. The first error is
+    raised once the other threads have seen ``stop`` (set by it) and returned."""
+    stop = threading.Event()
+    if not parallel or len(items) < 2:
+        return [fn(item, stop) for item in items]
+
+    def guarded(item: T) -> R:
+        try:
+            return fn(item, stop)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(len(items), thread_name_prefix="scan") as pool:
+        futures = [pool.submit(guarded, item) for item in items]
+    return [f.result() for f in futures]
+
+
+def _clean_node(
+    ctx: JobContext,
+    node: redis.Redis,
+    pattern: str,
+    delete_unreadable: bool,
+    advance: Callable[[int], None],
+    stop: threading.Event,
+) -> tuple[Counter[str], list[str]]:
+    """SCAN one node's keyspace; read and fix what it lists (``pipelined``: through the
+    node serving each key now, should a slot have moved meanwhile)."""
+    tally: Counter[str] = Counter()
+    samples: list[str] = []
+    cursor = 0
+    while not stop.is_set():
+        ctx.checkpoint()
+        cursor, keys = _scan(ctx, node, cursor, pattern, ctx.settings.token_blacklist_scan_count)
+        if keys:
+            fixes = classify(ctx, keys, time.time(), delete_unreadable, tally, samples)
+            apply_fixes(ctx, fixes, tally)
+        advance(len(keys))
+        if cursor == 0:
+            break
+    return tally, samples
+
+
+def _scan(
+    ctx: JobContext, node: redis.Redis, cursor: int, pattern: str, count: int
+) -> tuple[int, list[bytes]]:
     # Re-running SCAN with the same cursor is harmless, so it may be retried.
-    reply: Any = ctx.retry(lambda: ctx.redis.scan(cursor, match=pattern, count=count), "SCAN")
+    where = f"SCAN {node_name(node)}"
+    reply: Any = ctx.retry(lambda: node.scan(cursor, match=pattern, count=count), where)
     return int(reply[0]), list(reply[1])
 
 
@@ -127,12 +197,14 @@ def _pipelined(ctx: JobContext, keys: list[bytes], command: str) -> list[Any]:
         return []
 
     def read() -> list[Any]:
-        pipe = ctx.redis.pipeline(transaction=False)
-        for key in keys:
-            getattr(pipe, command)(key)
-        return list(pipe.execute(raise_on_error=False))
+        calls = [(key, partial(_queue, command, key)) for key in keys]
+        return pipelined(ctx.redis, calls)
 
     return ctx.retry(read, f"pipelined {command.upper()}")
+
+
+def _queue(command: str, key: bytes, client: Any) -> Any:
+    return getattr(client, command)(key)
 
 
 def token_expiry(raw: bytes) -> float | None:

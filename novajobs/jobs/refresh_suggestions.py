@@ -123,7 +123,11 @@ def pick_stalest(ctx: JobContext, users: array[int], n: int) -> list[int]:
 
 
 def write(ctx: JobContext, suggestions: dict[int, list[dict[str, int]]], ttl_sec: int) -> None:
-    """One pipeline: every user's key with its TTL, and their refresh times."""
+    """One pipeline: every user's key with its TTL, and their refresh times.
+
+    On a Redis Cluster the pipeline is split per node and is not atomic (it never was:
+    transaction=False); every command is a SET or a ZADD, so a retry repeats it safely.
+    """
     now = time.time()
 
     def send() -> list[Any]:
