@@ -19,6 +19,7 @@ from novajobs.console.server import build
 from novajobs.errors import ConfigError
 from novajobs.lock import JobLock
 from novajobs.output import setup_logging
+from novajobs.records import history_key
 from novajobs.runner import RunOptions, run_job
 from novajobs.settings import Settings
 from novajobs.streams.handlers import Message
@@ -117,7 +118,7 @@ def test_actions_need_the_token_and_a_confirmation(start_console, settings, redi
     assert client.call("POST", path, body={"confirm": True}, token="wrong")[0] == 401
     status, _, text = client.call("POST", path, body={}, token=TOKEN)
     assert status == 400 and "on the console's host" in json.loads(text)["question"]
-    assert redis_client.llen(f"{names['prefix']}job:history:clean-token-blacklist") == 0
+    assert redis_client.llen(history_key(names["prefix"], "clean-token-blacklist")) == 0
 
     status, started = client.act(path)
     assert status == 202 and started["running"] is True

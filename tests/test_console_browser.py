@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from novajobs.records import history_key
 from novajobs.runner import run_job
 from novajobs.streams.handlers import Message
 from novajobs.streams.keys import stream_keys
@@ -162,7 +163,7 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
     assert redis_client.xlen(stream_keys(names["prefix"], "jobs").dlq) == 2
 
     # a form posted from another site, while logged in here: refused, nothing runs
-    before = redis_client.llen(names["prefix"] + "job:history:clean-token-blacklist")
+    before = redis_client.llen(history_key(names["prefix"], "clean-token-blacklist"))
     evil = context.new_page()
     response_codes: list[int] = []
     evil.on("response", lambda r: response_codes.append(r.status) if "/trigger" in r.url
@@ -171,7 +172,7 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
     evil.wait_for_load_state("networkidle")
     time.sleep(1)
     assert response_codes and response_codes[-1] in (401, 403)
-    assert redis_client.llen(names["prefix"] + "job:history:clean-token-blacklist") == before
+    assert redis_client.llen(history_key(names["prefix"], "clean-token-blacklist")) == before
 
     page.goto(console_url + "/")
     shot = tmp_path / "console-main.png"

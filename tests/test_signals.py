@@ -23,6 +23,7 @@ from netfaults import black_hole, refused_port
 from novajobs.context import Guard
 from novajobs.errors import Interrupted
 from novajobs.output import JobLog
+from novajobs.records import status_key
 from novajobs.retry import call_with_retry
 from novajobs.schema import ensure_tables
 from novajobs.settings import load_settings
@@ -70,7 +71,7 @@ def wait_for_line(proc: Any, needle: str, timeout: float = 30) -> list[str]:
 
 
 def status(redis_client: Any, names: dict[str, str], unit: str) -> dict[bytes, bytes]:
-    return redis_client.hgetall(f"{names['prefix']}job:status:{unit}")
+    return redis_client.hgetall(status_key(names["prefix"], unit))
 
 
 @pytest.mark.parametrize("store", ["clickhouse-http", "postgres"])
