@@ -19,12 +19,13 @@ BLOCK = "auth:block:token:"
 
 
 def snapshot(r: Any, prefix: str) -> dict[bytes, tuple[Any, int]]:
-    """Every auth key of the test: (value or type, ttl)."""
+    """Every auth key of the test: (value or type, expiry: absolute, so that a second
+    ticking by between two snapshots changes nothing; -1 without one)."""
     out = {}
     for key in r.scan_iter(match=prefix + "auth:*", count=1000):
         kind = r.type(key)
         value = r.get(key) if kind == b"string" else kind
-        out[key] = (value, r.ttl(key))
+        out[key] = (value, r.expiretime(key))
     return out
 
 
