@@ -175,7 +175,7 @@ def test_no_active_users_is_nothing_to_do(ch, settings):
 
 class CutProxy:
     """A TCP proxy to Redis that cuts the connection the first ``cuts`` times the client
-    sends a SET (a network blip mid-pipeline); everything else passes."""
+    sends a write of a suggestions key (a network blip mid-pipeline); all else passes."""
 
     def __init__(self, upstream_port: int, cuts: int) -> None:
         self.upstream, self.cuts = ("127.0.0.1", upstream_port), cuts
@@ -194,7 +194,7 @@ class CutProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError), source, sink:
             while data := source.recv(65536):
-                if source.getpeername()[1] != self.upstream[1] and b"\r\nSET\r\n" in data \
+                if source.getpeername()[1] != self.upstream[1] and b"suggested_users" in data \
                         and self.cuts > 0:
                     self.cuts -= 1
                     return  # closes both sides
