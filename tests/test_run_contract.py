@@ -68,7 +68,7 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 30)
     raise AssertionError(f"{needle!r} never logged")
 
 
-def wait_for_keys(redis_client: Any, names: dict[str, str], timeout: float = 30) -> None:
+def wait_for_keys(redis_client: Any, names: dict[str, str], timeout: float = 90) -> None:
     """Until the job has written its first keys: it is mid-run, between writes."""
     give_up = time.monotonic() + timeout
     while suggestion_keys(redis_client, names) == 0:
@@ -142,7 +142,7 @@ def test_a_held_lock_skips_and_names_the_holder(redis_client, settings, names, c
     holder = JobLock(
         redis_client,
         f"{names['prefix']}job:lock:refresh-trending",
-        30,
+        300,  # held through both runs below, however slowly processes start (load 30)
         {"job": "refresh-trending", "host": "elsewhere", "pid": 4242, "run_id": "abc"},
     )
     assert holder.acquire()
