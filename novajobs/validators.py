@@ -170,7 +170,7 @@ def email_addresses(value: Any) -> str | None:
 
 
 
-# -- TLS files and connection URLs (issue #11) -----------------------------------------
+# -- TLS files and connection URLs ---------------------------------------------------
 
 
 def both(first: Validator, second: Validator) -> Validator:
