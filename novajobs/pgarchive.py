@@ -77,6 +77,23 @@ SELECT pg_total_relation_size(to_regclass(%(table)s)),
 """
 
 
+# How the archive's COPY text prints values. Its checksum is of that text, so archive and
+# restore print alike whatever the server's, role's or PGTZ defaults are (a time zone
+# changes every timestamptz; fewer float digits would even lose precision).
+TEXT_FORMAT = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres",
+               "extra_float_digits": "1", "bytea_output": "hex"}
+
+
+def pin_text_format(conn: psycopg.Connection[Any]) -> None:
+    """Set the session to ``TEXT_FORMAT``, so COPY prints every value the same way."""
+    from psycopg import sql
+
+    calls = sql.SQL(", ").join(
+        sql.SQL("set_config({}, {}, false)").format(sql.Literal(k), sql.Literal(v))
+        for k, v in TEXT_FORMAT.items())
+    conn.execute(sql.SQL("SELECT {}").format(calls))
+
+
 @dataclass
 class Slot:
     """One month of a parent: a partition, attached or detached by an earlier run."""

@@ -123,8 +123,10 @@ def test_old_months_are_archived_verified_dropped_and_restored_identically(
     assert again.outcome is Outcome.NOTHING_TO_DO
 
 
-def test_every_column_type_survives_the_round_trip(pg, minio_client, names, redis_server,
-                                                   ap_settings):
+def make_kinds(pg: Any) -> None:
+    """A table with every column type the chat tables use and many more, partitioned by
+    month, with 4 rows in month -3 (awkward values, NULLs, infinities, a float that
+    needs all its digits)."""
     pg.execute("""
         CREATE TABLE kinds (
             id bigint, small smallint, n int, amount numeric(12, 3), ratio double precision,
@@ -141,8 +143,15 @@ def test_every_column_type_survives_the_round_trip(pg, minio_client, names, redi
         (2, NULL, NULL, NULL, 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
          %(day)s, NULL),
         (3, 0, 0, -0.001, '-Infinity', false, '', '', '[]', '', '{}', NULL, 'infinity',
-         '-infinity', %(last)s, '-1 microsecond')
+         '-infinity', %(last)s, '-1 microsecond'),
+        (4, 1, 1, 0.5, 0.30000000000000004, true, 'x', 'y', '{}', '\\x01', '{a}', NULL,
+         '2000-01-01 00:00:00.000001+00', '1999-12-31 23:59:59.999999', %(day)s, '1 mon')
     """, {"day": month(-3), "last": date.fromordinal(month(-2).toordinal() - 1)})
+
+
+def test_every_column_type_survives_the_round_trip(pg, minio_client, names, redis_server,
+                                                   ap_settings):
+    make_kinds(pg)
     before = pg.execute("SELECT k::text FROM kinds k ORDER BY id").fetchall()
 
     rec = run_job("archive-partitions", ap_settings(archive_retention_months="kinds=2"))
@@ -150,6 +159,36 @@ def test_every_column_type_survives_the_round_trip(pg, minio_client, names, redi
     assert pg.execute("SELECT count(*) FROM kinds").fetchone() == (0,)
     back = run_job("restore-partition", ap_settings(), table="kinds", month=label(-3))
 
+    assert back.outcome is Outcome.SUCCESS, back.error
+    assert pg.execute("SELECT k::text FROM kinds k ORDER BY id").fetchall() == before
+
+
+def session_options(env: dict[str, str], **gucs: str) -> str:
+    """The test's DATABASE_URL with these settings for every session it opens (as a
+    role's or database's defaults, or PGTZ, would give)."""
+    extra = "".join(f"%20-c{name}%3D{value.replace(' ', '%5C%20')}"
+                    for name, value in gucs.items())
+    return env["DATABASE_URL"] + extra
+
+
+def test_the_round_trip_does_not_depend_on_the_sessions_time_zone_or_styles(
+        pg, env, minio_client, names, redis_server, ap_settings):
+    """Archive and restore run where the sessions print values differently (time zone,
+    date and interval styles, float digits, bytea format): the rows come back the same
+    and every checksum still matches."""
+    make_kinds(pg)
+    before = pg.execute("SELECT k::text FROM kinds k ORDER BY id").fetchall()
+    archiving = session_options(env, TimeZone="America/New_York", DateStyle="SQL,DMY",
+                                extra_float_digits="-3", bytea_output="escape")
+    restoring = session_options(env, TimeZone="Asia/Kolkata", DateStyle="German",
+                                IntervalStyle="iso_8601", extra_float_digits="0")
+
+    rec = run_job("archive-partitions", ap_settings(archive_retention_months="kinds=2",
+                                                    database_url=archiving))
+    back = run_job("restore-partition", ap_settings(database_url=restoring), table="kinds",
+                   month=label(-3))
+
+    assert rec.counters["partitions_archived"] == 1, rec.error
     assert back.outcome is Outcome.SUCCESS, back.error
     assert pg.execute("SELECT k::text FROM kinds k ORDER BY id").fetchall() == before
 

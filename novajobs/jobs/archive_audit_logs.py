@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import Outcome
+from novajobs.pgarchive import pin_text_format
 from novajobs.pgfence import check_pg
 from novajobs.pgsession import exclusive_run, pg_session
 from novajobs.s3archive import (
@@ -204,6 +205,7 @@ def run(ctx: JobContext) -> Result:
         ctx.log.warning(message)
         return Result(Outcome.NOTHING_TO_DO, message)
     with pg_session(ctx) as conn:
+        pin_text_format(conn)
         require_tables(conn, owned=("novajobs_audit_archive",), read=(TABLE,))
         require_bucket(ctx, s.archive_bucket)
         with exclusive_run(conn, "archive-audit-logs"):

@@ -34,12 +34,14 @@ from novajobs.errors import ConfigError, JobFailed, Outcome, UsageError
 from novajobs.partitioning import Parent, TableProblem, bound_literal, inspect_parent
 from novajobs.pgarchive import (
     MANIFEST_FORMAT,
+    TEXT_FORMAT,
     Slot,
     archive_dir,
     attached_slots,
     columns,
     copy_out,
     detached_slots,
+    pin_text_format,
     read_manifest,
     set_marker,
     size_of,
@@ -248,7 +250,8 @@ class PartitionArchiver:
             "format": MANIFEST_FORMAT, "table": parent.label, "partition": slot.name,
             "month": slot.month, "key": parent.key, "key_type": parent.key_type,
             "from": slot.lo, "to": slot.hi, "columns": [list(c) for c in cols],
-            "data_key": data_key, "compression": "gzip", "run_id": ctx.run_id,
+            "data_key": data_key, "compression": "gzip", "text_format": TEXT_FORMAT,
+            "run_id": ctx.run_id,
             "archived_at": datetime.now(ZoneInfo("UTC")).isoformat(timespec="seconds"),
             **digest.as_dict(),
         }
@@ -286,6 +289,7 @@ def run(ctx: JobContext, table: tuple[str, ...] = ()) -> Result:
         ctx.log.warning(message)
         return Result(Outcome.NOTHING_TO_DO, message)
     with pg_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec) as conn:
+        pin_text_format(conn)
         if not ctx.dry_run:
             require_bucket(ctx, s.archive_bucket)
         with exclusive_run(conn, "archive-partitions"):

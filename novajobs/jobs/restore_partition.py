@@ -23,6 +23,7 @@ from novajobs.pgarchive import (
     columns,
     copy_out,
     copy_sql,
+    pin_text_format,
     read_manifest,
     read_marker,
     set_marker,
@@ -58,6 +59,7 @@ def run(ctx: JobContext, table: str | None = None, month: str | None = None) -> 
     table, month = check_params(ctx.settings, table, month)
     s = ctx.settings
     with pg_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec) as conn:
+        pin_text_format(conn)
         try:
             parent = inspect_parent(conn, table)
         except TableProblem as exc:
