@@ -390,8 +390,10 @@ JOBS: tuple[JobSpec, ...] = (
             "--date-format), one at a time, with forcemerge-indices' filters: never the "
             "write index of an alias or data stream, never an index behind one of "
             "expire_protected_aliases. Each index is re-checked right before its delete; a "
-            "failure is counted and the others still go (exit 1). The retention has no "
-            "default: until it is set nothing is deleted. --dry-run lists ages and sizes."
+            "failure is counted and the others still go (exit 1). With "
+            "expire_snapshot_repository each index is made read-only and snapshotted first, "
+            "and deleted only once the snapshot is verified (restorable). The retention has "
+            "no default: until it is set nothing is deleted. --dry-run lists ages and sizes."
         ),
         example="novajobs expire-indices --retention-days 30 --dry-run",
         module="novajobs.jobs.expire_indices",
@@ -405,6 +407,9 @@ JOBS: tuple[JobSpec, ...] = (
                    setting="expire_retention_days", metavar="DAYS"),
             Option("--date-format", "read the age from this date in the name, e.g. %Y.%m.%d",
                    setting="expire_name_date_format", metavar="FORMAT"),
+            Option("--snapshot-repository", "snapshot each index into this repository "
+                   "(verified) before deleting it", setting="expire_snapshot_repository",
+                   metavar="NAME"),
         ),
     ),
     # --- Redis jobs -------------------------------------------------------------------

@@ -564,6 +564,11 @@ class Settings:
     expire_protected_aliases: tuple[str, ...] = setting(
         (), help="never delete an index behind one of these aliases, comma-separated"
     )
+    expire_snapshot_repository: str = setting(
+        "",
+        help="snapshot each index into this Elasticsearch repository (verified) before "
+        "deleting it; '' = delete without a snapshot",
+    )
 
     # Where each value came from ("default", "file:...", "env:NAME", "flag").
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)

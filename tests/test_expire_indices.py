@@ -152,3 +152,101 @@ def test_cli_dry_run_json_and_bad_date_format(es, p, cli):
     assert [c["index"] for c in result["details"]["candidates"]] == [p + "logs-old"]
     assert bad.returncode == 2 and "expire_name_date_format" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def repository(es: Any, p: str, tmp_path: Any) -> Any:
+    name = p + "snapshots"
+    es.snapshot.create_repository(name=name, repository={
+        "type": "fs", "settings": {"location": str(tmp_path / "repo")}})
+    yield name
+    for snap in es.snapshot.get(repository=name, snapshot="*")["snapshots"]:
+        es.snapshot.delete(repository=name, snapshot=snap["snapshot"])
+    es.snapshot.delete_repository(name=name)
+
+
+def documents(es: Any, index: str) -> list[dict[str, Any]]:
+    hits = es.search(index=index, size=100, sort=[{"n": "asc"}])["hits"]["hits"]
+    return [hit["_source"] for hit in hits]
+
+
+def test_with_a_repository_each_index_is_snapshotted_then_deleted_and_restorable(
+        es, p, ex_settings, repository):
+    make_index(es, p + "logs-a", 30, docs=5)
+    make_index(es, p + "logs-b", 20, docs=3)
+    make_index(es, p + "logs-new", 1)
+    before = documents(es, p + "logs-a")
+
+    dry = run_job("expire-indices", ex_settings(expire_snapshot_repository=repository),
+                  RunOptions(dry_run=True))
+    rec = run_job("expire-indices", ex_settings(expire_snapshot_repository=repository))
+
+    assert dry.outcome is Outcome.DRY_RUN and dry.details["repository"] == repository
+    assert rec.outcome is Outcome.SUCCESS, rec.error
+    assert rec.counters["snapshots_taken"] == 2 and rec.counters["deleted"] == 2
+    assert existing(es, p) == [p + "logs-new"]
+    snapshots = rec.details["snapshots"]
+    assert sorted(snapshots) == [p + "logs-a", p + "logs-b"]
+    taken = es.snapshot.get(repository=repository, snapshot=snapshots[p + "logs-a"])
+    assert taken["snapshots"][0]["indices"] == [p + "logs-a"]  # one index per snapshot
+    # The restore path the docs give: the index comes back with every document, writable.
+    es.snapshot.restore(repository=repository, snapshot=snapshots[p + "logs-a"],
+                        indices=p + "logs-a", ignore_index_settings=["index.blocks.write"],
+                        wait_for_completion=True)
+    assert documents(es, p + "logs-a") == before
+    es.index(index=p + "logs-a", document={"n": 9, "msg": "after"}, refresh=True)
+
+
+def test_an_earlier_runs_snapshot_is_used_and_a_failed_one_is_not(es, p, ex_settings,
+                                                                  repository, stack):
+    from novajobs.context import JobContext
+    from novajobs.esindices import list_indices
+    from novajobs.jobs import expire_indices
+
+    make_index(es, p + "logs-a", 30)
+    make_index(es, p + "logs-b", 30)
+    with JobContext(ex_settings(), "expire-indices") as ctx:
+        first, second = list_indices(ctx, f"{p}logs-*")
+    # A run snapshotted logs-a and died before the delete.
+    es.snapshot.create(repository=repository, snapshot=expire_indices.snapshot_name(first),
+                       indices=first.name, wait_for_completion=True)
+    # Writes to logs-b fail while it is snapshotted: no snapshot, and it is kept.
+    proxy = RefusingSnapshotProxy(stack.env()["ELASTICSEARCH_URL"])
+    try:
+        rec = run_job("expire-indices", ex_settings(expire_snapshot_repository=repository,
+                                                    elasticsearch_url=proxy.url))
+    finally:
+        proxy.close()
+
+    assert rec.outcome is Outcome.FAILED and rec.exit_code == 1
+    assert rec.counters["deleted"] == 1 and rec.counters["failed"] == 1
+    assert "snapshots_taken" not in rec.counters  # logs-a's snapshot was there already
+    assert existing(es, p) == [second.name]
+    with pytest.raises(Exception, match="blocked"):  # left read-only for the next run
+        es.index(index=second.name, document={"n": 1})
+    later = run_job("expire-indices", ex_settings(expire_snapshot_repository=repository))
+    assert later.counters["snapshots_taken"] == 1 and existing(es, p) == []
+
+
+def test_a_missing_repository_is_a_config_error_before_anything_is_deleted(es, p,
+                                                                          ex_settings):
+    make_index(es, p + "logs-a", 30)
+
+    rec = run_job("expire-indices", ex_settings(expire_snapshot_repository=p + "nowhere"))
+
+    assert rec.outcome is Outcome.CONFIG_ERROR and rec.exit_code == 78
+    assert f"snapshot repository '{p}nowhere'" in rec.error
+    assert existing(es, p) == [p + "logs-a"]
+
+
+class RefusingSnapshotProxy(ShardProxy):
+    """Passes everything through, but answers snapshot creation with a 500."""
+
+    def answer(self, method: str, path: str, headers: dict[str, str],
+               body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if method in ("PUT", "POST") and path.startswith("/_snapshot/") and "-logs-b-" in path:
+            error = {"error": {"type": "exception", "reason": "repository full"},
+                     "status": 500}
+            return 500, {"X-Elastic-Product": "Elasticsearch",
+                         "Content-Type": "application/json"}, json.dumps(error).encode()
+        return super().answer(method, path, headers, body)

@@ -10,6 +10,13 @@ The retention has no default: until it is set, nothing is deleted. Each index is
 re-checked right before its delete (still there, no alias it did not have when listed)
 and deleted on its own; a failure is logged and counted, the others still go, and the
 run then exits 1. An index already gone counts as gone, not as a failure.
+
+With ``expire_snapshot_repository`` each index is first made read-only
+(``index.blocks.write``), then snapshotted on its own into that repository
+(``novajobs-expire-<index>-<creation ms>``: a re-run after a crash finds the same
+snapshot and uses it) and deleted only once Elasticsearch reports that snapshot
+``SUCCESS`` with the index in it and no shard failed. The snapshot is the restore path:
+``POST _snapshot/<repository>/<snapshot>/_restore``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import time
 from typing import Any
 
 from novajobs.context import JobContext, Result
-from novajobs.errors import JobFailed, Outcome
+from novajobs.errors import ConfigError, JobFailed, Outcome
 from novajobs.esindices import (
     Index,
     age_skip,
@@ -29,6 +36,10 @@ from novajobs.esindices import (
     read_aliases,
     write_indices,
 )
+
+SNAPSHOT_PREFIX = "novajobs-expire-"
+SNAPSHOT_POLL_SEC = 1.0
+RUNNING = ("IN_PROGRESS", "STARTED", "INIT")
 
 
 def summary(index: Index) -> dict[str, Any]:
@@ -64,9 +75,18 @@ def run(ctx: JobContext) -> Result:
     }
     why_not = count_reasons(skipped)
     size = sum(i.size_bytes or 0 for i in candidates)
+    repository = s.expire_snapshot_repository
+    if repository:
+        require_repository(ctx, repository)
+        details["repository"] = repository
+    elif candidates:
+        ctx.log.warning("expire_snapshot_repository is not set: indices are deleted without "
+                        "a snapshot to restore them from")
     if ctx.dry_run:
+        verb = f"would snapshot into {repository}, then delete" if repository else (
+            "would delete")
         for index in candidates:
-            ctx.log.info("would delete", index=index.name, age_days=index.age_days,
+            ctx.log.info(verb, index=index.name, age_days=index.age_days,
                          size_bytes=index.size_bytes)
         names = ", ".join(i.name for i in candidates) or "none"
         return Result(Outcome.DRY_RUN, f"would delete {len(candidates)} of {len(indices)} "
@@ -78,6 +98,9 @@ def run(ctx: JobContext) -> Result:
                       f"{why_not.replace('; ', ', ', 1)})", details)
     deleted, failed = delete_all(ctx, candidates, aliases)
     details.update(deleted=deleted, failed=failed)
+    if s.expire_snapshot_repository:
+        details["snapshots"] = {i.name: snapshot_name(i) for i in candidates
+                                if i.name in deleted}
     if failed:
         raise JobFailed(f"delete failed for {len(failed)} of {len(candidates)} indices "
                         f"({', '.join(failed)}); deleted {len(deleted)}", details)
@@ -106,7 +129,7 @@ def delete_all(ctx: JobContext, candidates: list[Index],
             ctx.checkpoint()
             try:
                 outcome = delete_one(ctx, index, set(aliases.get(index.name, {})))
-            except ApiError as exc:
+            except (ApiError, SnapshotFailed) as exc:
                 failed.append(index.name)
                 ctx.count("failed")
                 ctx.log.error("delete failed", index=index.name, error=error_text(exc))
@@ -134,8 +157,82 @@ def delete_one(ctx: JobContext, index: Index, listed_aliases: set[str]) -> str:
                         aliases=sorted(now))
         return "changed_meanwhile"
     try:
+        if ctx.settings.expire_snapshot_repository:
+            snapshot(ctx, index)
         ctx.retry(lambda: client(ctx).indices.delete(index=index.name),
                   f"delete index {index.name}")
     except NotFoundError:
         return "already_gone"
     return "deleted"
+
+
+class SnapshotFailed(Exception):
+    """The index's snapshot did not succeed: the index is kept."""
+
+
+def snapshot_name(index: Index) -> str:
+    """One name per index (and per incarnation of that name): a re-run finds it."""
+    return f"{SNAPSHOT_PREFIX}{index.name}-{index.created_ms or 0}"
+
+
+def require_repository(ctx: JobContext, repository: str) -> None:
+    from elasticsearch import NotFoundError
+
+    try:
+        ctx.retry(lambda: client(ctx).snapshot.get_repository(name=repository),
+                  f"read snapshot repository {repository}")
+    except NotFoundError:
+        raise ConfigError(f"snapshot repository {repository!r} (expire_snapshot_repository) "
+                          "does not exist; register it first (PUT _snapshot/<name>)") from None
+
+
+def snapshot(ctx: JobContext, index: Index) -> None:
+    """Block writes to ``index``, snapshot it on its own and wait for a verified
+    ``SUCCESS``; an earlier run's snapshot of it is used if it succeeded."""
+    es, repository, name = client(ctx), ctx.settings.expire_snapshot_repository, \
+        snapshot_name(index)
+    ctx.checkpoint()
+    ctx.retry(lambda: es.indices.put_settings(index=index.name,
+                                              settings={"index.blocks.write": True}),
+              f"block writes to {index.name}")
+    found = read_snapshot(ctx, repository, name)
+    if found is not None and found.get("state") not in RUNNING and not verified(found, index):
+        ctx.retry(lambda: es.snapshot.delete(repository=repository, snapshot=name),
+                  f"delete the failed snapshot {name}")
+        found = None
+    if found is None:
+        ctx.retry(lambda: es.snapshot.create(
+            repository=repository, snapshot=name, indices=index.name,
+            include_global_state=False, wait_for_completion=False),
+            f"snapshot {index.name} into {repository}")
+        ctx.count("snapshots_taken")
+    while found is None or found.get("state") in RUNNING:
+        if found is not None:
+            ctx.guard.sleep(SNAPSHOT_POLL_SEC)
+            ctx.checkpoint()
+        found = read_snapshot(ctx, repository, name) or {"state": "MISSING"}
+    if not verified(found, index):
+        shards = found.get("shards") or {}
+        raise SnapshotFailed(f"snapshot {repository}/{name} ended {found.get('state')} "
+                             f"({shards.get('failed', '?')} shard(s) failed); {index.name} kept "
+                             "(read-only)")
+    ctx.log.info("snapshot verified", index=index.name, repository=repository, snapshot=name)
+
+
+def read_snapshot(ctx: JobContext, repository: str, name: str) -> dict[str, Any] | None:
+    from elasticsearch import NotFoundError
+
+    try:
+        body = ctx.retry(lambda: client(ctx).snapshot.get(repository=repository,
+                                                          snapshot=name),
+                         f"read snapshot {repository}/{name}")
+    except NotFoundError:
+        return None
+    found = body.get("snapshots") or []
+    return dict(found[0]) if found else None
+
+
+def verified(found: dict[str, Any], index: Index) -> bool:
+    shards = found.get("shards") or {}
+    return (found.get("state") == "SUCCESS" and index.name in (found.get("indices") or [])
+            and not shards.get("failed") and shards.get("successful") == shards.get("total"))
