@@ -79,6 +79,7 @@ def start_console(redis_server: None) -> Iterator[Callable[..., Client]]:
         server.server_close()
 
 
+@pytest.mark.cluster
 def test_the_api_shows_every_job_from_real_runs(start_console, settings, redis_client, names):
     setup_logging("json", "info")  # as the CLI does: the run keeps what it logs
     done = run_job("clean-token-blacklist", settings)
@@ -175,6 +176,7 @@ def test_a_non_loopback_bind_needs_a_token_for_everything(start_console, setting
     assert client.call("GET", "/healthz")[0] == 200 and client.call("GET", "/readyz")[0] == 200
 
 
+@pytest.mark.cluster
 def test_stop_a_running_run_and_release_a_stale_lock(start_console, ch, make_settings, env,
                                                     redis_client, names):
     settings = make_settings(run_heartbeat_sec=0.2)
@@ -202,6 +204,7 @@ def test_stop_a_running_run_and_release_a_stale_lock(start_console, ch, make_set
     assert status == 200 and done["released"] == key and not redis_client.exists(key)
 
 
+@pytest.mark.cluster
 def test_dead_letters_browse_replay_and_purge(start_console, fast, handlers, redis_client,
                                               names):
     def fails(message: Message) -> None:
@@ -287,3 +290,29 @@ def test_render_deploy_adds_the_console_only_when_asked(tmp_path):
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"secretRef": {"name": "novajobs"}} in container["envFrom"]
     assert service["spec"]["ports"][0]["port"] == 8787 and service["kind"] == "Service"
+
+
+def test_help_and_job_runs_never_import_the_console():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from novajobs.cli import run_cli\n"
+            "for args in (['--help'], ['console', '--help'], ['status', '--help']):\n"
+            "    assert run_cli(args) == 0\n"
+            "print(sorted(m for m in sys.modules if m.startswith('novajobs.console')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_default_bind_is_loopback_and_a_wide_bind_without_token_is_one_line(cli):
+    from novajobs.console.security import is_loopback
+    from novajobs.settings import load_settings
+
+    host = load_settings(environ={}).console_bind.rpartition(":")[0]
+    assert is_loopback(host)
+    refused = cli("console", "--bind", "0.0.0.0:8787", extra_env={"NOVAJOBS_CONSOLE_TOKEN": ""})
+    assert refused.returncode == 78, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "console_token must be set" in refused.stderr

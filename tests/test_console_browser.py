@@ -125,6 +125,7 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
 
     # a run's log, from the job's history
     page.click('tr[data-unit="clean-token-blacklist"] a')
+    page.screenshot(path=str(tmp_path / "console-job.png"), full_page=True)
     page.click("table.history a")
     assert "run started" in page.locator("#log").inner_text()
     page.screenshot(path=str(tmp_path / "console-run.png"), full_page=True)
@@ -137,6 +138,7 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
     page.click('button:has-text("Yes, do it")')
     page.wait_for_selector("#exit:has-text('exit 0')")
     assert "nothing_to_do" in page.locator("#log").inner_text()
+    page.screenshot(path=str(tmp_path / "console-trigger.png"), full_page=True)
 
     # run a long one, stop it from the jobs page, see it end interrupted
     page.goto(console_url + "/")
@@ -177,5 +179,9 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
     page.goto(console_url + "/")
     shot = tmp_path / "console-main.png"
     page.screenshot(path=str(shot), full_page=True)
+    jobs = len(page.locator("table.jobs tr[data-unit]").all())
+    summary = page.locator("p.summary").inner_text()
+    assert summary.startswith(f"{jobs} jobs: interrupted 1 success 1 nothing to do 1 never run"
+                              ), summary  # what went wrong first
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000

@@ -12,6 +12,7 @@ import sys
 import types
 from typing import Any
 
+import pytest
 from test_status import slow_run
 
 from novajobs.context import JobContext, Result
@@ -71,6 +72,7 @@ def test_a_run_keeps_its_last_lines_capped_and_redacted(redis_client, make_setti
     assert sum(len(json.dumps(line)) for line in lines) <= 2000 and lines[-1]["message"] == "logged"
 
 
+@pytest.mark.cluster
 def test_logs_prints_a_run_and_stop_interrupts_it_while_follow_tails_it(ch, redis_client, env,
                                                                           names, cli):
     beat = ("-s", "run_heartbeat_sec=0.2")
@@ -110,6 +112,7 @@ def test_logs_prints_a_run_and_stop_interrupts_it_while_follow_tails_it(ch, redi
     assert missing.returncode == 2 and "no run ffffffffff of refresh-suggestions" in missing.stderr
 
 
+@pytest.mark.cluster
 def test_stop_names_only_the_runs_running_now_and_one_shard(redis_client, env, names, cli):
     def hold(shard: str, run_id: str) -> JobLock:
         lock = JobLock(redis_client, f"{names['prefix']}job:lock:gc-files:{shard}", 30,

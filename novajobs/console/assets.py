@@ -40,7 +40,10 @@ pre.details { background: #fff; border: 1px solid #e0e0e0; padding: .6em; font-s
 svg.chart { background: #f5f5f5; }
 .question { font-size: 1.1em; }
 form.filters { display: block; margin: .6em 0; }
-form.filters label { margin-right: .4em; }
+form.filters label { margin-right: .4em; white-space: nowrap; }
+form.filters input { width: 9em; }
+p.summary { margin: 0 0 .8em; }
+p.summary .badge { margin-right: .3em; font-size: 1em; padding: .1em .5em; }
 """ + "".join(f".o-{name} {{ background: {tone}; }}\n" for name, tone in BADGE_COLOURS.items())
 
 JS = """
@@ -60,7 +63,10 @@ JS = """
           after = Math.max(after, line.seq);
           const extra = Object.keys(line).filter(function (k) {
             return ["seq", "ts", "level", "message", "job", "run_id"].indexOf(k) < 0;
-          }).map(function (k) { return k + "=" + JSON.stringify(line[k]); }).join(" ");
+          }).map(function (k) {
+            const v = line[k];
+            return k + "=" + (typeof v === "string" ? v : JSON.stringify(v));
+          }).join(" ");
           log.textContent += (line.ts || "").slice(11, 23) + " " +
             (line.level || "").toUpperCase().padEnd(7) + " " + line.message +
             (extra ? "  " + extra : "") + "\\n";

@@ -9,9 +9,12 @@ from typing import Any
 
 WIDTH, HEIGHT, GAP = 180, 36, 1
 
+# Dark enough for white text on a badge (contrast 4.5:1 or near); an operator's stop
+# (interrupted) is not a failure's red.
 COLOURS = {
-    "success": "#2e7d32", "nothing_to_do": "#66bb6a", "dry_run": "#42a5f5",
-    "running": "#fbc02d", "skipped": "#9e9e9e", "problem_found": "#ef6c00",
+    "success": "#2e7d32", "nothing_to_do": "#558b2f", "dry_run": "#1565c0",
+    "running": "#8d6e00", "skipped": "#616161", "problem_found": "#c43e00",
+    "interrupted": "#5d4037",
 }
 FAILED = "#c62828"
 BADGE_COLOURS = {**COLOURS, "failed": FAILED, "stale": "#6a1b9a", "never_run": "#757575"}

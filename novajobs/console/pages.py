@@ -67,13 +67,36 @@ class Page:
         return "".join(buttons) if self.can_act else ""
 
 
-def badge(outcome: str | None, state: str | None = None) -> str:
+def shown_as(outcome: str | None, state: str | None = None) -> str:
+    """What a badge says: running / stale / never run, else the last outcome."""
+    return (state if state in ("running", "stale", "never_run") else outcome) or "never_run"
+
+
+def badge(outcome: str | None, state: str | None = None, count: int | None = None) -> str:
     """The outcome (or running / stale / never run) in its colour (assets.CSS: no inline
     styles under the Content Security Policy)."""
-    text = state if state in ("running", "stale", "never_run") else outcome
-    text = text or "never_run"
+    text = shown_as(outcome, state)
     tone = text if text in BADGE_COLOURS else "failed"
-    return f'<span class="badge o-{e(tone)}">{e(text.replace("_", " "))}</span>'
+    label = text.replace("_", " ") + ("" if count is None else f" {count}")
+    return f'<span class="badge o-{e(tone)}">{e(label)}</span>'
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """One line over the table: how many jobs last ended how, failures first."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        text = shown_as(r["outcome"], r["state"])
+        counts[text] = counts.get(text, 0) + 1
+    calm = ("running", "success", "nothing_to_do", "dry_run", "skipped", "never_run")
+
+    def order(item: tuple[str, int]) -> tuple[int, str]:
+        return (calm.index(item[0]) + 1 if item[0] in calm else 0, item[0])
+
+    badges = " ".join(badge(text, count=n) for text, n in sorted(counts.items(), key=order))
+    jobs = len({r["job"] for r in rows})
+    units = f" ({len(rows)} units)" if len(rows) != jobs else ""
+    return (f'<p class="summary">{jobs} jobs{units}: {badges} <span class="muted">· as of '
+            f'{time.strftime("%H:%M:%S", time.gmtime())} UTC (reload for newer)</span></p>')
 
 
 def next_run(iso: str | None, now: float) -> str:
@@ -81,9 +104,9 @@ def next_run(iso: str | None, now: float) -> str:
     return "" if ago is None else f'<span title="{e(iso)}">next in {age(-ago)}</span>'
 
 
-def when(iso: str | None, now: float) -> str:
+def when(iso: str | None, now: float, never: str = "-") -> str:
     ago = since(iso, now)
-    return "-" if ago is None else f'<span title="{e(iso)}">{age(ago)} ago</span>'
+    return never if ago is None else f'<span title="{e(iso)}">{age(ago)} ago</span>'
 
 
 def jobs_page(page: Page, rows: list[dict[str, Any]], triggers: list[dict[str, Any]]) -> str:
@@ -96,25 +119,20 @@ def jobs_page(page: Page, rows: list[dict[str, Any]], triggers: list[dict[str, A
         items = "".join(
             f'<li><a href="/triggers/{e(t["id"])}">{e(t["job"])}'
             f'{" (dry run)" if t["dry_run"] else ""}</a> — '
-            f'{"running" if t["running"] else "exit " + str(t["exit_code"])}</li>'
-            for t in reversed(triggers))
+            f'{"running" if t["running"] else "exit " + str(t["exit_code"])}'
+            f' <span class="muted">· started {age(now - t["started_at"])} ago by '
+            f'{e(t["by"])}</span></li>' for t in reversed(triggers))
         recent = f'<h2>Started from this console</h2><ul class="triggers">{items}</ul>'
-    return page.layout("Jobs", f'<table class="jobs">{head}{body}</table>{recent}')
+    return page.layout("Jobs", f'{summary(rows)}<table class="jobs">{head}{body}</table>'
+                               f'{recent}')
 
 
 def _job_row(page: Page, r: dict[str, Any], now: float) -> str:
     job, unit = r["job"], r["unit"]
     when_ran = r["ended_at"] if r["state"] == "ended" else r["started_at"]
     said = r["error"] or r["message"] or r.get("warning") or ""
-    buttons = [page.form(f"/jobs/{q(job)}/trigger", "Run now")] if r["schedule"] else []
-    if r.get("destructive"):
-        buttons.append(page.form(f"/jobs/{q(job)}/trigger", "Dry run", {"dry_run": "1"}))
-    if r["state"] == "running":
-        buttons.append(page.form(f"/jobs/{q(job)}/stop", "Stop", {"unit": unit}, danger=True))
+    buttons = _run_buttons(page, r) + _unit_buttons(page, job, r)
     lock = r.get("lock")
-    if r["state"] == "stale" and lock and lock["run_id"] == r["run_id"]:
-        buttons.append(page.form("/locks/release", "Release lock",
-                                 {"key": lock["key"], "run_id": lock["run_id"]}, danger=True))
     lock_text = (f'{e(lock["host"])} pid {e(lock["pid"])}<br><span class="muted">lease '
                  f'{age(lock["age_sec"])}, expires in {e(lock["ttl_sec"])} s</span>'
                  if lock else '<span class="muted">free</span>')
@@ -125,7 +143,7 @@ def _job_row(page: Page, r: dict[str, Any], now: float) -> str:
         f'<div class="muted small">{e(r.get("summary") or "")}</div></td>'
         f'<td><code>{e(r["schedule"] or "-")}</code><br>'
         f'<span class="muted">{next_run(r["next_run_at"], now)}</span></td>'
-        f'<td>{badge(r["outcome"], r["state"])} {when(when_ran, now)}{seen}'
+        f'<td>{badge(r["outcome"], r["state"])} {when(when_ran, now, "")}{seen}'
         f'<div class="said" title="{e(said)}">{e(said)}</div></td>'
         f'<td>{duration(r["duration_ms"])}</td>'
         f'<td>{when(r.get("last_success_at"), now)}</td>'
@@ -134,16 +152,41 @@ def _job_row(page: Page, r: dict[str, Any], now: float) -> str:
     )
 
 
+def _run_buttons(page: Page, spec: dict[str, Any]) -> list[str]:
+    """Run now (and a dry run, for a job that deletes) of a job this version has."""
+    if not spec["schedule"]:
+        return []
+    path = f"/jobs/{q(spec['job'])}/trigger"
+    buttons = [page.form(path, "Run now")]
+    if spec.get("destructive"):
+        buttons.append(page.form(path, "Dry run", {"dry_run": "1"}))
+    return buttons
+
+
+def _unit_buttons(page: Page, job: str, status: dict[str, Any]) -> list[str]:
+    """Stop a running run; release the lock a stale one still holds."""
+    if status["state"] == "running":
+        return [page.form(f"/jobs/{q(job)}/stop", "Stop", {"unit": status["unit"]},
+                          danger=True)]
+    lock = status.get("lock")
+    if status["state"] == "stale" and lock and lock["run_id"] == status["run_id"]:
+        return [page.form("/locks/release", "Release lock",
+                          {"key": lock["key"], "run_id": lock["run_id"]}, danger=True)]
+    return []
+
+
 def job_page(page: Page, detail: dict[str, Any]) -> str:
     now = time.time()
-    parts = [f'<p><code>{e(detail["schedule"])}</code> · next run '
-             f'{e(detail["next_run_at"])} · {e(detail["summary"])}</p>']
+    parts = [f'<p>{e(detail["summary"])}</p><p><code>{e(detail["schedule"])}</code> · '
+             f'{next_run(detail["next_run_at"], now)} '
+             f'{page.actions(_run_buttons(page, detail))}</p>']
     if not detail["units"]:
         parts.append("<p>Never run.</p>")
     for unit in detail["units"]:
         s = unit["status"]
         label = "runs of " + s["unit"]
-        parts.append(f'<h2>{e(s["unit"])} {badge(s["outcome"], s["state"])}</h2>'
+        parts.append(f'<h2>{e(s["unit"])} {badge(s["outcome"], s["state"])} '
+                     f'{page.actions(_unit_buttons(page, detail["job"], s))}</h2>'
                      f'{runs_svg(unit["history"], label)}')
         rows = "".join(_history_row(s["unit"], h, now) for h in unit["history"])
         parts.append('<table class="history"><tr><th>Started</th><th>Outcome</th>'
