@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from novajobs.errors import ConfigError, Outcome
+from novajobs.metrics import STREAM_GAUGES
 from novajobs.runner import RunOptions, run_job
 from novajobs.settings import Settings
 from novajobs.streams import dlq
@@ -64,8 +65,22 @@ def test_a_group_that_has_read_nothing_keeps_everything(redis_client, handlers, 
 
     assert rec.counters["succeeded"] == 5 and rec.counters["trimmed"] == 0
     assert redis_client.xlen(key) == 5
+
+
+def test_stream_trim_false_leaves_acked_entries(redis_client, handlers, fast, names):
+    """The off switch, for streams that readers outside consumer groups also read: every
+    entry drained and acked, none trimmed; the next run with trimming on trims them."""
+    handlers("noop", lambda message: None)
+    key = names["prefix"] + "events"
+    ids = [redis_client.xadd(key, {"n": str(i)}).decode() for i in range(6)]
+
     off = drain(fast(stream_handlers=("events=noop",), stream_trim=False))
-    assert "trimmed" not in off.counters or off.counters["trimmed"] == 0
+
+    assert off.counters["succeeded"] == 6 and off.counters.get("trimmed", 0) == 0, off.error
+    assert redis_client.xpending(key, "novajobs")["pending"] == 0
+    assert ids_of(redis_client, key) == ids
+    on = drain(fast(stream_handlers=("events=noop",)))
+    assert on.counters["trimmed"] == 6 and redis_client.xlen(key) == 0
 
 
 def test_dlq_cap_drops_the_oldest_and_counts_them(redis_client, handlers, fast, names):
@@ -102,16 +117,7 @@ def test_lag_figures_of_a_hand_built_stream(redis_client, names):
     p = names["prefix"]
     keys = stream_keys(p, "s")
     now = 1_800_000_000.0
-    for i in range(10):  # produced 100 s, 99 s, ... before `now`
-        redis_client.xadd(keys.stream, {"n": str(i)}, id=f"{int((now - 100 + i) * 1000)}-0")
-    redis_client.xgroup_create(keys.stream, "g", "0")
-    redis_client.xreadgroup("g", "c", {keys.stream: ">"}, count=6)
-    redis_client.xack(keys.stream, "g", f"{int((now - 100) * 1000)}-0",
-                      f"{int((now - 99) * 1000)}-0")
-    redis_client.zadd(keys.retry, {"a": now + 30, "b": now + 90})
-    redis_client.xadd(keys.dlq, {"x": "1"}, id=f"{int((now - 3600) * 1000)}-0")
-    redis_client.xadd(keys.dlq, {"x": "2"}, id=f"{int((now - 60) * 1000)}-0")
-    redis_client.set(keys.dropped, 3)
+    hand_built(redis_client, keys, "g", now)
 
     lag = measure(redis_client, keys, "g", now)
 
@@ -123,6 +129,65 @@ def test_lag_figures_of_a_hand_built_stream(redis_client, names):
     empty = measure(redis_client, stream_keys(p, "nothing"), "g", now)
     assert empty.figures() == {"length": 0, "lag": 0, "pending": 0, "retry_size": 0,
                                "dlq_size": 0, "dlq_dropped_total": 0, "queued": 0}
+
+
+def hand_built(r: Any, keys: Any, group: str, now: float) -> None:
+    """10 entries produced 100 s, 99 s, ... ago; the group has read 6 and acked 2 (so 4
+    pending, the oldest 98 s old; 4 not read); 2 retries due in 30 s and 90 s; 2 dead
+    letters of 1 h and 1 min ago; 3 dead letters dropped by the cap so far."""
+    for i in range(10):
+        r.xadd(keys.stream, {"n": str(i)}, id=f"{int((now - 100 + i) * 1000)}-0")
+    r.xgroup_create(keys.stream, group, "0")
+    r.xreadgroup(group, "c", {keys.stream: ">"}, count=6)
+    r.xack(keys.stream, group, f"{int((now - 100) * 1000)}-0", f"{int((now - 99) * 1000)}-0")
+    r.zadd(keys.retry, {"a": now + 30, "b": now + 90})
+    r.xadd(keys.dlq, {"x": "1"}, id=f"{int((now - 3600) * 1000)}-0")
+    r.xadd(keys.dlq, {"x": "2"}, id=f"{int((now - 60) * 1000)}-0")
+    r.set(keys.dropped, 3)
+
+
+def test_lag_figures_of_a_run_in_record_pushgateway_and_dlq_list(
+        redis_client, fast, names, pushgateway, cli):
+    """The same hand-built stream as above, measured by a real promote-retries run (no
+    retry due: it moves nothing) and by `dlq list`: every figure exact where it is
+    (the ages: at least the built age, at most that plus the seconds gone by)."""
+    import json
+    import urllib.request
+
+    p = names["prefix"]
+    keys = stream_keys(p, "lagged")
+    built = time.time()
+    hand_built(redis_client, keys, "novajobs", built)
+    settings = fast(stream_handlers=("lagged=noop",), pushgateway_url=pushgateway)
+    exact = {"length": 10, "lag": 4, "pending": 4, "retry_size": 2,
+             "retry_next_due": built + 30, "dlq_size": 2, "dlq_dropped_total": 3,
+             "queued": 10}
+    ages = {"oldest_pending_age_sec": 98.0, "dlq_oldest_age_sec": 3600.0}
+
+    def check(figures: dict[str, float], rounding: float) -> None:
+        gone = time.time() - built + rounding
+        assert {k: v for k, v in figures.items() if k not in ages} == pytest.approx(
+            exact, abs=rounding)
+        for name, age in ages.items():
+            assert age - rounding <= figures[name] <= age + gone, (name, figures[name])
+
+    rec = run_job("promote-retries", settings)
+
+    assert rec.outcome is Outcome.NOTHING_TO_DO, rec.error
+    check(rec.details["lag"]["lagged"], 0.001)
+    check({k[: -len("[lagged]")]: v for k, v in rec.counters.items()
+           if k.endswith("[lagged]")}, 0.5)
+    with urllib.request.urlopen(f"{pushgateway}/api/v1/metrics", timeout=5) as response:
+        groups = json.load(response)["data"]
+    [group] = [g for g in groups if g["labels"].get("job") == "promote-retries"]
+    gauges = {figure: float(m["value"]) for figure, (gauge, _help) in STREAM_GAUGES.items()
+              for m in group[gauge]["metrics"] if m["labels"]["stream"] == "lagged"}
+    check(gauges, 0.001)
+    listed = cli("dlq", "list", "--json", "-s", "stream_handlers=lagged=noop")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert row.pop("stream") == "lagged"
+    check(row, 0.001)
 
 
 def test_runs_report_lag_per_stream(redis_client, handlers, fast, names):

@@ -104,6 +104,35 @@ def test_poison_entries_go_straight_to_the_dlq(redis_client, audit_db, fast, nam
     assert redis_client.zcard(stream_keys(names["prefix"], AUDIT).retry) == 0
 
 
+def test_fields_reach_the_handler_exactly_as_written(redis_client, handlers, fast, names):
+    """New entries are read through a script returning JSON: every character JSON
+    escapes, text beyond ASCII, empty values and number-like names arrive as written;
+    a batch with an entry that is not UTF-8 dead-letters only that one, byte for byte."""
+    seen: list[tuple[str, dict[str, str], int]] = []
+    handlers("keep", lambda m: seen.append((m.id, dict(m.fields), m.attempts)))
+    key = names["prefix"] + "q"
+    written = [
+        {"q": 'a "quoted" \\ back/slash', "ctl": "\x00\x01\n\t\x7f\x1b", "1": "one"},
+        {"uni": "\u00e9\u6f22\U0001f600", "empty": "", "novajobs-ish": "x"},
+        {"n": "2", "novajobs:id": "5-0", "novajobs:attempts": "1"},  # a promoted retry
+    ]
+    ids = [redis_client.xadd(key, f).decode() for f in written]
+    settings = fast(stream_handlers=("q=keep",), drain_concurrency=1)
+
+    rec = drain(settings)
+
+    assert rec.counters["succeeded"] == 3, rec.error
+    assert seen == [(ids[0], written[0], 0), (ids[1], written[1], 0), ("5-0", {"n": "2"}, 1)]
+    poison = redis_client.xadd(key, {"ok": "1", "bad": b"\xc3(\xff"}).decode()
+    last = redis_client.xadd(key, {"after": "the poison", **written[0]}).decode()
+    rec = drain(settings)
+    assert rec.counters["succeeded"] == 1 and rec.counters["dead_lettered"] == 1, rec.error
+    assert seen[3:] == [(last, {"after": "the poison", **written[0]}, 0)]
+    [(_, dead)] = redis_client.xrange(stream_keys(names["prefix"], "q").dlq)
+    assert (dead[b"bad"], dead[b"ok"], dead[b"novajobs:id"]) == (b"\xc3(\xff", b"1",
+                                                                  poison.encode())
+
+
 def test_missing_dedupe_table_stops_the_run_and_acks_nothing(redis_client, pg, pg_tables, cli,
                                                             names):
     pg_tables("audit_logs")
@@ -230,3 +259,25 @@ def wait_for(cond: Callable[[], bool], timeout: float) -> None:
     while not cond():
         assert time.monotonic() < give_up, "timed out waiting"
         time.sleep(0.01)
+
+
+def test_a_fenced_round_acks_more_ids_than_lua_unpacks_at_once(redis_client, names):
+    """A settle round behind the lock's fence is one script; Lua's unpack takes some 8000
+    values at most, so a round's XACK goes in chunks (a drain reading 5000 at a time can
+    settle more than that in one round)."""
+    from novajobs.fencing import Fence
+    from novajobs.streams.settle import Round, write_round
+
+    p = names["prefix"]
+    keys = stream_keys(p, "big")
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(9000):
+        pipe.xadd(keys.stream, {"n": str(i)})
+    ids = [i.decode() for i in pipe.execute()]
+    redis_client.xgroup_create(keys.stream, "novajobs", "0")
+    redis_client.xreadgroup("novajobs", "c", {keys.stream: ">"}, count=9000)
+
+    write_round(redis_client, {"big": keys}, "novajobs", Round(acks={"big": ids}),
+                Fence(p + "job:lock:t", 7, p))
+
+    assert redis_client.xpending(keys.stream, "novajobs")["pending"] == 0

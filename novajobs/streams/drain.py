@@ -39,11 +39,18 @@ from novajobs.errors import (
 )
 from novajobs.fencing import fence_of, refused_as_lock_lost
 from novajobs.retry import classify, describe_error
-from novajobs.streams.entries import PoisonEntry, decode_entry, meta, peek_meta, with_meta
+from novajobs.streams.entries import (
+    Decoded,
+    decode_entries,
+    decode_reply,
+    meta,
+    peek_meta,
+    with_meta,
+)
 from novajobs.streams.handlers import Message, PermanentError, StreamPlan, is_outage
 from novajobs.streams.pool import CallResult, Task, TaskResult, WorkerPool
 from novajobs.streams.queues import retry_delay, retry_member
-from novajobs.streams.reader import Entry, Reader, Taken
+from novajobs.streams.reader import Reader, Taken
 from novajobs.streams.settle import Round, give_back, write_round
 from novajobs.streams.stats import DrainStats
 
@@ -55,7 +62,7 @@ _STOPS = (Interrupted, LockLost, JobTimeout)
 _ENTRY_ID = operator.attrgetter("entry_id")
 CALLS_PER_TASK = 32  # one-message calls a worker takes at a time (fewer thread hand-offs)
 TASK_TARGET_SEC = 0.002  # cheap calls go in tasks of about this long: hand-offs cost more
-READ_MOST = 1000  # entries read at once when calls are that cheap
+READ_MOST = 5000  # entries read at once when calls are that cheap
 
 
 @dataclass
@@ -161,7 +168,7 @@ class Drainer:
         for plan in self.plans:
             room = self._room(plan)
             if room:
-                started += self._take(plan, self.reader.new(plan, room))
+                started += self._take(plan, decode_reply(plan.name, self.reader.new(plan, room)))
         return started
 
     def _room(self, plan: StreamPlan) -> int:
@@ -184,7 +191,7 @@ class Drainer:
         """Block (drain_block_ms) on every stream at once; False when nothing arrived."""
         arrived = self.reader.wait(self.pool.free or 1)
         for plan, entries in arrived:
-            self._take(plan, entries)
+            self._take(plan, decode_entries(plan.name, entries))
         return bool(arrived)
 
     def _take_redelivered(self, plan: StreamPlan, taken: Taken) -> int:
@@ -199,19 +206,14 @@ class Drainer:
             self._dead(plan.name, text(entry_id), raw, error, delivered - 1)
         for entry_id in taken.vanished:
             self.pending.ack(plan.name, entry_id)
-        return self._take(plan, taken.entries)
+        return self._take(plan, decode_entries(plan.name, taken.entries))
 
-    def _take(self, plan: StreamPlan, entries: Iterable[Entry]) -> int:
-        """Decode entries into tasks; poison goes to the DLQ. Returns calls started."""
-        messages: list[Message] = []
-        entries = list(entries)
-        self.stats.add(plan.name, "received", len(entries))
-        for raw_id, raw in entries:
-            entry_id = raw_id.decode()
-            try:
-                messages.append(decode_entry(plan.name, entry_id, raw))
-            except PoisonEntry as exc:
-                self._dead(plan.name, entry_id, raw, f"cannot be decoded: {exc}", 0)
+    def _take(self, plan: StreamPlan, decoded: Decoded) -> int:
+        """Hand decoded entries to tasks; poison goes to the DLQ. Returns calls started."""
+        self.stats.add(plan.name, "received", len(decoded))
+        for entry_id, raw, why in decoded.poison:
+            self._dead(plan.name, entry_id, raw, f"cannot be decoded: {why}", 0)
+        messages = decoded.messages
         size = self.batch[plan.name]
         calls = ([[m] for m in messages] if size == 1 else
                  [messages[i : i + size] for i in range(0, len(messages), size)])

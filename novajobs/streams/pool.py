@@ -19,13 +19,13 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from novajobs.streams.handlers import Handler, Message
 
 
-@dataclass
+@dataclass(slots=True)
 class CallResult:
     messages: list[Message]
     duration: float
@@ -192,32 +192,46 @@ class WorkerPool:
 
     def _run(self, task: Task, handlers: dict[str, Handler]) -> None:
         """The task's calls in order; one lock round per call (it ends one call and starts
-        the next: thousands of cheap calls a second pass here)."""
+        the next: thousands of cheap calls a second pass here, so the handler is looked
+        up once and a clean call skips the ``stops`` check)."""
         with self._lock:
             if task.abandoned or task.halt:
                 return
-            task.started = time.monotonic()
-        for i, call in enumerate(task.calls, 1):
-            result = self._call(task.handler, call, handlers)
+            task.started = began = time.monotonic()
+        handle: Callable[[Sequence[Message]], Mapping[str, BaseException]]
+        try:
+            handle = self._handler(task.handler, handlers).handle_batch
+        except BaseException as exc:  # could not even be built: every call fails with it
+            handle = _raiser(exc)
+        last = len(task.calls) - 1
+        for i, call in enumerate(task.calls):
+            try:
+                failures = handle(call)
+                ended = time.monotonic()
+                result = CallResult(call, ended - began, failures)
+            except BaseException as exc:  # reported to the caller, never lost
+                ended = time.monotonic()
+                result = CallResult(call, ended - began, error=exc)
             with self._lock:
                 if task.abandoned:
                     return
                 task.completed.append(result)
-                if self._stops(result):
+                if (result.error is not None or result.failures) and self._stops(result):
                     self._halt_all()
-                if i == len(task.calls) or task.halt:
+                if i == last or task.halt:
                     task.started = None
                     return
-                task.started = time.monotonic()
+                task.started = began = ended
 
-    def _call(self, name: str, messages: list[Message], handlers: dict[str, Handler]
-              ) -> CallResult:
-        began = time.monotonic()
-        try:
-            handler = handlers.get(name)
-            if handler is None:
-                handler = handlers[name] = self._make_handler(name)
-            failures = handler.handle_batch(messages)
-            return CallResult(messages, time.monotonic() - began, failures)
-        except BaseException as exc:  # reported to the caller, never lost
-            return CallResult(messages, time.monotonic() - began, error=exc)
+    def _handler(self, name: str, handlers: dict[str, Handler]) -> Handler:
+        handler = handlers.get(name)
+        if handler is None:
+            handler = handlers[name] = self._make_handler(name)
+        return handler
+
+
+def _raiser(exc: BaseException) -> Callable[[Sequence[Message]], Mapping[str, BaseException]]:
+    def handle(messages: Sequence[Message]) -> Mapping[str, BaseException]:
+        raise exc
+
+    return handle

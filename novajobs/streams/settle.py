@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from novajobs.streams.keys import StreamKeys
 
 
+ACK_CHUNK = 1000  # ids per XACK command of a round
+
+
 @dataclass
 class Round:
     """Writes of one settle round."""
@@ -63,7 +66,8 @@ def write_round(r: redis.Redis, keys: Mapping[str, StreamKeys], group: str, writ
         steps[stream].command("xadd", keys[stream].dlq, "*",
                               *(x for kv in fields.items() for x in kv))
     for stream, ids in writes.acks.items():
-        steps[stream].command("xack", keys[stream].stream, group, *ids)
+        for i in range(0, len(ids), ACK_CHUNK):  # (Lua's unpack takes some 8000 at most)
+            steps[stream].command("xack", keys[stream].stream, group, *ids[i : i + ACK_CHUNK])
     for step in steps.values():
         step.execute()
 
@@ -115,7 +119,7 @@ def give_back(
         by_count[count].append(entry_id)
     step = FencedTransaction(r, fence)
     for count, ids in by_count.items():
-        for i in range(0, len(ids), 1000):
-            step.command("xclaim", key, group, consumer, 0, *ids[i : i + 1000],
+        for i in range(0, len(ids), ACK_CHUNK):
+            step.command("xclaim", key, group, consumer, 0, *ids[i : i + ACK_CHUNK],
                          "IDLE", idle_ms, "RETRYCOUNT", count, "JUSTID")
     step.execute()
