@@ -4,11 +4,14 @@ subprocess through a real ``novajobs.handlers`` entry point (see ``entry_point_e
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from novajobs.streams.audit import AuditLogHandler
 from novajobs.streams.handlers import Handler, Message
 
 
@@ -33,6 +36,32 @@ class Recorder(Handler):
         pipe.execute()
 
     def close(self) -> None:
+        self.redis.close()
+
+
+class DyingAudit(AuditLogHandler):
+    """The audit-log handler steered by the Redis key ``{prefix}test:mode``: ``fail``
+    raises before writing anything; ``die`` writes (commits its rows and dedupe ids)
+    and then kill -9s its own process, before drain-stream can ack; else as is."""
+
+    def __init__(self, settings: Any) -> None:
+        import redis
+
+        super().__init__(settings)
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.mode_key = settings.redis_prefix + "test:mode"
+
+    def handle_batch(self, messages: Sequence[Message]) -> Mapping[str, BaseException]:
+        mode = self.redis.get(self.mode_key)
+        if mode == b"fail":
+            raise RuntimeError("asked to fail")
+        failures = super().handle_batch(messages)
+        if mode == b"die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return failures
+
+    def close(self) -> None:
+        super().close()
         self.redis.close()
 
 
@@ -63,7 +92,8 @@ def entry_point_env(tmp: Path) -> dict[str, str]:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: novajobs-test-handlers\n"
                                    "Version: 1.0\n")
     (dist / "entry_points.txt").write_text(
-        "[novajobs.handlers]\nrecorder = stream_handlers:Recorder\n")
+        "[novajobs.handlers]\nrecorder = stream_handlers:Recorder\n"
+        "audit-die = stream_handlers:DyingAudit\n")
     here = Path(__file__).resolve().parent
     paths = [str(tmp), str(here), os.environ.get("PYTHONPATH", "")]
     return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}

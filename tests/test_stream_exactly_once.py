@@ -1,6 +1,7 @@
 """Exactly once on every path an entry can take: new -> retry -> promote ->
 redelivered by XAUTOCLAIM after its consumer died having written it -> DLQ -> replay
--> success, with the built-in audit-log handler on a real PostgreSQL: one audit row.
+-> success, with the built-in audit-log handler on a real PostgreSQL: one audit row;
+then the same path with real processes killed (kill -9) right after each write.
 Meta fields (``novajobs:*``) are never written twice into an entry."""
 
 from __future__ import annotations
@@ -146,3 +147,58 @@ def test_legacy_dead_letters_with_a_duplicated_id_replay_their_first_id(
 
     assert rec.counters["succeeded"] == 1, rec.error
     assert audit_db.execute("SELECT count(*) FROM audit_logs").fetchone() == (0,)  # deduped
+
+
+def test_a_consumer_killed_at_each_step_writes_the_row_once(redis_client, audit_db, cli,
+                                                            names, tmp_path):
+    """Real processes, kill -9 by the handler itself right after it committed (before
+    drain-stream's XACK): new -> fails -> retry -> promote-retries -> handled, killed,
+    reclaimed by XAUTOCLAIM and killed again until delivered too often -> DLQ (its
+    first id once) -> dlq replay -> handled, killed -> reclaimed -> success. One row."""
+    from stream_handlers import entry_point_env
+
+    p = names["prefix"]
+    k = keys.stream_keys(p, AUDIT)
+    extra = entry_point_env(tmp_path)
+    flags = ["-s", f"stream_handlers={AUDIT}=audit-die", "-s", "stream_claim_idle_sec=1",
+             "-s", "stream_max_retries=1", "-s", "stream_retry_initial_sec=0.01", "-s",
+             "stream_retry_jitter=0", "-s", "drain_block_ms=100"]
+
+    def drain_as(consumer: str, mode: str) -> int:
+        redis_client.set(p + "test:mode", mode)
+        time.sleep(1.1)  # what a killed consumer left is claimable after stream_claim_idle_sec
+        run = cli("drain-stream", "--consumer", consumer, "--message-timeout", "0.5", *flags,
+                  extra_env=extra)
+        assert run.returncode in (0, -9), run.stderr[-2000:]
+        return run.returncode
+
+    def rows() -> int:
+        return int(audit_db.execute("SELECT count(*) FROM audit_logs").fetchone()[0])
+
+    def pending() -> int:
+        return int(redis_client.xpending(k.stream, "novajobs")["pending"])
+
+    first = redis_client.xadd(k.stream, {"user_id": "7", "action": "login",
+                                         "ts": "1700000000"}).decode()
+
+    assert drain_as("pod-1", "fail") == 0 and redis_client.zcard(k.retry) == 1
+    assert cli("promote-retries", *flags).returncode == 0
+    [(_, promoted)] = raw_entries(redis_client, k.stream)
+    assert meta_names(promoted) == ["novajobs:id", "novajobs:attempts"]
+    assert dict(promoted)["novajobs:id"] == first
+    for n in range(3):  # delivered 1, 2, 3 times: handled (the row committed), killed
+        assert drain_as(f"pod-killed-{n}", "die") == -9
+        assert (rows(), pending()) == (1, 1)
+    assert drain_as("pod-2", "ok") == 0  # a fourth delivery: too often without an outcome
+    [(_, dead)] = raw_entries(redis_client, k.dlq)
+    assert meta_names(dead).count("novajobs:id") == 1 and dict(dead)["novajobs:id"] == first
+    listed = json.loads(cli("dlq", "list", AUDIT, "--json").stdout)
+    assert [d["first_id"] for d in listed] == [first]
+    assert cli("dlq", "replay", AUDIT, "--all").returncode == 0
+    assert drain_as("pod-killed-3", "die") == -9 and (rows(), pending()) == (1, 1)
+    assert drain_as("pod-3", "ok") == 0
+
+    assert (rows(), pending(), redis_client.zcard(k.retry), redis_client.xlen(k.dlq)) == (
+        1, 0, 0, 0)
+    assert audit_db.execute("SELECT entry_id FROM novajobs_stream_dedupe").fetchall() == [(first,)]
+    assert redis_client.xlen(k.stream) == 0  # trimmed
