@@ -13,9 +13,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from test_deploy import SCHEMA_VERSIONS
 from test_status import slow_run
 
-from novajobs.console.server import build
+from novajobs.console.server import REQUEST_TIMEOUT_SEC, build
 from novajobs.errors import ConfigError
 from novajobs.lock import JobLock
 from novajobs.output import setup_logging
@@ -261,7 +262,8 @@ def test_no_secret_is_ever_rendered(start_console, make_settings, redis_client):
         assert secret not in seen
 
 
-def test_render_deploy_adds_the_console_only_when_asked(tmp_path):
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_render_deploy_adds_the_console_only_when_asked(tmp_path, version):
     import subprocess
     import sys
     from pathlib import Path
@@ -275,7 +277,7 @@ def test_render_deploy_adds_the_console_only_when_asked(tmp_path):
     files = deploy.render_all(load_settings(environ={}, overrides={"k8s_console": "true"}))
     deploy.write_files(tmp_path, files)
     tool = Path(sys.executable).parent / "kubernetes-validate"
-    done = subprocess.run([str(tool), "--strict", "--quiet", "-k", "1.37.0",
+    done = subprocess.run([str(tool), "--strict", "--quiet", "-k", version,
                            str(tmp_path / deploy.CONSOLE)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -316,3 +318,21 @@ def test_the_default_bind_is_loopback_and_a_wide_bind_without_token_is_one_line(
     refused = cli("console", "--bind", "0.0.0.0:8787", extra_env={"NOVAJOBS_CONSOLE_TOKEN": ""})
     assert refused.returncode == 78, refused.stderr
     assert refused.stderr.count("\n") == 1 and "console_token must be set" in refused.stderr
+
+
+def test_a_silent_connection_is_closed_and_others_are_still_served(redis_server, settings):
+    import socket
+
+    server, console = build(settings, "127.0.0.1:0", False, TOKEN)
+    assert server.RequestHandlerClass.timeout == REQUEST_TIMEOUT_SEC == 30
+    server.RequestHandlerClass.timeout = 1  # shortened for the test
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = Client(console.guard.port)
+    idle = [socket.create_connection(("127.0.0.1", client.port)) for _ in range(20)]
+    assert client.call("GET", "/healthz")[0] == 200  # while 20 sockets say nothing
+    for sock in idle:
+        sock.settimeout(30)
+        assert sock.recv(1024) == b""  # closed by the console, not by us
+        sock.close()
+    server.shutdown()
+    server.server_close()

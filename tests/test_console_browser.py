@@ -160,6 +160,10 @@ def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli,
     first = page.locator("table.dlq tr[data-id]").first.get_attribute("data-id")
     page.screenshot(path=str(tmp_path / "console-dlq.png"), full_page=True)
     page.click(f'tr[data-id="{first}"] button:has-text("Replay")')
+    page.click('a:has-text("Cancel")')  # back to the dead letters, nothing replayed
+    assert page.url.endswith("/streams/jobs/dlq") and redis_client.xlen(
+        stream_keys(names["prefix"], "jobs").dlq) == 3
+    page.click(f'tr[data-id="{first}"] button:has-text("Replay")')
     page.click('button:has-text("Yes, do it")')
     assert "replayed 1" in page.locator("ul.result").inner_text()
     assert redis_client.xlen(stream_keys(names["prefix"], "jobs").dlq) == 2

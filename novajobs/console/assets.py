@@ -42,6 +42,8 @@ svg.chart { background: #f5f5f5; }
 form.filters { display: block; margin: .6em 0; }
 form.filters label { margin-right: .4em; white-space: nowrap; }
 form.filters input { width: 9em; }
+form.filters fieldset { border: 1px solid #e0e0e0; background: #fff; margin: 0; }
+form.filters legend { font-size: .9em; color: #616161; }
 p.summary { margin: 0 0 .8em; }
 p.summary .badge { margin-right: .3em; font-size: 1em; padding: .1em .5em; }
 """ + "".join(f".o-{name} {{ background: {tone}; }}\n" for name, tone in BADGE_COLOURS.items())

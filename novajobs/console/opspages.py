@@ -42,8 +42,10 @@ def dlq_page(page: Page, data: dict[str, Any]) -> str:
     every = page.actions([page.form(f"{base}/replay", "Replay all", {"all": "1"}),
                           page.form(f"{base}/purge", "Purge all", {"all": "1"}, danger=True),
                           _filter_form(page, base)])
-    body = (f'<p>{e(data["total"])} dead letters in <code>dlq:{e(stream)}</code> '
-            f'(oldest first). {every}</p>'
+    shown = len(data["entries"])
+    part = f", the oldest {shown} below" if shown < data["total"] else " (oldest first)"
+    body = (f'<p>{e(data["total"])} dead letters in <code>dlq:{e(stream)}</code>{part}.</p>'
+            f'<div class="every">{every}</div>'
             '<table class="dlq"><tr><th>Id</th><th>Attempts</th><th>Failed at</th>'
             f'<th>Error</th><th>Fields</th><th></th></tr>{"".join(rows)}</table>')
     return page.layout(f"Dead letters of {stream}", body)
@@ -56,11 +58,13 @@ def _filter_form(page: Page, base: str) -> str:
               ("min_attempts", "attempts ≥", "number"), ("max_attempts", "attempts ≤", "number"))
     inputs = "".join(f'<label>{e(label)} <input name="{name}" type="{kind}" size="10"></label> '
                      for name, label, kind in fields)
-    return (f'<form method="post" class="filters" action="{e(base)}/replay">'
+    return (f'<form method="post" class="filters" action="{e(base)}/replay"><fieldset>'
+            '<legend>Or select by filter (as <code>novajobs dlq replay|purge</code> '
+            'takes them; the next page says how many match)</legend>'
             f'<input type="hidden" name="csrf" value="{e(page.csrf)}">{inputs}'
             '<button type="submit">Replay matching</button> '
             f'<button type="submit" class="danger" formaction="{e(base)}/purge">'
-            'Purge matching</button></form>')
+            'Purge matching</button></fieldset></form>')
 
 
 def locks_page(page: Page, locks: list[dict[str, Any]], stale_runs: set[str]) -> str:
@@ -94,8 +98,16 @@ def login_page(page: Page, problem: str = "") -> str:
 def confirm_page(page: Page, question: str, action: str, fields: dict[str, str]) -> str:
     body = (f'<p class="question">{e(question)}</p>'
             + page.form(action, "Yes, do it", {**fields, "confirm": "yes"}, confirm=True)
-            + ' <a href="/">Cancel</a>')
+            + f' <a href="{e(back_from(action))}">Cancel</a>')
     return page.layout("Confirm", body)
+
+
+def back_from(action: str) -> str:
+    """The page an action was asked from: a stream's dead letters, the locks, the jobs."""
+    parts = action.split("/")
+    if action.startswith("/streams/") and len(parts) > 2:
+        return f"/streams/{parts[2]}/dlq"
+    return "/locks" if action.startswith("/locks/") else "/"
 
 
 def result_page(page: Page, title: str, lines: list[str], back: str = "/") -> str:

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from novajobs.settings import Settings
 
 MAX_BODY = 64 * 1024
+# A connection that sends nothing (or too slowly) is closed after this long, so idle
+# sockets cannot pile up one thread each.
+REQUEST_TIMEOUT_SEC = 30
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
     "img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -132,6 +135,7 @@ def make_handler(console: Console) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "novajobs-console"
         sys_version = ""
+        timeout = REQUEST_TIMEOUT_SEC
 
         def do_GET(self) -> None:
             self._serve("GET")
