@@ -20,10 +20,10 @@ class Recorder(Handler):
     message's first id in the Redis set ``{prefix}test:done`` (and the order in a list)."""
 
     def __init__(self, settings: Any) -> None:
-        import redis
+        from novajobs.redisconn import connect_redis
 
         super().__init__(settings)
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = connect_redis(settings)  # one Redis or a cluster, as novajobs's own
         self.prefix = settings.redis_prefix
 
     def handle(self, message: Message) -> None:

@@ -409,6 +409,7 @@ def test_an_overdue_lease_stops_the_job_even_while_redis_still_shows_the_lock(
         guard.check()
 
 
+@pytest.mark.cluster
 def test_the_heartbeat_keeps_a_run_longer_than_its_ttl_alive(ch, redis_client, cli, names):
     many_users(ch, 600)
     ch.release()

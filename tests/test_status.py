@@ -14,6 +14,8 @@ import types
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from novajobs.context import JobContext, Result
 from novajobs.errors import UsageError
 from novajobs.lock import JobLock, lock_key
@@ -73,6 +75,7 @@ def status_of(cli: Any, unit: str, *args: str) -> dict[str, Any]:
     return next(s for s in json.loads(result.stdout) if s["unit"] == unit)
 
 
+@pytest.mark.cluster
 def test_a_killed_run_shows_as_stale_with_its_last_seen_age(ch, redis_client, env, names, cli):
     beat = ("-s", "run_heartbeat_sec=0.2")
     proc = slow_run(ch, env, 3000, *beat)  # the job's own lock TTL (60 s)
@@ -107,6 +110,7 @@ def test_jobs_that_never_ran_are_listed_as_never_run(redis_server, cli):
     assert all("never run" in line for line in table[1:]) and len(table) == len(JOBS) + 1
 
 
+@pytest.mark.cluster
 def test_status_and_history_have_one_schema(redis_client, settings, names, cli):
     run_job("clean-token-blacklist", settings)
     holder = JobLock(redis_client, f"{names['prefix']}job:lock:refresh-trending", 30,
@@ -132,6 +136,7 @@ def test_status_and_history_have_one_schema(redis_client, settings, names, cli):
     assert skips[0]["job"] == "refresh-trending" and skips[0]["outcome"] == "skipped"
 
 
+@pytest.mark.cluster
 def test_a_dry_run_and_a_usage_error_keep_the_last_real_run(redis_client, settings, cli):
     real = run_job("clean-token-blacklist", settings)
     dry = run_job("clean-token-blacklist", settings, RunOptions(dry_run=True))
@@ -162,6 +167,7 @@ def test_a_usage_error_on_a_job_never_run_leaves_it_never_run(redis_server, sett
     assert probe["state"] == "never_run" and probe["attempt"]["outcome"] == "usage_error"
 
 
+@pytest.mark.cluster
 def test_skips_in_a_row_are_one_history_entry(redis_client, settings, names, cli):
     run_job("clean-token-blacklist", settings)
     holder = JobLock(redis_client, f"{names['prefix']}job:lock:clean-token-blacklist", 30,

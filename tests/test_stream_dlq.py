@@ -8,6 +8,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from novajobs.streams.keys import stream_keys
 
 HOUR = 3600
@@ -42,6 +44,7 @@ def left(r: Any, prefix: str) -> list[str]:
     return [f[b"n"].decode() for _, f in r.xrange(stream_keys(prefix, "q").dlq)]
 
 
+@pytest.mark.cluster
 def test_replay_by_error_text_attempts_and_time(redis_client, cli, names):
     p = names["prefix"]
     dead_letters(redis_client, p)
@@ -69,6 +72,7 @@ def test_replay_by_error_text_attempts_and_time(redis_client, cli, names):
     assert b"novajobs:attempts" not in fields and b"novajobs:error" not in fields  # starts over
 
 
+@pytest.mark.cluster
 def test_purge_by_filter_and_dry_run(redis_client, cli, names):
     p = names["prefix"]
     ids = dead_letters(redis_client, p)
@@ -83,6 +87,7 @@ def test_purge_by_filter_and_dry_run(redis_client, cli, names):
     assert left(redis_client, p) == ["3", "4"]
 
 
+@pytest.mark.cluster
 def test_show_prints_one_dead_letter_whole(redis_client, cli, names):
     p = names["prefix"]
     ids = dead_letters(redis_client, p)

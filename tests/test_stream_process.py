@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from stream_handlers import entry_point_env
 
 from novajobs.errors import Outcome
@@ -75,6 +76,7 @@ def test_sigterm_lets_running_handlers_finish_and_acks_them(redis_client, env, n
     assert _pending(redis_client, key) == 0
 
 
+@pytest.mark.cluster
 def test_dlq_list_replay_and_purge(redis_client, make_settings, cli, names):
     ok = {"now": False}
 

@@ -28,6 +28,7 @@ def ids_of(r: Any, key: str) -> list[str]:
     return [i.decode() for i, _ in r.xrange(key)]
 
 
+@pytest.mark.cluster
 def test_trim_keeps_what_any_group_still_needs(redis_client, handlers, fast, names):
     """Group "novajobs" drains everything; group "billing" has read 10 entries and acked
     4 of them: entries from billing's oldest pending one on stay, the rest is trimmed."""
@@ -83,6 +84,7 @@ def test_stream_trim_false_leaves_acked_entries(redis_client, handlers, fast, na
     assert on.counters["trimmed"] == 6 and redis_client.xlen(key) == 0
 
 
+@pytest.mark.cluster
 def test_dlq_cap_drops_the_oldest_and_counts_them(redis_client, handlers, fast, names):
     def poison(message: Any) -> None:
         from novajobs.streams.handlers import PermanentError
@@ -113,6 +115,7 @@ def test_dlq_age_cap_must_stay_below_the_dedupe_retention(redis_client, fast, cl
     assert run.returncode == 78 and "stream_dedupe_retention_days" in run.stderr
 
 
+@pytest.mark.cluster
 def test_lag_figures_of_a_hand_built_stream(redis_client, names):
     p = names["prefix"]
     keys = stream_keys(p, "s")
@@ -190,6 +193,7 @@ def test_lag_figures_of_a_run_in_record_pushgateway_and_dlq_list(
     check(row, 0.001)
 
 
+@pytest.mark.cluster
 def test_runs_report_lag_per_stream(redis_client, handlers, fast, names):
     handlers("noop", lambda message: None)
     p = names["prefix"]

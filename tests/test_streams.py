@@ -50,6 +50,7 @@ def pending(r: Any, key: str, group: str = "novajobs") -> int:
 
 
 # -- the audit-log handler -------------------------------------------------------------------
+@pytest.mark.cluster
 def test_audit_entries_become_rows_exactly_once(redis_client, audit_db, fast, names):
     key = names["prefix"] + AUDIT
     audit_db.execute("INSERT INTO audit_logs (user_id, action) VALUES (-1, 'written by them')")
@@ -76,6 +77,7 @@ def test_audit_entries_become_rows_exactly_once(redis_client, audit_db, fast, na
         ("written by them",)]
 
 
+@pytest.mark.cluster
 def test_poison_entries_go_straight_to_the_dlq(redis_client, audit_db, fast, names):
     key = names["prefix"] + AUDIT
     good = {"user_id": "1", "action": "ok", "ts": "1700000000"}
@@ -149,6 +151,7 @@ def test_missing_dedupe_table_stops_the_run_and_acks_nothing(redis_client, pg, p
 
 
 # -- retries, backoff, DLQ -------------------------------------------------------------------
+@pytest.mark.cluster
 def test_retry_schedule_backoff_then_dlq(redis_client, handlers, fast, names):
     def always_fails(message: Message) -> None:
         raise RuntimeError(f"boom {message.attempts}")
@@ -192,6 +195,7 @@ def test_retry_delay_jitter_and_cap(make_settings):
     assert all(queues.retry_delay(10, s, rng) <= 100 for _ in range(100))
 
 
+@pytest.mark.cluster
 def test_promote_reads_members_written_before_the_entry_field(redis_client, names):
     """A retry member of an older version (fields without meta, id and attempts apart)
     is promoted with its meta once; an unreadable one goes to the DLQ verbatim."""
@@ -207,6 +211,7 @@ def test_promote_reads_members_written_before_the_entry_field(redis_client, name
     assert letter.raw[b"novajobs:raw"] == b"not json" and not letter.replayable
 
 
+@pytest.mark.cluster
 def test_promote_retries_job_counts_due_and_later(redis_client, fast, names):
     p = names["prefix"]
     now = time.time()
@@ -222,6 +227,7 @@ def test_promote_retries_job_counts_due_and_later(redis_client, fast, names):
     assert run_job("promote-retries", fast()).outcome is Outcome.NOTHING_TO_DO
 
 
+@pytest.mark.cluster
 def test_promote_is_atomic_under_kill_and_races(redis_client, env, names):
     p, total = names["prefix"], 3000
     msgs = [Message("s", f"{i}-0", f"{i}-0", {"i": str(i)}) for i in range(total)]
