@@ -1,5 +1,5 @@
-"""ClickHouse over HTTP(S): the real engine behind tests/clickhouse_http.py (the HTTP
-protocol as ClickHouse speaks it), against the same jobs over chdb:// in process."""
+"""ClickHouse over HTTP(S): the real engine behind scripts/novajobs_dev/clickhouse_http.py
+(the HTTP protocol as ClickHouse speaks it), against the same jobs over chdb:// in process."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from clickhouse_http import ClickHouseHTTP
 
 from novajobs.errors import Outcome
 from novajobs.runner import run_job
 from novajobs_dev import tls_servers
+from novajobs_dev.clickhouse_http import ClickHouseHTTP
 
 TRENDING = "nova:cache:trending:1h"
 SUGGESTED = "nova:cache:suggested_users:"
