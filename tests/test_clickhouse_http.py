@@ -151,7 +151,7 @@ def https_front(stack: Any, front: ClickHouseHTTP,
     server.close()
 
 
-def test_https_with_a_ca_and_the_wrong_ca(ch, https_front, redis_client, cli, names):
+def test_https_with_a_ca_and_the_wrong_ca_or_host_name(ch, https_front, redis_client, cli, names):
     server, certs = https_front
     events(ch, 100, seed=7)
     url = server.url(names["database"])
@@ -160,10 +160,15 @@ def test_https_with_a_ca_and_the_wrong_ca(ch, https_front, redis_client, cli, na
                                                "NOVAJOBS_TLS_CA_FILE": certs.ca})
     wrong = cli("refresh-trending", extra_env={"CLICKHOUSE_URL": url,
                                                "NOVAJOBS_TLS_CA_FILE": certs.other_ca})
+    host = cli("refresh-trending", extra_env={"CLICKHOUSE_URL": url.replace("@127.0.0.1",
+                                                                            "@localhost"),
+                                              "NOVAJOBS_TLS_CA_FILE": certs.ca})
 
     assert right.returncode == 0, right.stderr
     assert json.loads(redis_client.get(names["prefix"] + TRENDING))
     one_line(wrong, 78, "ClickHouse TLS verification failed: certificate verify failed")
+    one_line(host, 78, "ClickHouse TLS verification failed: certificate verify failed:"
+             " Hostname mismatch")
 
 
 def one_line(result: Any, code: int, needle: str) -> None:

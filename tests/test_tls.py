@@ -179,16 +179,20 @@ def s3_env(tls_s3: Any, ca: str) -> dict[str, str]:
             "NOVAJOBS_TLS_CA_FILE": ca}
 
 
-def test_s3_over_https_with_a_custom_ca(tls_s3, certs, tls_files, cli, names):
+def test_s3_over_https_with_a_custom_ca_and_the_wrong_ca_or_host_name(tls_s3, certs, tls_files,
+                                                                     cli, names):
     client, kinds = tls_files
 
     wrong = cli("gc-files",
                 extra_env=s3_env(tls_s3, certs.other_ca))
+    host = cli("gc-files", extra_env={**s3_env(tls_s3, certs.ca), "MINIO_ENDPOINT":
+                                      tls_s3.endpoint.replace("127.0.0.1", "localhost")})
     left_after_wrong = sum(1 for _ in client.list_objects(names["bucket"], recursive=True))
     right = cli("gc-files", "--json",
                 extra_env=s3_env(tls_s3, certs.ca))
 
     one_line(wrong, "S3 TLS verification failed: certificate verify failed")
+    one_line(host, "S3 TLS verification failed: certificate verify failed: Hostname mismatch")
     assert left_after_wrong == 13  # nothing deleted through an unverified connection
     assert right.returncode == 0, right.stderr
     left = {o.object_name for o in client.list_objects(names["bucket"], recursive=True)}

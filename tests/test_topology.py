@@ -180,6 +180,46 @@ def test_a_primary_killed_mid_run_ends_with_a_documented_code_and_a_rerun_conver
     r.close()
 
 
+def test_a_primary_killed_mid_drain_loses_no_stream_entry(own_cluster, pg, pg_tables, env,
+                                                          names):
+    """The stream's primary dies while drain-stream works through it: the replica has
+    every entry (added before the run), acks lost with the primary mean entries delivered
+    again, and the dedupe table keeps each one row."""
+    from novajobs.schema import ensure_tables
+
+    pg_tables("audit_logs")
+    ensure_tables(pg, ["novajobs_stream_dedupe"])
+    total, key = 3000, f"{names['prefix']}stream:audit:log"
+    victim = own_cluster.primary_of(key)
+    seed = next(port for port in own_cluster.ports if port != victim)
+    r = redis.RedisCluster.from_url(f"redis://127.0.0.1:{seed}/0")
+    pipe = r.pipeline(transaction=False)
+    for i in range(total):
+        pipe.xadd(key, {"user_id": str(i), "action": f"login {i}", "ts": f"{1_700_000_000 + i}"})
+    pipe.execute()
+    with own_cluster.client(victim) as primary:
+        assert primary.execute_command("WAIT", 1, 10_000) == 1  # on its replica too
+    run_env = {**env, "REDIS_URL": f"redis://127.0.0.1:{seed}/0"}
+    args = ["drain-stream", "-s", "drain_concurrency=1", "-s", "lock_ttl_sec=5",
+            "-s", "stream_claim_idle_sec=1", "-s", "drain_message_timeout_sec=0.9"]
+    proc = spawn(run_env, *args)
+    wait_until(lambda: rows(pg) >= 200, timeout=90, what="the first rows")
+    own_cluster.kill(victim)
+    _, stderr = proc.communicate(timeout=120)
+    own_cluster.wait_for_failover(victim)
+
+    assert proc.returncode in (0, 69, 4), stderr
+    assert "Traceback" not in stderr
+    time.sleep(1.1)  # the dead run's pending entries idle long enough to be reclaimed
+    again = subprocess.run([sys.executable, "-m", "novajobs", *args, "--wait", "10"],
+                           env=full_env(run_env), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, stderr + again.stderr
+    assert pg.execute("SELECT count(*), count(DISTINCT user_id), min(user_id), max(user_id)"
+                      " FROM audit_logs").fetchone() == (total, total, 0, total - 1)
+    assert int(r.xpending(key, "novajobs")["pending"]) == 0
+    r.close()
+
+
 def test_migrate_keys_moves_the_run_records_of_an_older_version(redis_client, settings, cli,
                                                                  names):
     p = names["prefix"]
@@ -250,6 +290,10 @@ def full_env(env: dict[str, str]) -> dict[str, str]:
 def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "novajobs", *args], env=full_env(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def rows(pg: Any) -> int:
+    return int(pg.execute("SELECT count(*) FROM audit_logs").fetchone()[0])
 
 
 def count_keys(r: Any, names: dict[str, str]) -> int:
