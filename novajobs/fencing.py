@@ -40,9 +40,11 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from novajobs.errors import LockLost
+from novajobs.redisconn import Call, is_cluster, pipelined
 
 if TYPE_CHECKING:
     import redis
@@ -129,18 +131,6 @@ def colocated(key: str, suffix: str) -> str:
     return key + suffix if _TAG.search(key) else f"{{{key}}}{suffix}"
 
 
-def is_cluster(r: Any) -> bool:
-    from redis.cluster import RedisCluster
-
-    return isinstance(r, RedisCluster)
-
-
-def _is_cluster_pipeline(client: Any) -> bool:
-    from redis.cluster import ClusterPipeline
-
-    return isinstance(client, ClusterPipeline)
-
-
 def key_slot(key: str | bytes) -> int:
     from redis.crc import key_slot as slot
 
@@ -192,12 +182,6 @@ class FencedScript:
     ) -> Any:
         first = keys[0]
         guard = (fence.key_for(first, self.cluster), fence.token) if fence else (first, "")
-        if self.cluster and _is_cluster_pipeline(client):
-            # redis-py blocks ClusterPipeline.evalsha() but routes the raw command by its
-            # keys; the script was loaded on every primary first (FencedPipeline.call).
-            # (A plain pipeline of one node loads its scripts itself: the usual path.)
-            return client.execute_command("EVALSHA", self.script.sha, len(keys) + 1,
-                                          guard[0], *keys, guard[1], *args)
         return self.script(keys=[guard[0], *keys], args=[guard[1], *args], client=client)
 
 
@@ -284,21 +268,16 @@ return #ARGV / 2
 
 
 class FencedPipeline:
-    """Fenced writes to many keys (each its own slot on a cluster) on one
-    non-transactional pipeline: one round trip, each write checked where it lands."""
+    """Fenced writes to many keys (each its own slot on a cluster) pipelined: one round
+    trip per node (``redisconn.pipelined``), each write checked where it lands."""
 
     def __init__(self, ctx: JobContext) -> None:
         self.ctx, self.fence = ctx, fence_of(ctx)
-        self.pipe = ctx.redis.pipeline(transaction=False)
-        self.scripts: dict[str, FencedScript] = {}
+        self.calls: list[Call] = []
 
     def call(self, body: str, keys: Sequence[str | bytes], args: Sequence[Any] = ()) -> None:
-        script = self.scripts.get(body)
-        if script is None:
-            script = self.scripts[body] = FencedScript.of(self.ctx.redis, body)
-            if script.cluster:  # a cluster pipeline does not load scripts by itself
-                self.ctx.redis.script_load(script.script.script)
-        script(self.fence, keys, args, client=self.pipe)
+        script = FencedScript.of(self.ctx.redis, body)
+        self.calls.append((keys[0], partial(script, self.fence, keys, args)))
 
     def command(self, name: str, key: str, *args: Any) -> None:
         """One write command on ``key`` (``"set", key, value, "EX", 90``)."""
@@ -312,8 +291,14 @@ class FencedPipeline:
                                      for x in (repr(score), member)])
 
     def execute(self, what: str) -> list[Any]:
+        """The replies in order; the first error raised once every write was sent (a
+        refusal as the run's LockLost)."""
+        replies = pipelined(self.ctx.redis, self.calls)
         with refused_as_lock_lost(self.ctx, what):
-            return list(self.pipe.execute())
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
 
 
 def fenced_command(ctx: JobContext, name: str, key: str, *args: Any) -> Any:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from novajobs.conversions import text
-from novajobs.fencing import is_cluster
+from novajobs.redisconn import is_cluster
 from novajobs.streams.handlers import StreamPlan
 from novajobs.streams.keys import slot
 
