@@ -39,13 +39,13 @@ def over_http(front: ClickHouseHTTP, names: dict[str, str]) -> dict[str, str]:
     return {"CLICKHOUSE_URL": front.url(names["database"])}
 
 
-def events(ch: Any, n: int, seed: int) -> None:
+def events(ch: Any, n: int, seed: int, users: int = 300) -> None:
     rng = random.Random(seed)
     now = time.time()
     kinds = ["view"] * 6 + ["like", "comment", "share"]
     ch.insert("post_events", [
         [datetime.fromtimestamp(now - rng.uniform(10, 3000), UTC).replace(tzinfo=None),
-         rng.randint(1, 40), rng.randint(1, 300), rng.choice(kinds)] for _ in range(n)],
+         rng.randint(1, 40), rng.randint(1, users), rng.choice(kinds)] for _ in range(n)],
         ["event_time", "post_id", "user_id", "event_type"])
 
 
@@ -76,22 +76,26 @@ def test_refresh_trending_writes_the_same_over_http_as_over_chdb(ch, redis_clien
 
 
 def test_refresh_suggestions_writes_the_same_over_http_as_over_chdb(
-        ch, redis_client, make_settings, cli, names, over_http):
-    graph(ch, 300, seed=2)
-    events(ch, 1500, seed=3)  # active users: those with a post event
+        ch, front, redis_client, make_settings, cli, names, over_http):
+    """In chunks of 64 users over chdb; over HTTP all at once, so many user ids that
+    clickhouse-connect sends them as multipart/form-data, not in the URL."""
+    graph(ch, 1500, seed=2)
+    events(ch, 6000, seed=3, users=1500)  # active users: those with a post event
     settings = make_settings(suggestion_batch_size=0, suggestion_chunk_size=64)
     pattern = f"{names['prefix']}{SUGGESTED}*"
 
     embedded = run_job("refresh-suggestions", settings)
     via_chdb = {k: redis_client.get(k) for k in redis_client.scan_iter(pattern)}
     redis_client.delete(*via_chdb, f"{names['prefix']}novajobs:suggestions:refreshed")
-    result = cli("refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=64",
+    front.requests.clear()
+    result = cli("refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=5000",
                  extra_env=over_http)
 
     assert embedded.outcome is Outcome.SUCCESS, embedded.error
     assert result.returncode == 0, result.stderr
-    assert len(via_chdb) > 200
+    assert len(via_chdb) > 1000
     assert {k: redis_client.get(k) for k in redis_client.scan_iter(pattern)} == via_chdb
+    assert [r["form"] for r in front.requests if "mutual" in r["query"]] == [True]
 
 
 def test_the_client_process_does_not_load_chdb(ch, redis_client, env, names, over_http):

@@ -5,7 +5,9 @@ ClickHouse server does for what clickhouse-connect sends (see docs/topology.md f
 it does not prove):
 
 - ``GET /ping`` -> ``Ok.``;
-- a query in the body (or the ``query`` URL parameter, the body appended), its
+- a query in the body (or the ``query`` URL parameter, the body appended; or both it
+  and the ``param_*`` as multipart/form-data fields, which clickhouse-connect sends
+  once the parameters would make the URL longer than 4 KiB), its
   ``FORMAT`` clause taken as the output format (default ``default_format`` or
   TabSeparated), run by chdb, which produces the bytes itself (Native, JSON, TSV...);
 - ``database`` (URL or ``X-ClickHouse-Database``), ``param_*`` server-side parameters,
@@ -56,7 +58,7 @@ class ClickHouseHTTP:
         self.delay: tuple[str, float] | None = None
         self.fail_with: tuple[str, str] | None = None
         self.requests: list[dict[str, Any]] = []  # what clients sent: path, params, query
-        self._conn = chdb.connect(path)
+        self._conn = chdb.connect(path)  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
         front = self
 
@@ -100,7 +102,12 @@ class ClickHouseHTTP:
         split = urlsplit(request.path)
         params = dict(parse_qsl(split.query, keep_blank_values=True))
         length = int(request.headers.get("Content-Length") or 0)
-        body = request.rfile.read(length).decode() if length else ""
+        raw = request.rfile.read(length) if length else b""
+        kind = request.headers.get("Content-Type", "")
+        form = kind.startswith("multipart/form-data")
+        if form:  # the query and param_* as form fields (large parameters)
+            params.update(_form_fields(kind, raw))
+        body = "" if form else raw.decode()
         if split.path.rstrip("/") == "/ping":
             self._reply(request, 200, b"Ok.\n", {})
             return
@@ -110,7 +117,8 @@ class ClickHouseHTTP:
                         "(AUTHENTICATION_FAILED)")
             return
         query = "\n".join(q for q in (params.get("query", ""), body) if q)
-        self.requests.append({"path": split.path, "params": params, "query": query})
+        self.requests.append({"path": split.path, "params": params, "query": query,
+                              "form": form})
         match = _FORMAT.search(query)
         fmt = match.group(1) if match else params.get("default_format", "TabSeparated")
         sql = query[: match.start()] if match else query
@@ -166,6 +174,20 @@ class ClickHouseHTTP:
             request.send_header("Content-Length", str(len(data)))
             request.end_headers()
             request.wfile.write(data)
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The fields of a multipart/form-data body, by name."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        fields[str(name)] = bytes(part.get_payload(decode=True)).decode()
+    return fields
 
 
 def _is_select(sql: str) -> bool:
