@@ -24,7 +24,8 @@ WHERE = "{{ $labels.job }}{{ if $labels.shard }} shard {{ $labels.shard }}{{ end
 def render_rules(plans: list[Plan], *, header: str) -> str:
     groups = [
         {"name": "novajobs", "rules": [_failed(), _problem_found(), _skipped(),
-                                       _missed_periods(), _rows_without_object()]},
+                                       _missed_periods(), _rows_without_object(),
+                                       _default_rows_not_archived()]},
         {"name": "novajobs-freshness", "rules": [_stale(p.spec.name, p.interval_sec)
                                                  for p in plans]},
         {"name": "novajobs-never-reported", "rules": [_never_reported(p.spec.name,
@@ -105,6 +106,23 @@ def _rows_without_object() -> dict[str, Any]:
             "(`novajobs history gc-orphans --json`); `gc-orphans --mark-missing` lists them "
             "all in novajobs_missing_objects. novajobs never deletes them. Resolves after a "
             "run that finds none.",
+        },
+    }
+
+
+def _default_rows_not_archived() -> dict[str, Any]:
+    return {
+        "alert": "NovajobsRowsNeverArchived",
+        "expr": 'novajobs_last_run_counter{job="archive-partitions",'
+                'counter="default_rows_not_archived"} > 0',
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "{{ $value }} rows past the retention sit in a default partition",
+            "description": "archive-partitions never archives a default partition, so these "
+            "rows stay in PostgreSQL for good until they are moved into monthly partitions "
+            "(docs/jobs.md, archive-partitions: a few statements in one transaction); the "
+            "next archive run then archives those months. The run's log names the table. "
+            "Resolves after a run that finds none.",
         },
     }
 

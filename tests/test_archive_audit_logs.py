@@ -127,6 +127,34 @@ def test_leftovers_of_a_dead_run_are_replaced_not_kept_beside(audit, minio_clien
     assert len(lines) == 250 == len({line.split(b"\t")[0] for line in lines})  # each row once
 
 
+def test_a_run_killed_after_its_upload_is_redone_under_the_same_key(audit, minio_client, names,
+                                                                    aa_settings):
+    from novajobs.context import JobContext
+    from novajobs.jobs.archive_audit_logs import CUTOFF_SQL, Archiver
+
+    # A run uploaded and verified the first batch, then died before its delete committed.
+    with JobContext(aa_settings(), "archive-audit-logs") as ctx:
+        ctx.pg.autocommit = True
+        cutoff = ctx.pg.execute(CUTOFF_SQL, {"days": 30}).fetchone()[0]
+        job = Archiver(ctx, ctx.pg, cutoff)
+        batch = job.next_batch(0)
+        job.archive(batch)
+        dead_key = job.key(batch)
+    assert list(objects(minio_client, names["bucket"])) == [dead_key]
+
+    rec = run_job("archive-audit-logs", aa_settings())
+
+    assert rec.outcome is Outcome.SUCCESS, rec.error
+    assert rec.counters["leftovers_removed"] == 1 and rec.counters["rows_archived"] == 250
+    archives = objects(minio_client, names["bucket"])
+    assert dead_key in archives and len(archives) == 3  # the same name again, no second copy
+    lines = b"".join(archives.values()).splitlines()
+    assert len(lines) == 250 == len({line.split(b"\t")[0] for line in lines})
+    recorded = audit.execute("SELECT object_key FROM novajobs_audit_archive ORDER BY first_id"
+                             ).fetchall()
+    assert [k for (k,) in recorded] == sorted(archives)
+
+
 def test_a_batch_changed_after_its_upload_is_not_deleted(audit, minio_client, names,
                                                          aa_settings):
     from novajobs.context import JobContext

@@ -5,6 +5,7 @@ a crash can leave behind."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import threading
@@ -84,6 +85,15 @@ def manifest(minio_client: Any, bucket: str, schema: str, table: str, offset: in
         response.release_conn()
 
 
+def body(minio_client: Any, bucket: str, key: str) -> bytes:
+    response = minio_client.get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
 def keys(minio_client: Any, bucket: str) -> list[str]:
     return sorted(o.object_name for o in minio_client.list_objects(bucket, recursive=True))
 
@@ -108,6 +118,12 @@ def test_old_months_are_archived_verified_dropped_and_restored_identically(
     assert m["columns"] == [["id", "bigint"], ["channel_id", "bigint"], ["sender_id", "bigint"],
                             ["seq", "bigint"], ["created_at", "timestamp with time zone"]]
     assert len(keys(minio_client, names["bucket"])) == 10  # 5 months x (manifest + data)
+    stored = minio_client.stat_object(names["bucket"], m["data_key"])
+    data = gzip.decompress(body(minio_client, names["bucket"], m["data_key"]))
+    assert (len(data), hashlib.sha256(data).hexdigest(), data.count(b"\n")) == (
+        m["raw_bytes"], m["sha256"], m["rows"])
+    assert stored.size == m["object_bytes"] and m["key"] == "created_at"
+    assert (m["from"], m["to"]) == (f"{month(-6)} 00:00:00+00", f"{month(-5)} 00:00:00+00")
 
     for table, offset in (("chat_messages", -6), ("chat_messages", -4), ("chat_inbox", -5)):
         back = run_job("restore-partition", ap_settings(), table=table, month=label(offset))
@@ -288,6 +304,23 @@ def test_the_default_partition_is_never_archived(chat, minio_client, names, ap_s
     assert rec.counters["partitions_archived"] == 2  # -5 and -4, detached without CONCURRENTLY
     assert "chat_messages_default" in partitions(chat, "chat_messages")
 
+    # The docs' way out: move the month's rows into a partition of its own; then it goes.
+    lo, hi = (f"{month(o)} 00:00+00" for o in (-6, -5))
+    with chat.transaction():
+        chat.execute("ALTER TABLE chat_messages DETACH PARTITION chat_messages_default")
+        chat.execute(f"CREATE TABLE {part('chat_messages', -6)} PARTITION OF chat_messages "
+                     f"FOR VALUES FROM ('{lo}') TO ('{hi}')")
+        chat.execute(f"""WITH moved AS (DELETE FROM chat_messages_default
+                                        WHERE created_at >= '{lo}' AND created_at < '{hi}'
+                                        RETURNING *)
+                         INSERT INTO {part('chat_messages', -6)} SELECT * FROM moved""")
+        chat.execute("ALTER TABLE chat_messages ATTACH PARTITION chat_messages_default DEFAULT")
+    later = run_job("archive-partitions", ap_settings(archive_retention_months="chat_messages=3"))
+    assert later.counters["partitions_archived"] == 1, later.error
+    assert "default_rows_not_archived" not in later.counters
+    assert manifest(minio_client, names["bucket"], names["schema"], "chat_messages", -6)[
+        "rows"] == 1
+
 
 # -- what a crash leaves behind -----------------------------------------------------------
 
@@ -404,6 +437,27 @@ def test_a_kept_detached_table_is_attached_again_by_restore(chat, minio_client, 
 
 
 # -- restore's refusals --------------------------------------------------------------------
+
+
+def test_restore_dry_run_says_what_it_would_do_and_changes_nothing(chat, minio_client,
+                                                                  names, ap_settings):
+    run_job("archive-partitions", ap_settings(archive_retention_months="chat_messages=4"))
+    run_job("archive-partitions", ap_settings(archive_retention_months="chat_messages=3",
+                                              archive_keep_detached=True))
+    objects = keys(minio_client, names["bucket"])
+
+    copy = run_job("restore-partition", ap_settings(), RunOptions(dry_run=True),
+                   table="chat_messages", month=label(-6))
+    attach = run_job("restore-partition", ap_settings(), RunOptions(dry_run=True),
+                     table="chat_messages", month=label(-4))
+
+    assert copy.outcome is Outcome.DRY_RUN and copy.exit_code == 0, copy.error
+    assert copy.message.startswith(f"would restore {ROWS_PER_MONTH} rows from s3://")
+    assert attach.message.startswith("would attach the kept detached table")
+    assert partitions(chat, "chat_messages") == [part("chat_messages", o) for o in range(-3, 1)]
+    assert chat.execute("SELECT to_regclass(%s)", [part("chat_messages", -6)]).fetchone() == (
+        None,)
+    assert keys(minio_client, names["bucket"]) == objects
 
 
 def test_restore_refuses_what_it_cannot_do_and_leaves_nothing_behind(chat, minio_client, names,

@@ -210,6 +210,8 @@ def test_alert_rules_fire_on_the_series_novajobs_pushes(tmp_path):
         ('novajobs_missed_periods{job="daily-stats"}', "0 3 0"),
         ('novajobs_last_run_counter{job="gc-orphans",shard="1-of-4",'
          'counter="rows_without_object"}', "0 5"),
+        ('novajobs_last_run_counter{job="archive-partitions",'
+         'counter="default_rows_not_archived"}', "0 12"),
     ]
     cases = [
         # last success at 0 s, every minute: 2 min of silence is fine, 3 min is stale
@@ -232,6 +234,10 @@ def test_alert_rules_fire_on_the_series_novajobs_pushes(tmp_path):
         ("NovajobsRowsWithoutObject", "1m",
          [('{__name__="novajobs_last_run_counter",job="gc-orphans",shard="1-of-4",'
            'counter="rows_without_object"}', 5)]),
+        ("NovajobsRowsNeverArchived", "0m", []),
+        ("NovajobsRowsNeverArchived", "1m",
+         [('{__name__="novajobs_last_run_counter",job="archive-partitions",'
+           'counter="default_rows_not_archived"}', 12)]),
     ]
     test = {
         "rule_files": [str(ROOT / deploy.RULES)],

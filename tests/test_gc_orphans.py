@@ -136,6 +136,8 @@ def test_quarantine_list_restore_and_purge(store, minio_client, go_settings, cli
     put(minio_client, bucket, "uploads/orphan-04.bin", b"new content")
     clash = cli("quarantine", "restore", "uploads/orphan-04.bin", extra_env=env)
     unasked = cli("quarantine", "purge", "--older-than", "0", extra_env=env)
+    dry = cli("quarantine", "purge", "--older-than", "0", "--dry-run", "--json", extra_env=env)
+    young = cli("quarantine", "purge", "--older-than", "1h", "--yes", "--json", extra_env=env)
     purged = cli("quarantine", "purge", "--older-than", "0", "--yes", "--json", extra_env=env)
 
     assert listed.returncode == 0, listed.stderr
@@ -146,6 +148,8 @@ def test_quarantine_list_restore_and_purge(store, minio_client, go_settings, cli
     assert by_prefix.returncode == 0 and "10 restored" in by_prefix.stdout
     assert clash.returncode == 1 and "exists again" in clash.stderr
     assert unasked.returncode == 2 and "add --yes" in unasked.stderr
+    assert json.loads(dry.stdout) == {"would_delete": 9, "bytes": 54}
+    assert json.loads(young.stdout)["deleted"] == 0  # quarantined just now: kept
     assert purged.returncode == 0 and json.loads(purged.stdout)["deleted"] == 9
     now = objects(minio_client, bucket)
     assert {k for k in now if k.startswith(Q)} == set()

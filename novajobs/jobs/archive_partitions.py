@@ -125,7 +125,7 @@ class PartitionArchiver:
             self.ctx.log.warning(
                 f"refused: the default partition {parent.schema}.{parent.default} holds "
                 f"{old[0]} rows older than the retention; a default partition is never "
-                "archived (create-partitions --move-default-rows moves rows into months)",
+                "archived (move them into monthly partitions: docs/jobs.md#archive-partitions)",
                 table=parent.label)
             self.ctx.count("default_rows_not_archived", old[0])
 
