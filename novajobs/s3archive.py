@@ -320,9 +320,9 @@ def stream_object(ctx: JobContext, bucket: str, key: str) -> Iterable[bytes]:
         response.release_conn()
 
 
-def require_bucket(ctx: JobContext, bucket: str) -> None:
-    """One clear line (exit 78) when the archive bucket is missing."""
+def require_bucket(ctx: JobContext, bucket: str, setting: str = "archive_bucket") -> None:
+    """One clear line (exit 78) when the bucket a setting names is missing."""
     if not ctx.retry(lambda: ctx.s3.bucket_exists(bucket),
                      f"check S3 bucket {bucket}"):
-        raise ConfigError(f"S3 bucket {bucket} (archive_bucket) does not exist: create it, "
-                          "or point archive_bucket at the bucket for archives")
+        raise ConfigError(f"S3 bucket {bucket} ({setting}) does not exist: create it, "
+                          f"or point {setting} at the bucket to use")

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from minio.deleteobjects import DeleteObject
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
@@ -175,6 +176,35 @@ def test_restore_by_time_and_the_runs_own_purge(store, minio_client, go_settings
     assert json.loads(recent.stdout)["would_restore"] == 20
     assert purge_run.counters["quarantine_purged"] == 20
     assert not any(k.startswith(Q) for k in objects(minio_client, bucket))
+
+
+def test_a_quarantine_bucket_of_its_own(store, minio_client, go_settings, cli, names):
+    bucket, quarantine = store["bucket"], names["bucket"] + "-q"
+    missing = run_job("gc-orphans", go_settings(quarantine_bucket=quarantine))
+    minio_client.make_bucket(quarantine)
+    try:
+        rec = run_job("gc-orphans", go_settings(quarantine_bucket=quarantine))
+        env = {"NOVAJOBS_ORPHAN_BUCKETS": bucket, "NOVAJOBS_QUARANTINE_BUCKET": quarantine}
+        back = cli("quarantine", "restore", "uploads/orphan-05.bin", extra_env=env)
+        held, left = objects(minio_client, quarantine), objects(minio_client, bucket)
+        refused = run_job("gc-orphans", go_settings(quarantine_bucket=quarantine,
+                                                    orphan_buckets=f"{quarantine}"))
+    finally:
+        list(minio_client.remove_objects(quarantine, (
+            DeleteObject(o.object_name)
+            for o in minio_client.list_objects(quarantine, recursive=True))))
+        minio_client.remove_bucket(quarantine)
+
+    assert missing.outcome is Outcome.CONFIG_ERROR and missing.exit_code == 78, missing.error
+    assert f"{quarantine} (quarantine_bucket) does not exist" in missing.error
+    assert "orphans_quarantined" not in missing.counters
+    assert rec.outcome is Outcome.SUCCESS and rec.counters["orphans_quarantined"] == 20
+    assert back.returncode == 0 and "1 restored" in back.stdout
+    assert held == {f"{Q}{bucket}/{k}" for k in store["orphans"]} - {
+        f"{Q}{bucket}/uploads/orphan-05.bin"}
+    assert not any(k.startswith(Q) for k in left)  # nothing quarantined in the bucket itself
+    assert set(store["orphans"]) & left == {"uploads/orphan-05.bin"}
+    assert refused.exit_code == 78 and f"bucket {quarantine} is the quarantine" in refused.error
 
 
 def test_bad_buckets_are_refused_and_the_others_checked(store, minio_client, go_settings):

@@ -36,6 +36,7 @@ from novajobs.errors import ConfigError, JobFailed, Outcome
 from novajobs.pgfence import check_pg
 from novajobs.pgsession import pg_session
 from novajobs.registry import check_flag
+from novajobs.s3archive import require_bucket
 from novajobs.schema import require_tables
 
 if TYPE_CHECKING:
@@ -320,6 +321,8 @@ def run(ctx: JobContext, mark_missing: bool = False) -> Result:
     with pg_session(ctx) as conn:
         require_tables(conn, owned=("novajobs_missing_objects",) if mark_missing else (),
                        read=("file_metadata",))
+        if s.quarantine_bucket:  # nothing could be quarantined: refuse every bucket
+            require_bucket(ctx, s.quarantine_bucket, "quarantine_bucket")
         row = conn.execute("SELECT now()").fetchone()
         assert row is not None
         job = OrphanScan(ctx, conn, row[0], mark_missing)
