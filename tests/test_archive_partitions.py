@@ -519,3 +519,25 @@ def test_a_copy_stopped_halfway_leaves_a_connection_that_rolls_back(chat, make_s
         with pytest.raises(psycopg.errors.UndefinedTable):
             list(copy_out(conn, missing, ["id"]))
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_stream_larger_than_a_part_goes_up_in_parts_and_reads_back_whole(
+        minio_client, names, make_settings, redis_server):
+    """The multipart path with several parts (the chat fixtures fit in one): random hex
+    (gzip halves it) of about 12 MiB compressed, in 5 MiB parts, read back whole."""
+    import os
+
+    from novajobs.context import JobContext
+    from novajobs.s3archive import read_digest, upload_stream
+
+    lines = [os.urandom(4096).hex().encode() + b"\n" for _ in range(3000)]  # 23 MiB
+    with JobContext(make_settings(), "archive-partitions") as ctx:
+        sent = upload_stream(ctx, names["bucket"], "big.copy.gz", iter(lines), level=1,
+                             part_size=5 << 20)
+        back = read_digest(ctx, names["bucket"], "big.copy.gz")
+
+    assert sent == back and sent.rows == 3000 and sent.raw_bytes == sum(map(len, lines))
+    assert sent.sha256 == hashlib.sha256(b"".join(lines)).hexdigest()
+    stat = minio_client.stat_object(names["bucket"], "big.copy.gz")
+    parts = -(-sent.object_bytes // (5 << 20))
+    assert parts >= 2 and stat.etag.endswith(f"-{parts}") and stat.size == sent.object_bytes
