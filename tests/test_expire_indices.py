@@ -175,6 +175,8 @@ def test_with_a_repository_each_index_is_snapshotted_then_deleted_and_restorable
     make_index(es, p + "logs-a", 30, docs=5)
     make_index(es, p + "logs-b", 20, docs=3)
     make_index(es, p + "logs-new", 1)
+    make_index(es, p + "logs-closed", 30)
+    es.indices.close(index=p + "logs-closed")
     before = documents(es, p + "logs-a")
 
     dry = run_job("expire-indices", ex_settings(expire_snapshot_repository=repository),
@@ -184,7 +186,8 @@ def test_with_a_repository_each_index_is_snapshotted_then_deleted_and_restorable
     assert dry.outcome is Outcome.DRY_RUN and dry.details["repository"] == repository
     assert rec.outcome is Outcome.SUCCESS, rec.error
     assert rec.counters["snapshots_taken"] == 2 and rec.counters["deleted"] == 2
-    assert existing(es, p) == [p + "logs-new"]
+    assert existing(es, p) == [p + "logs-closed", p + "logs-new"]
+    assert rec.details["skipped"][p + "logs-closed"] == "closed"  # cannot be snapshotted
     snapshots = rec.details["snapshots"]
     assert sorted(snapshots) == [p + "logs-a", p + "logs-b"]
     taken = es.snapshot.get(repository=repository, snapshot=snapshots[p + "logs-a"])

@@ -114,6 +114,8 @@ def classify(ctx: JobContext, index: Index, aliases: dict[str, Any], writes: dic
     s = ctx.settings
     if set(aliases) & set(s.expire_protected_aliases):
         return "protected_alias"
+    if s.expire_snapshot_repository and not index.open:
+        return "closed"  # Elasticsearch cannot snapshot a closed index
     return age_skip(index, writes, now, s.expire_retention_days, s.expire_name_date_format)
 
 
