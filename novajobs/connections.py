@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from novajobs import tls
+from novajobs.errors import ConfigError
 from novajobs.retry import call_with_retry
 
 if TYPE_CHECKING:
@@ -181,6 +183,9 @@ def clickhouse_client(settings: Settings) -> Any:
     # set to a value less than or equal to 0"): round up instead.
     timeout_sec = math.ceil(settings.ch_timeout_ms / 1000)
     if url.scheme == "chdb":
+        if not os.path.isdir(url.path):  # chdb would create it, or fail with a traceback
+            raise ConfigError(f"clickhouse_url: the embedded ClickHouse path {url.path} is not "
+                              "an existing directory")
         database = parse_qs(url.query).get("database", [None])[0]
         return clickhouse_connect.get_client(interface="chdb", path=url.path, database=database)
     return clickhouse_connect.get_client(

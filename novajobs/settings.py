@@ -38,6 +38,7 @@ from novajobs.validators import (
     k8s_quantity,
     libpq_tls_files,
     names_in,
+    no_credentials,
     non_empty,
     non_negative,
     one_of,
@@ -144,7 +145,8 @@ class Settings:
     neo4j_uri: str = setting(
         "bolt://127.0.0.1:7687",
         env=("NEO4J_URI",),
-        check=url_with_scheme("bolt", "neo4j", "bolt+s", "neo4j+s", "bolt+ssc", "neo4j+ssc"),
+        check=both(url_with_scheme("bolt", "neo4j", "bolt+s", "neo4j+s", "bolt+ssc", "neo4j+ssc"),
+                   no_credentials),
         help="Neo4j (Bolt)",
     )
     neo4j_username: str = setting("neo4j", env=("NEO4J_USERNAME",), help="Neo4j user")

@@ -39,11 +39,20 @@ def url_with_scheme(*schemes: str) -> Validator:
             return f"is not a valid URL ({exc})"
         if parts.scheme not in schemes:
             return f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+        if parts.scheme == "chdb" and (parts.netloc or not parts.path.startswith("/")):
+            return "must name an absolute directory: chdb:///path (three slashes)"
         if parts.scheme not in ("unix", "chdb") and not parts.hostname:
             return "has no host"
         return None
 
     return check
+
+
+def no_credentials(value: Any) -> str | None:
+    """For a URL whose driver takes the user and password as settings of their own."""
+    if "@" in urlsplit(value).netloc:
+        return "must not contain a user or password (their settings take them: see config)"
+    return None
 
 
 def host_port(value: Any) -> str | None:
