@@ -76,6 +76,14 @@ class Connections:
 
     @cached_property
     def clickhouse(self) -> Any:
+        url = urlsplit(self.settings.clickhouse_url)
+        if url.scheme == "chdb":  # one process at a time: wait for another run's (embedded.py)
+            from novajobs.context import Guard
+            from novajobs.embedded import hold_path
+
+            check_embedded_path(url.path)
+            wait = self.settings.connect_timeout_sec
+            self._closers.append(hold_path(url.path, self.guard or Guard(), self.log, wait))
         client = self.retry(lambda: clickhouse_client(self.settings), "connect to ClickHouse")
         self._closers.append(client.close)
         return client
@@ -173,6 +181,12 @@ def close_pg(conn: psycopg.Connection[Any]) -> None:
     conn.close()
 
 
+def check_embedded_path(path: str) -> None:
+    if not os.path.isdir(path):  # chdb would create it, or fail with a traceback
+        raise ConfigError(f"clickhouse_url: the embedded ClickHouse path {path} is not an "
+                          "existing directory")
+
+
 def clickhouse_client(settings: Settings) -> Any:
     """A clickhouse-connect client for ``http(s)://user:pass@host:port/db`` or
     ``chdb:///path?database=db`` (embedded ClickHouse, same client API)."""
@@ -183,9 +197,7 @@ def clickhouse_client(settings: Settings) -> Any:
     # set to a value less than or equal to 0"): round up instead.
     timeout_sec = math.ceil(settings.ch_timeout_ms / 1000)
     if url.scheme == "chdb":
-        if not os.path.isdir(url.path):  # chdb would create it, or fail with a traceback
-            raise ConfigError(f"clickhouse_url: the embedded ClickHouse path {url.path} is not "
-                              "an existing directory")
+        check_embedded_path(url.path)
         database = parse_qs(url.query).get("database", [None])[0]
         return clickhouse_connect.get_client(interface="chdb", path=url.path, database=database)
     return clickhouse_connect.get_client(

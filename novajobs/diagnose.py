@@ -16,7 +16,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 
-from novajobs.errors import ConfigError, JobFailed, NovajobsError
+from novajobs.errors import ConfigError, JobFailed, NovajobsError, UnavailableError
 
 # What OpenSSL (Python's ssl, urllib3) and libpq say when verification fails.
 _TLS_REASONS = [
@@ -57,6 +57,9 @@ def _clickhouse_error(exc: BaseException) -> NovajobsError | None:
         return None
     code, message = int(found.group(1)), " ".join(found.group(2).split())
     line = f"ClickHouse error {code}: {message[:300]}"
+    if message.startswith("Error initializing EmbeddedServer"):  # a process outside novajobs
+        return UnavailableError(f"{line} (the embedded ClickHouse path is in use by another "
+                                "process)")
     return ConfigError(line) if code in _CLICKHOUSE_CONFIG_CODES else JobFailed(line)
 
 

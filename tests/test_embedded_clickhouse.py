@@ -1,0 +1,112 @@
+"""Embedded ClickHouse (chdb://PATH) under the shipped schedule: refresh-trending and
+refresh-suggestions start in the same minute, as two real processes on one data path.
+chdb lets one process at a time open a path; a run waits for it within its budget, and
+a path busy for the whole budget is exit 69 (never 1)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from novajobs.records import status_key
+from novajobs_dev import demo_data
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "novajobs", *args], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def chdb_path(env: dict[str, str]) -> str:
+    return env["CLICKHOUSE_URL"].split("://", 1)[1].split("?", 1)[0]
+
+
+@contextmanager
+def another_run_holds(path: str) -> Iterator[None]:
+    """What a novajobs run holds while its chdb client is open."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_trending_and_suggestions_started_together_both_succeed(ch, redis_client, env, names):
+    demo_data.load_clickhouse(ch.client, users=200, posts=50, events=5000, edges=1500, hours=2)
+    ch.release()
+
+    for _ in range(3):  # the crontab's minute, three times
+        runs = [start(env, job) for job in ("refresh-trending", "refresh-suggestions")]
+        done = [(run.args[-1], run.communicate(timeout=300)[1], run.returncode) for run in runs]
+        for job, log, code in done:
+            assert code == 0, (job, log)
+            assert "EmbeddedServer" not in log, log
+    assert redis_client.get(f"{names['prefix']}nova:cache:trending:1h")
+    assert redis_client.keys(f"{names['prefix']}nova:cache:suggested_users:*")
+
+
+def test_a_run_waits_for_the_path_while_another_run_holds_it(ch, redis_client, env, names):
+    ch.release()
+    with another_run_holds(chdb_path(env)):
+        run = start(env, "refresh-trending")
+        time.sleep(2)
+        assert run.poll() is None  # waiting, not failed
+    _, log = run.communicate(timeout=120)
+    code = run.returncode
+
+    assert code == 0, log
+    assert "the embedded ClickHouse path is in use by another run; waiting" in log
+    assert redis_client.get(f"{names['prefix']}nova:cache:trending:1h") is not None
+
+
+def test_a_path_busy_for_the_whole_budget_is_69_and_writes_nothing(ch, redis_client, env,
+                                                                   names):
+    ch.release()
+    with another_run_holds(chdb_path(env)):
+        started = time.monotonic()
+        run = start(env, "refresh-trending", "--timeout", "3", "--json")
+        out, log = run.communicate(timeout=60)
+        took = time.monotonic() - started
+    record = json.loads(out)
+
+    assert run.returncode == 69, log
+    assert took < 30  # the 3 s budget (plus start-up on a loaded machine), not a hang
+    assert "was in use by another process" in record["error"]
+    assert redis_client.get(f"{names['prefix']}nova:cache:trending:1h") is None
+    assert redis_client.get(f"{names['prefix']}job:lock:refresh-trending") is None
+
+
+def test_sigterm_while_waiting_for_the_path_is_interrupted_at_once(ch, redis_client, env,
+                                                                    names):
+    ch.release()
+    with another_run_holds(chdb_path(env)):
+        run = start(env, "refresh-trending")
+        _wait_for_line(run, "in use by another run; waiting")
+        sent = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=60)
+        took = time.monotonic() - sent
+
+    assert run.returncode == 130
+    assert took < 10
+    status = redis_client.hgetall(status_key(names["prefix"], "refresh-trending"))
+    assert status[b"outcome"] == b"interrupted"
+
+
+def _wait_for_line(run: Any, needle: str, timeout: float = 60) -> None:
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        line = run.stderr.readline()
+        if needle in line:
+            return
+        assert line or run.poll() is None, "the run ended before waiting"
+    raise AssertionError(f"{needle!r} never logged")
