@@ -5,12 +5,12 @@ into 0), Redis is down, or the job is called from Python."""
 from __future__ import annotations
 
 import pytest
-from netfaults import refused_port
 
 from novajobs.errors import UsageError
 from novajobs.lock import lock_key
 from novajobs.registry import ALL_JOBS
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev.netfaults import refused_port
 
 BAD_ARGUMENTS = [
     ("daily-stats", "--date", "2026-13-01"),

@@ -51,6 +51,32 @@ def test_postgres_names_that_do_not_exist_are_78(make_url, needle, pg_server, re
 
 
 @pytest.fixture
+def pg_password_role(pg: Any) -> Any:
+    """A PostgreSQL role that must give its password (scram), on the suite's server: a
+    pg_hba line for this role alone, first, then a reload."""
+    role = f"nj_{uuid.uuid4().hex[:8]}"
+    pg.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right-password'")
+    hba = Path(pg.execute("SHOW hba_file").fetchone()[0])
+    before = hba.read_text()
+    hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n{before}")
+    pg.execute("SELECT pg_reload_conf()")
+    yield role
+    hba.write_text(before)
+    pg.execute("SELECT pg_reload_conf()")
+    pg.execute(f"DROP ROLE {role}")
+
+
+def test_a_wrong_postgres_password_is_78(pg_password_role, env, cli, redis_server):
+    url = env["DATABASE_URL"].replace("postgres@", f"{pg_password_role}:wrong-password@", 1)
+
+    done = cli("daily-stats", "--date", "2026-01-05",
+               extra_env={"DATABASE_URL": url, **FAST_GIVE_UP})
+
+    one_line_78(done, "password authentication failed")
+    assert "wrong-password" not in done.stderr
+
+
+@pytest.fixture
 def redis_user(redis_client: Any) -> Any:
     """A real Redis ACL user with a password of its own."""
     user = f"nj_{uuid.uuid4().hex[:8]}"

@@ -11,9 +11,8 @@ import subprocess
 import sys
 import time
 
-from netfaults import refused_port
-
 from novajobs.lock import JobLock
+from novajobs_dev.netfaults import refused_port
 
 MARKUP = "x[/]y[bold]:lock:"  # rich would raise on "[/]" and draw an emoji for ":lock:"
 

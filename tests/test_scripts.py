@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-MEASURED = sorted(p.name for p in [*SCRIPTS.glob("bench_*.py"), *SCRIPTS.glob("crash_*.py")])
+MEASURED = sorted(p.name for p in [*SCRIPTS.glob("bench_*.py"), *SCRIPTS.glob("crash_*.py"),
+                                    SCRIPTS / "faults.py"])
 
 
 def _run_tiny(script: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import pytest
-from netfaults import black_hole, refused_port
 
 from novajobs.context import Guard
 from novajobs.errors import Interrupted
@@ -27,6 +26,7 @@ from novajobs.records import status_key
 from novajobs.retry import call_with_retry
 from novajobs.schema import ensure_tables
 from novajobs.settings import load_settings
+from novajobs_dev.netfaults import black_hole, refused_port
 
 PATIENT = {  # every store waits a minute before giving up on its own
     "NOVAJOBS_REDIS_TIMEOUT_SEC": "60",
