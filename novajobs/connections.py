@@ -209,5 +209,6 @@ def clickhouse_client(settings: Settings) -> Any:
         database=url.path.strip("/") or None,
         connect_timeout=math.ceil(settings.connect_timeout_sec),
         send_receive_timeout=timeout_sec,
+        query_retries=0,  # ours are logged and bounded by the run (it tried 3x each of ours)
         **tls.clickhouse_options(settings),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -199,6 +200,9 @@ def call_with_retry(
         with guard.store_call():
             return fn()
 
+    if getattr(_nesting, "depth", 0):  # inside another retried call (a lazy client's
+        return attempt()  # connect in a query's): one try, the outer policy retries
+    _nesting.depth = 1
     try:
         return retrying(attempt)
     except Exception as exc:
@@ -207,3 +211,8 @@ def call_with_retry(
                 f"stopped by {guard.stop_reason} while {what} failed: {describe_error(exc)}"
             ) from exc
         raise
+    finally:
+        _nesting.depth = 0
+
+
+_nesting = threading.local()  # whether this thread is inside call_with_retry

@@ -1,7 +1,8 @@
-"""Embedded ClickHouse (chdb://PATH) under the shipped schedule: refresh-trending and
-refresh-suggestions start in the same minute, as two real processes on one data path.
-chdb lets one process at a time open a path; a run waits for it within its budget, and
-a path busy for the whole budget is exit 69 (never 1)."""
+"""ClickHouse faults. Embedded (chdb://PATH) under the shipped schedule: refresh-trending
+and refresh-suggestions start in the same minute, as two real processes on one data
+path; chdb lets one process at a time open a path, so a run waits for it within its
+budget, and a path busy for the whole budget is exit 69 (never 1). Over HTTP: a
+black-holed server costs the tries our retry policy allows, not three times as many."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from novajobs.records import status_key
 from novajobs_dev import demo_data
+from novajobs_dev.netfaults import black_hole
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -110,3 +112,19 @@ def _wait_for_line(run: Any, needle: str, timeout: float = 60) -> None:
             return
         assert line or run.poll() is None, "the run ended before waiting"
     raise AssertionError(f"{needle!r} never logged")
+
+
+def test_a_black_holed_clickhouse_is_tried_as_often_as_the_retry_policy_says(env, redis_server):
+    """clickhouse-connect retries a query on its own (twice by default): under our retries
+    that made every try three, and a black-holed ClickHouse over HTTP held
+    refresh-suggestions for 275 s at default settings (scripts/faults.py)."""
+    with black_hole() as hole:
+        done = subprocess.run(
+            [sys.executable, "-m", "novajobs", "refresh-suggestions"], capture_output=True,
+            text=True, timeout=120, env={
+                **os.environ, **env, "CLICKHOUSE_URL": f"http://127.0.0.1:{hole.port}/db",
+                "JOB_CH_TIMEOUT_MS": "1000", "NOVAJOBS_RETRY_ATTEMPTS": "2"})
+        tries = len(hole.accepted)
+
+    assert done.returncode == 69, done.stderr
+    assert tries == 2, done.stderr
