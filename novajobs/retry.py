@@ -157,8 +157,8 @@ def call_with_retry(
 ) -> T:
     """Call ``fn``, retrying transient errors with capped exponential backoff and jitter.
 
-    Gives up after ``settings.retry_attempts`` tries, or earlier when the next wait would
-    not fit in the time the run has left; the last error is then raised as is. With a
+    Gives up after ``settings.retry_attempts`` tries, or earlier when the next wait and a
+    try as slow as the last one would not fit in the time the run has left; the last error is then raised as is. With a
     ``guard``, a stop request (SIGTERM) ends it: the backoff sleep wakes at once and no
     new try starts; the run then ends as interrupted, not as unavailable.
     """
@@ -170,11 +170,16 @@ def call_with_retry(
     def stopping() -> bool:
         return guard is not None and guard.stop_reason is not None
 
+    last_try_sec = [0.0]
+
     def give_up(state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= settings.retry_attempts or stopping():
             return True
-        left = remaining()  # never sleep past the run's deadline
-        return left is not None and left <= (state.upcoming_sleep or 0.0)
+        # Never sleep past the run's deadline, nor start a try that, taking as long to
+        # fail as the last one (a store that stopped answering: its timeout), would not
+        # end within it: the run ends unavailable (69), not cut off (124).
+        left = remaining()
+        return left is not None and left <= (state.upcoming_sleep or 0.0) + last_try_sec[0]
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -195,10 +200,14 @@ def call_with_retry(
         reraise=True,
     )
     def attempt() -> T:
-        if guard is None:
-            return fn()
-        with guard.store_call():
-            return fn()
+        started = time.monotonic()
+        try:
+            if guard is None:
+                return fn()
+            with guard.store_call():
+                return fn()
+        finally:
+            last_try_sec[0] = time.monotonic() - started
 
     if getattr(_nesting, "depth", 0):  # inside another retried call (a lazy client's
         return attempt()  # connect in a query's): one try, the outer policy retries

@@ -114,7 +114,8 @@ class Settings:
     redis_timeout_sec: float = setting(5.0, check=positive, help="socket timeout per command")
     connect_timeout_sec: float = setting(5.0, check=positive, help="to open any connection")
     http_timeout_sec: float = setting(
-        30.0, check=positive, help="per request to S3 and Elasticsearch"
+        10.0, check=positive,
+        help="per request to S3 and Elasticsearch (a silent store: tries x this to exit 69)",
     )
     database_url: str = setting(
         "postgresql://127.0.0.1:5432/postgres",

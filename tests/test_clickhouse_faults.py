@@ -128,3 +128,19 @@ def test_a_black_holed_clickhouse_is_tried_as_often_as_the_retry_policy_says(env
 
     assert done.returncode == 69, done.stderr
     assert tries == 2, done.stderr
+
+
+def test_no_try_starts_that_a_silent_clickhouse_would_hold_past_the_budget(env, redis_server):
+    """The first try waited its whole timeout (5 s) for a black-holed ClickHouse; 3 s of
+    the 8 s budget are left: a second try would be cut off by the run's timeout (124).
+    The run ends unavailable instead, without starting it."""
+    with black_hole() as hole:
+        done = subprocess.run(
+            [sys.executable, "-m", "novajobs", "refresh-trending", "--timeout", "8", "--json"],
+            capture_output=True, text=True, timeout=120, env={
+                **os.environ, **env, "CLICKHOUSE_URL": f"http://127.0.0.1:{hole.port}/db",
+                "JOB_CH_TIMEOUT_MS": "5000"})
+        tries = len(hole.accepted)
+
+    assert done.returncode == 69, done.stderr
+    assert tries == 1
