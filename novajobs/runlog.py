@@ -90,6 +90,19 @@ class RunLog:
         logging.getLogger("novajobs").removeHandler(self.capture)
 
 
+SHOWN_APART = frozenset({"seq", "ts", "level", "message", "job", "run_id", "traceback"})
+
+
+def line_text(line: dict[str, Any], clock_only: bool = False) -> str:
+    """A kept line as one line of text: time, level, message, then its other fields
+    (``key=value``), and the traceback below, if any. ``clock_only``: the time of day only."""
+    extra = " ".join(f"{k}={v}" for k, v in line.items() if k not in SHOWN_APART)
+    ts = str(line.get("ts", ""))
+    text = (f"{ts[11:23] if clock_only else ts} {str(line.get('level', '')).upper():7} "
+            f"{line.get('message', '')}" + (f"  {extra}" if extra else ""))
+    return text + (f"\n{line['traceback']}" if line.get("traceback") else "")
+
+
 def read_lines(r: redis.Redis, prefix: str, unit: str, run_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in r.lrange(log_key(prefix, unit, run_id), 0, -1)]
 

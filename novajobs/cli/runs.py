@@ -43,7 +43,7 @@ def logs(job: str, run_id: str | None, shard: str | None, follow: bool, as_json:
     from novajobs.connections import redis_client
     from novajobs.records import find_run, read_status
     from novajobs.runlog import follow as follow_lines
-    from novajobs.runlog import read_lines
+    from novajobs.runlog import line_text, read_lines
     from novajobs.stops import Target, still_running
 
     settings = settings_from(kw)
@@ -65,7 +65,7 @@ def logs(job: str, run_id: str | None, shard: str | None, follow: bool, as_json:
     shown = 0
     for line in lines:
         shown += 1
-        click.echo(_json_line(line) if as_json else _text_line(line))
+        click.echo(_json_line(line) if as_json else line_text(line))
     if not shown and not as_json:
         click.echo(f"no log lines kept for run {rid} of {unit} "
                    f"(kept for run_log_retention = {settings.run_log_retention})", err=True)
@@ -86,14 +86,6 @@ def _json_line(line: dict[str, Any]) -> str:
     import json
 
     return json.dumps(line, ensure_ascii=False)
-
-
-def _text_line(line: dict[str, Any]) -> str:
-    skip = {"seq", "ts", "level", "message", "job", "run_id", "traceback"}
-    extra = " ".join(f"{k}={v}" for k, v in line.items() if k not in skip)
-    text = f"{line.get('ts', '')} {str(line.get('level', '')).upper():7} {line.get('message')}"
-    text += f"  {extra}" if extra else ""
-    return text + (f"\n{line['traceback']}" if line.get("traceback") else "")
 
 
 @click.command()

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from novajobs.console.chart import BADGE_COLOURS, runs_svg
+from novajobs.runlog import line_text
 from novajobs.textview import age, duration, since
 
 
@@ -217,7 +218,8 @@ def run_page(page: Page, unit: str, detail: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts if v)
     counters = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
                        for k, v in run["counters"].items()) or '<tr><td>none</td></tr>'
-    log = "\n".join(_log_text(line) for line in detail["log"]) or "(no log lines kept)"
+    log = ("\n".join(line_text(line, clock_only=True) for line in detail["log"])
+           or "(no log lines kept)")
     details = ""
     if detail.get("details"):
         shown = json.dumps(detail["details"], indent=2, ensure_ascii=False, default=str)
@@ -230,14 +232,6 @@ def run_page(page: Page, unit: str, detail: dict[str, Any]) -> str:
                          {"unit": unit}, danger=True) + body
     title = f"{unit} run {str(run['run_id'])[:8]}"
     return page.layout(title, body, refresh=3 if detail["state"] == "running" else None)
-
-
-def _log_text(line: dict[str, Any]) -> str:
-    skip = {"seq", "ts", "level", "message", "job", "run_id", "traceback"}
-    extra = " ".join(f"{k}={v}" for k, v in line.items() if k not in skip)
-    text = (f"{str(line.get('ts', ''))[11:23]} {str(line.get('level', '')).upper():7} "
-            f"{line.get('message', '')}" + (f"  {extra}" if extra else ""))
-    return text + (f"\n{line['traceback']}" if line.get("traceback") else "")
 
 
 def trigger_page(page: Page, trigger: dict[str, Any]) -> str:
