@@ -158,9 +158,10 @@ def call_with_retry(
     """Call ``fn``, retrying transient errors with capped exponential backoff and jitter.
 
     Gives up after ``settings.retry_attempts`` tries, or earlier when the next wait and a
-    try as slow as the last one would not fit in the time the run has left; the last error is then raised as is. With a
-    ``guard``, a stop request (SIGTERM) ends it: the backoff sleep wakes at once and no
-    new try starts; the run then ends as interrupted, not as unavailable.
+    try as slow as the last one would not fit in the time the run has left; the last
+    error is then raised as is. With a ``guard``, a stop request (SIGTERM) ends it: the
+    backoff sleep wakes at once and no new try starts; the run then ends as interrupted,
+    not as unavailable.
     """
     import tenacity
 
