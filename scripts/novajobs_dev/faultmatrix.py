@@ -413,15 +413,17 @@ def _run_cell(cell: Cell, store: str, fault: str) -> Row:
             row.code, row.seconds, tail = cell.run(rerun_env, on_started=cut)
             row.half_written = half_written(cell)
             proxy.restore()  # the store is back, on the same address
-            row.rerun_code = cell.run(rerun_env, "--wait", "30")[0]
+            row.rerun_code, _, rerun_tail = cell.run(rerun_env, "--wait", "30")
     else:
         with BlackHole() if fault == "black-holed" else _Refused() as dead:
             row.code, row.seconds, tail = cell.run(pointed_at(cell.env, store, dead.port,
                                                               cell.tag))
         row.half_written = half_written(cell)
-        row.rerun_code = cell.run(cell.env, "--wait", "30")[0]
+        row.rerun_code, _, rerun_tail = cell.run(cell.env, "--wait", "30")
     row.note = _error_of(tail)
     row.converged = not_converged(cell, row.rerun_code)
+    if row.converged and row.rerun_code != 0:
+        row.converged.append(f"({_error_of(rerun_tail)})")
     return row
 
 
