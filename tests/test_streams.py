@@ -106,6 +106,7 @@ def test_poison_entries_go_straight_to_the_dlq(redis_client, audit_db, fast, nam
     assert redis_client.zcard(stream_keys(names["prefix"], AUDIT).retry) == 0
 
 
+@pytest.mark.cluster
 def test_fields_reach_the_handler_exactly_as_written(redis_client, handlers, fast, names):
     """New entries are read through a script returning JSON: every character JSON
     escapes, text beyond ASCII, empty values and number-like names arrive as written;
