@@ -202,3 +202,29 @@ def test_a_consumer_killed_at_each_step_writes_the_row_once(redis_client, audit_
         1, 0, 0, 0)
     assert audit_db.execute("SELECT entry_id FROM novajobs_stream_dedupe").fetchall() == [(first,)]
     assert redis_client.xlen(k.stream) == 0  # trimmed
+
+
+def test_entries_past_the_dedupe_retention_are_warned_and_counted(redis_client, handlers, fast,
+                                                                  names):
+    """What may have been handled already and is older than the dedupe retention: a
+    pending entry reclaimed from a dead consumer, a replay carrying an old first id. Not
+    silent: counted (and warned); a producer's old entry read for the first time is not."""
+    handlers("noop", lambda message: None)
+    key = names["prefix"] + "q"
+    day_ms = 86_400_000
+    now_ms = int(time.time() * 1000)
+    redis_client.xadd(key, {"n": "1"}, id=f"{now_ms - 40 * day_ms}-0")
+    redis_client.xadd(key, {"n": "2"}, id=f"{now_ms - 39 * day_ms}-0")  # never handed out
+    redis_client.xgroup_create(key, "novajobs", "0")
+    redis_client.xreadgroup("novajobs", "dead-pod", {key: ">"}, count=1)
+    redis_client.xadd(key, {"n": "3", "novajobs:id": f"{now_ms - 35 * day_ms}-0"})
+    redis_client.xadd(key, {"n": "4", "novajobs:id": f"{now_ms - day_ms}-0"})  # recent enough
+    time.sleep(0.35)
+
+    rec = drain(fast(stream_handlers=("q=noop",), stream_claim_idle_sec=0.3,
+                     drain_message_timeout_sec=0.2, stream_dedupe_retention_days=30,
+                     stream_dlq_max_age="7d"))
+
+    assert rec.counters["succeeded"] == 4 and rec.counters["reclaimed"] == 1, rec.error
+    assert rec.counters["past_dedupe_retention"] == 2
+    assert rec.details["streams"]["q"]["past_dedupe_retention"] == 2

@@ -39,6 +39,7 @@ from novajobs.errors import (
 )
 from novajobs.fencing import fence_of, refused_as_lock_lost
 from novajobs.retry import classify, describe_error
+from novajobs.streams.dlq import id_ms, oldest_replayable_ms
 from novajobs.streams.entries import (
     Decoded,
     decode_entries,
@@ -90,6 +91,7 @@ class Drainer:
                                stops=_stops_any)
         self.stats = DrainStats()
         self.reader = Reader(ctx, self.plans)
+        self.forgotten_ms = oldest_replayable_ms(s, time.time())  # see _past_retention
         self.pending = Round()
         self.backlog: deque[Task] = deque()  # read, not yet started (waiting for a slot)
         self.untried: dict[str, list[str]] = {}  # stream -> ids left pending, to give back
@@ -206,11 +208,25 @@ class Drainer:
             self._dead(plan.name, text(entry_id), raw, error, delivered - 1)
         for entry_id in taken.vanished:
             self.pending.ack(plan.name, entry_id)
-        return self._take(plan, decode_entries(plan.name, taken.entries))
+        return self._take(plan, decode_entries(plan.name, taken.entries), redelivered=True)
 
-    def _take(self, plan: StreamPlan, decoded: Decoded) -> int:
+    def _past_retention(self, stream: str, messages: list[Message], redelivered: bool) -> None:
+        """Entries that may have been handled already (redelivered, or carrying a first
+        id: a promoted retry, a replay) whose first id is older than the dedupe
+        retention: the audit-log handler may have forgotten it wrote them and write them
+        again. Not refused (that would strand them), but never silent: warned, counted."""
+        old = [m for m in messages if (redelivered or m.id != m.entry_id)
+               and id_ms(m.id) < self.forgotten_ms]
+        if old:
+            self.stats.add(stream, "past_dedupe_retention", len(old))
+            self.ctx.log.warning("entries older than the dedupe retention: a handler that "
+                                 "dedupes may write them twice", stream=stream,
+                                 entries=len(old), first=old[0].id)
+
+    def _take(self, plan: StreamPlan, decoded: Decoded, redelivered: bool = False) -> int:
         """Hand decoded entries to tasks; poison goes to the DLQ. Returns calls started."""
         self.stats.add(plan.name, "received", len(decoded))
+        self._past_retention(plan.name, decoded.messages, redelivered)
         for entry_id, raw, why in decoded.poison:
             self._dead(plan.name, entry_id, raw, f"cannot be decoded: {why}", 0)
         messages = decoded.messages

@@ -14,6 +14,8 @@ COUNTS = (
     "dead_lettered",  # moved to dlq:{stream} (poison, permanent error, or out of retries)
     "timed_out",  # of the failures, calls that overran the per-message timeout
     "left_pending",  # unfinished when the run stopped: reclaimed by a later run
+    "past_dedupe_retention",  # handed out again with a first id older than the dedupe
+    # retention: an idempotent handler may have forgotten it handled it (warned)
 )
 
 
