@@ -160,15 +160,19 @@ def test_a_consumer_killed_at_each_step_writes_the_row_once(redis_client, audit_
     p = names["prefix"]
     k = keys.stream_keys(p, AUDIT)
     extra = entry_point_env(tmp_path)
-    flags = ["-s", f"stream_handlers={AUDIT}=audit-die", "-s", "stream_claim_idle_sec=1",
+    idle = 5.0  # stream_claim_idle_sec, above the message timeout (a PostgreSQL connect
+    # under a load of 30 must not overrun it: the call would count as failed)
+    flags = ["-s", f"stream_handlers={AUDIT}=audit-die", "-s", f"stream_claim_idle_sec={idle}",
              "-s", "stream_max_retries=1", "-s", "stream_retry_initial_sec=0.01", "-s",
              "stream_retry_jitter=0", "-s", "drain_block_ms=100"]
 
-    def drain_as(consumer: str, mode: str) -> int:
+    def drain_as(consumer: str, mode: str, reclaim: bool = True) -> int:
+        """A drain as ``consumer``; ``reclaim``: first wait until what a killed consumer
+        left is claimable."""
         redis_client.set(p + "test:mode", mode)
-        time.sleep(1.1)  # what a killed consumer left is claimable after stream_claim_idle_sec
-        run = cli("drain-stream", "--consumer", consumer, "--message-timeout", "0.5", *flags,
-                  extra_env=extra)
+        time.sleep(idle + 0.1 if reclaim else 0)
+        run = cli("drain-stream", "--consumer", consumer, "--message-timeout", str(idle - 1),
+                  *flags, extra_env=extra)
         assert run.returncode in (0, -9), run.stderr[-2000:]
         return run.returncode
 
@@ -181,13 +185,13 @@ def test_a_consumer_killed_at_each_step_writes_the_row_once(redis_client, audit_
     first = redis_client.xadd(k.stream, {"user_id": "7", "action": "login",
                                          "ts": "1700000000"}).decode()
 
-    assert drain_as("pod-1", "fail") == 0 and redis_client.zcard(k.retry) == 1
+    assert drain_as("pod-1", "fail", reclaim=False) == 0 and redis_client.zcard(k.retry) == 1
     assert cli("promote-retries", *flags).returncode == 0
     [(_, promoted)] = raw_entries(redis_client, k.stream)
     assert meta_names(promoted) == ["novajobs:id", "novajobs:attempts"]
     assert dict(promoted)["novajobs:id"] == first
     for n in range(3):  # delivered 1, 2, 3 times: handled (the row committed), killed
-        assert drain_as(f"pod-killed-{n}", "die") == -9
+        assert drain_as(f"pod-killed-{n}", "die", reclaim=n > 0) == -9
         assert (rows(), pending()) == (1, 1)
     assert drain_as("pod-2", "ok") == 0  # a fourth delivery: too often without an outcome
     [(_, dead)] = raw_entries(redis_client, k.dlq)
@@ -195,7 +199,7 @@ def test_a_consumer_killed_at_each_step_writes_the_row_once(redis_client, audit_
     listed = json.loads(cli("dlq", "list", AUDIT, "--json").stdout)
     assert [d["first_id"] for d in listed] == [first]
     assert cli("dlq", "replay", AUDIT, "--all").returncode == 0
-    assert drain_as("pod-killed-3", "die") == -9 and (rows(), pending()) == (1, 1)
+    assert drain_as("pod-killed-3", "die", reclaim=False) == -9 and (rows(), pending()) == (1, 1)
     assert drain_as("pod-3", "ok") == 0
 
     assert (rows(), pending(), redis_client.zcard(k.retry), redis_client.xlen(k.dlq)) == (
@@ -219,10 +223,10 @@ def test_entries_past_the_dedupe_retention_are_warned_and_counted(redis_client, 
     redis_client.xreadgroup("novajobs", "dead-pod", {key: ">"}, count=1)
     redis_client.xadd(key, {"n": "3", "novajobs:id": f"{now_ms - 35 * day_ms}-0"})
     redis_client.xadd(key, {"n": "4", "novajobs:id": f"{now_ms - day_ms}-0"})  # recent enough
-    time.sleep(0.35)
+    time.sleep(1.05)
 
-    rec = drain(fast(stream_handlers=("q=noop",), stream_claim_idle_sec=0.3,
-                     drain_message_timeout_sec=0.2, stream_dedupe_retention_days=30,
+    rec = drain(fast(stream_handlers=("q=noop",), stream_claim_idle_sec=1,
+                     drain_message_timeout_sec=0.5, stream_dedupe_retention_days=30,
                      stream_dlq_max_age="7d"))
 
     assert rec.counters["succeeded"] == 4 and rec.counters["reclaimed"] == 1, rec.error
