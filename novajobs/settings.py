@@ -267,7 +267,8 @@ class Settings:
         1000, check=positive, help="XREADGROUP BLOCK when the streams are empty; < redis timeout"
     )
     drain_failure_limit: int = setting(
-        100, check=positive, help="stop the run (exit 1) after this many failures in a row"
+        100, check=positive,
+        help="stop the run (exit 1) after this many failed handler calls in a row",
     )
     stream_claim_idle_sec: float = setting(
         60.0, check=positive, help="reclaim entries pending this long (dead consumers)"

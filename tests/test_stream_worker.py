@@ -158,6 +158,55 @@ def test_budget_max_messages(redis_client, handlers, fast, names):
     assert info["pending"] == 0 and info["lag"] == 30
 
 
+def test_failure_limit_holds_when_calls_still_running_succeed(redis_client, handlers, fast,
+                                                              names):
+    """The limit is reached while another worker's calls run on and then succeed: the run
+    still stops reading and ends with exit 1 (their successes do not undo it)."""
+    def handle(message: Message) -> None:
+        if message.fields["kind"] == "bad":
+            raise ValueError("bad entry")
+        time.sleep(0.2)
+
+    handlers("mixed", handle)
+    p = names["prefix"]
+    for kind in ["bad"] * 10 + ["good"] * 30:
+        redis_client.xadd(p + "q", {"kind": kind})
+
+    rec = drain(fast(stream_handlers=("q=mixed",), drain_failure_limit=5, drain_concurrency=2))
+
+    assert rec.outcome is Outcome.FAILED and "failed in a row" in rec.error, rec.error
+    assert rec.counters["retried"] == 10 and rec.counters["succeeded"] >= 1
+
+
+def test_a_batch_that_fails_whole_is_one_failed_call(redis_client, handlers, fast, names):
+    """A batch handler's call failing whole (one transaction) counts once towards the
+    failure limit, not once per entry: 50 entries of one failed call do not stop a run
+    whose limit is 10 (they once did, and the run then ended as a success with most of
+    the stream not read)."""
+    from novajobs.streams.handlers import Handler
+
+    class Batchy(Handler):
+        batch_size = 50
+
+        def handle_batch(self, messages: Any) -> dict[str, BaseException]:
+            if any(m.fields["n"] == "0" for m in messages):
+                raise RuntimeError("the whole batch failed")
+            time.sleep(0.1)  # (the failed call is settled alone, before any success)
+            return {}
+
+    handlers("batchy", Batchy)
+    p = names["prefix"]
+    for i in range(300):  # one worker: two calls read at a time
+        redis_client.xadd(p + "q", {"n": str(i)})
+
+    rec = drain(fast(stream_handlers=("q=batchy",), drain_failure_limit=10,
+                     drain_concurrency=1))
+
+    assert rec.outcome is Outcome.SUCCESS, rec.error
+    assert (rec.counters["retried"], rec.counters["succeeded"]) == (50, 250)
+    assert redis_client.xinfo_groups(p + "q")[0]["lag"] == 0
+
+
 def test_failure_limit_stops_the_run(redis_client, handlers, fast, names):
     def down(message: Message) -> None:  # a bug that fails every entry (an outage: 69)
         raise KeyError("field the new producer version no longer sends")
@@ -170,7 +219,7 @@ def test_failure_limit_stops_the_run(redis_client, handlers, fast, names):
     rec = drain(fast(stream_handlers=("q=down",), drain_failure_limit=5, drain_concurrency=1))
 
     assert rec.outcome is Outcome.FAILED and rec.exit_code == 1
-    assert "messages failed in a row; stopped early" in rec.error
+    assert "handler calls failed in a row; stopped early" in rec.error
     # what was read ahead (two tasks of 32 calls at most) is settled; the rest is not read
     assert 5 <= rec.counters["retried"] == rec.counters["received"] <= 64
     assert redis_client.zcard(stream_keys(p, "q").retry) == rec.counters["retried"]

@@ -96,7 +96,8 @@ class Drainer:
         self.backlog: deque[Task] = deque()  # read, not yet started (waiting for a slot)
         self.untried: dict[str, list[str]] = {}  # stream -> ids left pending, to give back
         self.call_sec: dict[str, float] = {}  # stream -> recent seconds per handler call
-        self.failures_in_row = 0
+        self.failures_in_row = 0  # handler calls (a batch that fails whole: one)
+        self.failed_out = 0  # the limit was reached (at this count): stop, exit 1
         self.fatal: NovajobsError | None = None
         self.halting = False  # stopping: what has not finished stays pending
 
@@ -117,9 +118,9 @@ class Drainer:
             raise fatal
         if stopped is not None:
             raise stopped
-        if self.failures_in_row >= self.ctx.settings.drain_failure_limit:
+        if self.failed_out:
             raise JobFailed(
-                f"{self.failures_in_row} messages failed in a row; stopped early "
+                f"{self.failed_out} handler calls failed in a row; stopped early "
                 f"({self.stats.summary()})"
             )
 
@@ -139,7 +140,7 @@ class Drainer:
             self.stats.counts["received"] >= self.budget.max_messages
             or time.monotonic() >= self.budget.read_until
             or self.fatal is not None
-            or self.failures_in_row >= self.ctx.settings.drain_failure_limit
+            or self.failed_out > 0
             or self._all_workers_stuck()
         )
 
@@ -275,6 +276,8 @@ class Drainer:
             self._leave(handler, call.messages, call.error)
             return
         self.stats.timed(call.duration, len(call.messages))
+        if call.error is not None:
+            self._count_failure()
         for message in call.messages:
             error = call.error or call.failures.get(message.entry_id)
             if error is None:
@@ -282,6 +285,8 @@ class Drainer:
             elif _stops_run(error):
                 self._leave(handler, [message], error)
             else:
+                if call.error is None:
+                    self._count_failure()
                 self._failed(message, error)
 
     def _learn(self, result: TaskResult) -> None:
@@ -325,6 +330,7 @@ class Drainer:
             else:
                 error = TimeoutError(f"handler {result.task.handler} overran {self.timeout:g} s")
                 self.stats.timed(self.timeout, len(late))
+                self._count_failure()
                 for message in late:
                     self.stats.add(message.stream, "timed_out")
                     self._failed(message, error)
@@ -339,8 +345,15 @@ class Drainer:
         self.stats.add(stream, "succeeded", len(messages))
         self.pending.acks.setdefault(stream, []).extend(map(_ENTRY_ID, messages))
 
-    def _failed(self, message: Message, error: BaseException) -> None:
+    def _count_failure(self) -> None:
+        """One more handler call (or message of a call) failed in a row; at
+        ``drain_failure_limit`` the run stops reading, and ends with exit 1 however the
+        calls still running turn out."""
         self.failures_in_row += 1
+        if self.failures_in_row >= self.ctx.settings.drain_failure_limit:
+            self.failed_out = max(self.failed_out, self.failures_in_row)
+
+    def _failed(self, message: Message, error: BaseException) -> None:
         failures = message.attempts + 1
         reason = describe_error(error)
         if isinstance(error, PermanentError) or failures > self.ctx.settings.stream_max_retries:

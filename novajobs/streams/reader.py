@@ -96,7 +96,8 @@ class Reader:
             self._read = self.ctx.redis.register_script(_READ_NEW)
         read = self._read
         return bytes(self.ctx.retry(
-            lambda: read(keys=[plan.keys.stream], args=[self.group, self.consumer, count]),
+            lambda: read(keys=[plan.keys.stream], args=[self.group, self.consumer, count],
+                         client=self.ctx.redis),
             f"read {plan.name}",
         ))
 
