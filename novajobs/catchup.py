@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from novajobs.context import Result
 from novajobs.dates import scheduled_instant
 
 if TYPE_CHECKING:
@@ -77,6 +78,15 @@ class CatchUp(Generic[P]):
             "filled": [str(p) for p in self.filled],
             "left": [str(p) for p in self.left],
         }
+
+
+def with_catchup(result: Result, catch: CatchUp[Any] | None) -> Result:
+    """``result`` telling what the catch-up did (none: unchanged): its summary after the
+    message, its periods in ``details["catchup"]``."""
+    if catch is not None:
+        result.message += catch.summary()
+        result.details["catchup"] = catch.details()
+    return result
 
 
 def fill_missed(

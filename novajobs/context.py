@@ -221,6 +221,15 @@ class JobContext:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
 
+    def not_configured(self, setting: str, effect: str, example: str,
+                       **details: Any) -> Result:
+        """A run that does nothing until ``setting`` is set: says so (a warning naming what
+        is not done, ``effect``, and how to set it) and ends nothing_to_do."""
+        message = (f"{setting} is not set: {effect} until it is "
+                   f"(e.g. NOVAJOBS_{setting.upper()}={example})")
+        self.log.warning(message)
+        return Result(Outcome.NOTHING_TO_DO, message, details)
+
     def progress(
         self, description: str, total: int | None = None
     ) -> AbstractContextManager[Progress]:

@@ -66,15 +66,7 @@ def _lock(r: redis.Redis, key: str | None, now: float) -> dict[str, Any] | None:
     holder = read_holder(r, key) if key else None
     if holder is None:
         return None
-    since = holder.info.get("since")
-    return {
-        "key": holder.key,
-        "host": holder.info.get("host"),
-        "pid": holder.info.get("pid"),
-        "run_id": holder.info.get("run_id"),
-        "age_sec": round(now - since, 1) if isinstance(since, int | float) else None,
-        "ttl_sec": round(holder.ttl_ms / 1000, 1),
-    }
+    return {"key": holder.key, **holder.summary(now)}
 
 
 def _age(iso: str | None, now: float) -> float | None:

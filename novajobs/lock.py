@@ -62,10 +62,18 @@ class Holder:
     ttl_ms: int
     raw: str
 
-    @property
-    def age_sec(self) -> float | None:
+    def summary(self, now: float | None = None) -> dict[str, Any]:
+        """Who holds it, as the status, `novajobs locks` and the console show it."""
         since = self.info.get("since")
-        return time.time() - since if isinstance(since, int | float) else None
+        now = time.time() if now is None else now
+        age = now - since if isinstance(since, int | float) else None
+        return {
+            "host": self.info.get("host"),
+            "pid": self.info.get("pid"),
+            "run_id": self.info.get("run_id"),
+            "age_sec": round(age, 1) if age is not None else None,
+            "ttl_sec": round(self.ttl_ms / 1000, 1),
+        }
 
     def describe(self) -> str:
         i = self.info

@@ -33,7 +33,7 @@ from typing import Any
 
 from novajobs_dev import demo_data
 from novajobs_dev.bench import parse_args, run_measured
-from novajobs_dev.stack import PG_BIN, temporary
+from novajobs_dev.stack import PG_BIN, job_env, minio_client, pg_schema, temporary
 
 ROWS_SQL = """
 INSERT INTO {table} (id, channel_id, sender_id, seq, created_at)
@@ -92,17 +92,13 @@ def run_baseline(stack_env: dict[str, str], name: str, out_dir: str) -> tuple[fl
     return time.perf_counter() - started, os.path.getsize(target)
 
 
-def job_env(stack_env: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, **stack_env}
-    env.pop("NOVAJOBS_CONFIG", None)
-    env["DATABASE_URL"] = stack_env["DATABASE_URL"] + "?options=-csearch_path%3Dbench"
-    env.update({"NOVAJOBS_ARCHIVE_BUCKET": "bench-archive", "NOVAJOBS_REDIS_PREFIX": "bench:",
-                "NOVAJOBS_ARCHIVE_RETENTION_MONTHS": "chat_messages=3",
-                "NOVAJOBS_ARCHIVE_KEEP_DETACHED": "true", "NOVAJOBS_LOG_FORMAT": "json",
-                # Both months span several parts, so their peaks compare like with like
-                # (memory is bounded by about two parts, whatever the month's size).
-                "NOVAJOBS_ARCHIVE_PART_SIZE_MB": "8"})
-    return env
+def bench_env(stack_env: dict[str, str]) -> dict[str, str]:
+    # Both months span several parts (8 MB), so their peaks compare like with like
+    # (memory is bounded by about two parts, whatever the month's size).
+    return job_env(stack_env, "bench", "bench:", archive_bucket="bench-archive",
+                         archive_retention_months="chat_messages=3",
+                         archive_keep_detached="true", log_format="json",
+                         archive_part_size_mb=8)
 
 
 def main() -> int:
@@ -112,20 +108,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="rounds of each")
     args = parse_args(parser, tiny={"rows": 20_000, "rss_rows": 5_000, "runs": 1})
 
-    import psycopg
-    from minio import Minio
-
     out_dir = tempfile.mkdtemp(prefix="bench-archive-")
     with temporary(("redis", "postgres", "s3")) as stack:
         stack_env = stack.env()
-        pg = psycopg.connect(stack_env["DATABASE_URL"], autocommit=True)
-        pg.execute("CREATE SCHEMA bench")
-        pg.execute("SET search_path TO bench")
+        pg = pg_schema(stack_env, "bench")
         pg.execute(demo_data.POSTGRES_DDL["chat_messages"])
-        minio = Minio(stack_env["MINIO_ENDPOINT"], stack_env["MINIO_ACCESS_KEY"],
-                      stack_env["MINIO_SECRET_KEY"], secure=False, region="us-east-1")
+        minio = minio_client(stack_env)
         minio.make_bucket("bench-archive")
-        env = job_env(stack_env)
+        env = bench_env(stack_env)
         loaded = time.perf_counter()
         small = fill(pg, 7, args.rss_rows)
         print(f"small month: {args.rss_rows:,} rows", flush=True)

@@ -30,7 +30,7 @@ from typing import Any
 from novajobs_dev import demo_data
 from novajobs_dev.bench import parse_args, run_measured
 from novajobs_dev.gc_crash import job_env
-from novajobs_dev.stack import temporary
+from novajobs_dev.stack import minio_client, pg_schema, temporary
 
 # Rows for the memory runs, generated inside PostgreSQL: every 10th id eligible.
 _ROWS_SQL = """
@@ -125,16 +125,10 @@ def main() -> int:
     args = parse_args(parser, tiny={"files": 200, "naive_files": 50, "singles": 20,
                                     "rss_rows": "1000"})
 
-    import psycopg
-    from minio import Minio
-
     with temporary(("redis", "postgres", "s3")) as stack:
         e = stack.env()
-        minio = Minio(e["MINIO_ENDPOINT"], e["MINIO_ACCESS_KEY"], e["MINIO_SECRET_KEY"],
-                      secure=False, region="us-east-1")
-        with psycopg.connect(e["DATABASE_URL"], autocommit=True) as pg:
-            pg.execute("CREATE SCHEMA bench")
-            pg.execute("SET search_path TO bench")
+        minio = minio_client(e)
+        with pg_schema(e, "bench") as pg:
             pg.execute(demo_data.POSTGRES_DDL["file_metadata"])
             env = job_env(e, "bench", "bench:", 1000)
             print(f"{os.cpu_count()} cores; {args.files:,} files; page 1000", flush=True)

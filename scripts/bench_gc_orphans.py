@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 from novajobs_dev import demo_data
 from novajobs_dev.bench import parse_args, run_measured
-from novajobs_dev.stack import temporary
+from novajobs_dev.stack import job_env, minio_client, pg_schema, temporary
 
 ORPHAN_EVERY = 100
 
@@ -77,12 +76,8 @@ def run_job(env: dict[str, str], bucket: str, objects: int, orphans: int
     return wall, peak_kib
 
 
-def job_env(stack_env: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, **stack_env}
-    env.pop("NOVAJOBS_CONFIG", None)
-    env["DATABASE_URL"] = stack_env["DATABASE_URL"] + "?options=-csearch_path%3Dbench"
-    env.update({"NOVAJOBS_REDIS_PREFIX": "bench:", "NOVAJOBS_LOG_FORMAT": "json"})
-    return env
+def bench_env(stack_env: dict[str, str]) -> dict[str, str]:
+    return job_env(stack_env, "bench", "bench:", log_format="json")
 
 
 def main() -> int:
@@ -92,19 +87,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="rounds of each")
     args = parse_args(parser, tiny={"objects": 3_000, "rss_objects": 500, "runs": 1})
 
-    import psycopg
-    from minio import Minio
-
     with temporary(("redis", "postgres", "s3")) as stack:
         stack_env = stack.env()
-        pg = psycopg.connect(stack_env["DATABASE_URL"], autocommit=True)
-        pg.execute("CREATE SCHEMA bench")
-        pg.execute("SET search_path TO bench")
+        pg = pg_schema(stack_env, "bench")
         pg.execute(demo_data.POSTGRES_DDL["file_metadata"])
         pg.execute(demo_data.POSTGRES_INDEXES["file_metadata_bucket_path"])
-        minio = Minio(stack_env["MINIO_ENDPOINT"], stack_env["MINIO_ACCESS_KEY"],
-                      stack_env["MINIO_SECRET_KEY"], secure=False, region="us-east-1")
-        env = job_env(stack_env)
+        minio = minio_client(stack_env)
+        env = bench_env(stack_env)
         started = time.perf_counter()
         small_orphans = load(pg, minio, "bench-small", args.rss_objects)
         _, small_peak = run_job(env, "bench-small", args.rss_objects, small_orphans)

@@ -26,7 +26,8 @@ import sys
 
 from novajobs_dev.audit_crash import crash_rounds, job_env, load
 from novajobs_dev.bench import parse_args
-from novajobs_dev.stack import temporary
+from novajobs_dev.kill import chosen_seed, report
+from novajobs_dev.stack import minio_client, pg_schema, temporary
 
 
 def main() -> int:
@@ -38,22 +39,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     args = parse_args(parser, tiny={"kills": 1, "rows": 3000, "batch_rows": 200,
                                     "max_delay": 1.5})
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    print(f"seed {seed}", flush=True)
-
-    import psycopg
-    from minio import Minio
+    seed = chosen_seed(args.seed)
 
     from novajobs.schema import ensure_tables
 
     with temporary(("redis", "postgres", "s3")) as stack:
         stack_env = stack.env()
-        pg = psycopg.connect(stack_env["DATABASE_URL"], autocommit=True)
-        pg.execute("CREATE SCHEMA crash")
-        pg.execute("SET search_path TO crash")
+        pg = pg_schema(stack_env, "crash")
         ensure_tables(pg, ["novajobs_audit_archive"])
-        minio = Minio(stack_env["MINIO_ENDPOINT"], stack_env["MINIO_ACCESS_KEY"],
-                      stack_env["MINIO_SECRET_KEY"], secure=False, region="us-east-1")
+        minio = minio_client(stack_env)
         minio.make_bucket("crash-archive")
         old = load(pg, old=args.rows, recent=args.rows // 10)
         env = job_env(stack_env, "crash", "crash:", "crash-archive", args.batch_rows)
@@ -61,10 +55,7 @@ def main() -> int:
                                 max_delay=args.max_delay, rng=random.Random(seed),
                                 say=lambda line: print(line, flush=True))
         pg.close()
-    for problem in problems[:50]:
-        print("PROBLEM", problem)
-    print(f"{args.kills} kills: {'OK' if not problems else f'{len(problems)} problems'}")
-    return 1 if problems else 0
+    return report(problems, args.kills)
 
 
 if __name__ == "__main__":

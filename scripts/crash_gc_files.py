@@ -26,7 +26,8 @@ import sys
 
 from novajobs_dev.bench import parse_args
 from novajobs_dev.gc_crash import Files, crash_rounds, job_env
-from novajobs_dev.stack import temporary
+from novajobs_dev.kill import chosen_seed, report
+from novajobs_dev.stack import minio_client, pg_schema, temporary
 
 
 def main() -> int:
@@ -40,19 +41,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     args = parse_args(parser, tiny={"kills": 1, "live": 200, "marked": 40, "mark_per_round": 60,
                                     "page_size": 10, "max_delay": 1.0})
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    print(f"seed {seed}", flush=True)
-
-    import psycopg
-    from minio import Minio
+    seed = chosen_seed(args.seed)
 
     with temporary(("redis", "postgres", "s3")) as stack:
         stack_env = stack.env()
-        pg = psycopg.connect(stack_env["DATABASE_URL"], autocommit=True)
-        pg.execute("CREATE SCHEMA crash")
-        pg.execute("SET search_path TO crash")
-        minio = Minio(stack_env["MINIO_ENDPOINT"], stack_env["MINIO_ACCESS_KEY"],
-                      stack_env["MINIO_SECRET_KEY"], secure=False, region="us-east-1")
+        pg = pg_schema(stack_env, "crash")
+        minio = minio_client(stack_env)
         files = Files.load(pg, minio, "crash-files", live=args.live, marked=args.marked,
                            seed=seed)
         env = job_env(stack_env, "crash", "crash:", args.page_size)
@@ -61,10 +55,7 @@ def main() -> int:
                                 rng=random.Random(seed),
                                 say=lambda line: print(line, flush=True))
         pg.close()
-    for problem in problems[:50]:
-        print("PROBLEM", problem)
-    print(f"{args.kills} kills: {'OK' if not problems else f'{len(problems)} problems'}")
-    return 1 if problems else 0
+    return report(problems, args.kills)
 
 
 if __name__ == "__main__":

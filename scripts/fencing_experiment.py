@@ -28,13 +28,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from novajobs_dev.bench import parse_args
-from novajobs_dev.stack import temporary
+from novajobs_dev.stack import minio_client, temporary
 
 JOBS = ("cache", "report", "gc")
 VARIANTS = ("redis-py", "novajobs")
@@ -130,13 +129,6 @@ INSERT INTO daily_stats (stat_date, total_msgs) VALUES (%s, %s)
 ON CONFLICT (stat_date) DO UPDATE SET total_msgs = EXCLUDED.total_msgs
 """
 ELIGIBLE_SQL = "SELECT id, bucket, path FROM file_metadata WHERE status = 2 AND ref_count = 0"
-
-
-def minio_client(env: Mapping[str, str]) -> Any:
-    from minio import Minio
-
-    return Minio(env["MINIO_ENDPOINT"], env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"],
-                 secure=False, region="us-east-1")
 
 
 # --- one round (the parent) ------------------------------------------------------------------

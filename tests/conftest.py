@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import run_novajobs
 
 from novajobs.settings import Settings, load_settings
 from novajobs_dev import demo_data, topology
 from novajobs_dev import stack as stack_module
+from novajobs_dev.netfaults import refused_port
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -33,7 +33,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 # Fixtures of one store's tests, in their own modules (tests/ is on sys.path).
-pytest_plugins = ("es_indices",)
+pytest_plugins = ("es_indices", "s3_faults")
 
 
 @pytest.fixture(scope="session")
@@ -223,10 +223,7 @@ def cli(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
 
     def run(*args: str, extra_env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, **env, **(extra_env or {})}
-        full_env.pop("NOVAJOBS_CONFIG", None)
-        return subprocess.run([sys.executable, "-m", "novajobs", *args], env=full_env,
-                              capture_output=True, text=True, timeout=timeout)
+        return run_novajobs({**env, **(extra_env or {})}, *args, timeout=timeout)
 
     return run
 
@@ -243,15 +240,34 @@ def pg_tables(pg: Any) -> Callable[..., None]:
 
 
 @pytest.fixture
+def report_db(pg: Any, pg_tables: Callable[..., None]) -> Any:
+    """The contract tables the reports read (chat_messages with one DEFAULT partition) and
+    the tables novajobs owns."""
+    from novajobs import schema
+
+    pg_tables("users", "chat_messages", "audit_logs", "file_metadata")
+    pg.execute("CREATE TABLE chat_messages_default PARTITION OF chat_messages DEFAULT")
+    schema.ensure_tables(pg)
+    return pg
+
+
+@pytest.fixture
+def audit_db(pg: Any, pg_tables: Callable[..., None]) -> Any:
+    """The test's schema with audit_logs and the stream dedupe table: the audit handler's."""
+    from novajobs.schema import ensure_tables
+
+    pg_tables("audit_logs")
+    ensure_tables(pg, ["novajobs_stream_dedupe"])
+    return pg
+
+
+@pytest.fixture
 def minio_client(s3_server: None, stack: Any, names: dict[str, str]) -> Iterator[Any]:
     """A MinIO SDK client for the stack's S3 store; the test's bucket (names["bucket"])
     exists, and is emptied and removed afterwards."""
-    from minio import Minio
     from minio.deleteobjects import DeleteObject
 
-    e = stack.env()
-    client = Minio(e["MINIO_ENDPOINT"], e["MINIO_ACCESS_KEY"], e["MINIO_SECRET_KEY"],
-                   secure=False, region="us-east-1")
+    client = stack_module.minio_client(stack.env())
     bucket = names["bucket"]
     client.make_bucket(bucket)
     yield client
@@ -267,9 +283,7 @@ def pushgateway() -> Iterator[str]:
     binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
     if binary is None:
         pytest.fail("prometheus-pushgateway is not installed (run scripts/setup.sh)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = refused_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"],
                                 stdout=log, stderr=subprocess.STDOUT)

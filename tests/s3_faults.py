@@ -1,9 +1,11 @@
-"""A TCP proxy in front of a real server (S3, PostgreSQL) that injects network faults.
+"""A TCP proxy in front of a real server (S3, PostgreSQL, Redis) that injects network
+faults, and the fixtures of the suite's S3 and PostgreSQL behind one (``s3_proxy``,
+``pg_proxy``).
 
-The store behind it is the real SeaweedFS; the proxy only delays or cuts the traffic,
-as a slow or failing network or load balancer would. It recognises a multi-object
-delete by the start of its request (``POST /bucket?delete``): S3 clients send one
-request at a time per connection, so a request starts a read from the client.
+The store behind it is the real one; the proxy only delays or cuts the traffic, as a
+slow or failing network or load balancer would. It recognises a multi-object delete by
+the start of its request (``POST /bucket?delete``): S3 clients send one request at a
+time per connection, so a request starts a read from the client.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 
 class FaultyProxy:
@@ -21,6 +27,8 @@ class FaultyProxy:
         self.latency = 0.0  # seconds added to everything the client sends (any protocol)
         self.fail_after_deletes: int | None = None  # then cut every connection
         self.deletes = 0  # multi-object deletes forwarded
+        self.cut_on = b""  # cut a connection whose client sends these bytes...
+        self.cuts = 0  # ...this many times (a blip mid-command; other connections go on)
         self.delete_started = threading.Event()  # set when a delete starts being held
         self._broken = False
         self._lock = threading.Lock()
@@ -63,6 +71,9 @@ class FaultyProxy:
                 if from_client and self._is_delete(data) and not self._admit_delete():
                     self._cut_all()
                     return
+                if from_client and self.cuts and self.cut_on and self.cut_on in data:
+                    self.cuts -= 1
+                    return  # closes this connection's two sides
                 if from_client and self.latency:
                     time.sleep(self.latency)
                 sink.sendall(data)
@@ -99,3 +110,19 @@ def _close(s: socket.socket) -> None:
     with contextlib.suppress(OSError):
         s.shutdown(socket.SHUT_RDWR)
     s.close()
+
+
+@pytest.fixture
+def s3_proxy(s3_server: None, stack: Any) -> Iterator[FaultyProxy]:
+    """A FaultyProxy in front of the suite's S3 store (``minio_endpoint=s3_proxy.endpoint``)."""
+    p = FaultyProxy(int(stack.env()["MINIO_ENDPOINT"].rpartition(":")[2]))
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def pg_proxy(pg_server: None, stack: Any) -> Iterator[FaultyProxy]:
+    """A FaultyProxy in front of the suite's PostgreSQL (its ``port`` in a DATABASE_URL)."""
+    p = FaultyProxy(stack.ports["postgres"])
+    yield p
+    p.close()

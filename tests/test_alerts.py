@@ -6,28 +6,23 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import socket
 import ssl
 import subprocess
-import sys
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import probe_job, wait_for
 
 from novajobs.context import JobContext, Result
 from novajobs.errors import JobFailed, Outcome
 from novajobs.records import status_key
-from novajobs.registry import JobSpec
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev.netfaults import black_hole, refused_port
 
 # -- a job whose outcome the test chooses: the runner and the receivers are the real ones --
-
-PROBE = types.ModuleType("novajobs_alert_probe")
-
 
 def _probe_run(ctx: JobContext, outcome: str = "problem_found", message: str = "") -> Result:
     ctx.count("things_checked", 7)
@@ -36,20 +31,11 @@ def _probe_run(ctx: JobContext, outcome: str = "problem_found", message: str = "
     return Result(Outcome(outcome), message or "3 of 7 things are wrong")
 
 
-PROBE.run = _probe_run  # type: ignore[attr-defined]
-sys.modules[PROBE.__name__] = PROBE
-SPEC = JobSpec(name="alert-probe", summary="probe", description="probe", example="-",
-               module=PROBE.__name__, schedule="* * * * *", timeout_sec=30)
+SPEC = probe_job("alert-probe", _probe_run)
 
 
 def probe(settings: Any, outcome: str = "problem_found", **kw: Any) -> Any:
     return run_job(SPEC, settings, RunOptions(), outcome=outcome, **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- SMTP servers ---------------------------------------------------------------------
@@ -87,7 +73,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def start_smtp(inbox: Inbox, **kwargs: Any) -> Any:
     from aiosmtpd.controller import Controller
 
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), **kwargs)
+    controller = Controller(inbox, hostname="127.0.0.1", port=refused_port(), **kwargs)
     controller.start()
     return controller
 
@@ -128,12 +114,6 @@ def smtp_tls(certificate: tuple[Path, Path]) -> Iterator[tuple[Inbox, int]]:
                             auth_require_tls=False)
     yield inbox, controller.port
     controller.stop()
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < give_up:
-        time.sleep(0.02)
 
 
 # -- webhook --------------------------------------------------------------------------
@@ -208,7 +188,7 @@ def test_a_real_job_that_cannot_reach_its_store_alerts(redis_server, make_settin
                                                        webhook_receiver):
     settings = make_settings(alert_webhook_url=webhook_receiver.url, retry_attempts=1,
                              alert_on_failure=("refresh-trending",),
-                             clickhouse_url=f"http://127.0.0.1:{free_port()}")
+                             clickhouse_url=f"http://127.0.0.1:{refused_port()}")
 
     rec = run_job("refresh-trending", settings)
 
@@ -267,7 +247,7 @@ def test_email_over_tls_with_login(redis_server, make_settings, certificate, smt
     rec = probe(settings)
 
     assert rec.counters["alerts_sent"] == 1, rec.counters
-    wait_for(lambda: inbox.messages)
+    wait_for(lambda: inbox.messages, what="the mail")
     [mail] = inbox.messages
     assert mail["login"] == "alerts" and mail["tls"]
     assert mail["message"]["Subject"] == "novajobs alert-probe: problem found (exit 3)"
@@ -297,7 +277,7 @@ def test_broken_receivers_do_not_change_the_outcome(redis_server, make_settings,
                                                     redis_client, names, caplog):
     webhook_receiver.status = 500
     settings = make_settings(alert_webhook_url=webhook_receiver.url, alert_cooldown_sec=600,
-                             alert_smtp_host="127.0.0.1", alert_smtp_port=free_port(),
+                             alert_smtp_host="127.0.0.1", alert_smtp_port=refused_port(),
                              alert_email_to=("sre@example.org",))
 
     rec = probe(settings)
@@ -319,10 +299,8 @@ def test_broken_receivers_do_not_change_the_outcome(redis_server, make_settings,
 
 def test_a_receiver_that_never_answers_costs_at_most_the_alert_timeout(redis_server,
                                                                        make_settings):
-    with socket.socket() as silent:  # accepts connections (backlog), never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        port = silent.getsockname()[1]
+    with black_hole() as silent:  # accepts connections, never answers
+        port = silent.port
         settings = make_settings(alert_webhook_url=f"http://127.0.0.1:{port}/hook",
                                  alert_smtp_host="127.0.0.1", alert_smtp_port=port,
                                  alert_email_to=("sre@example.org",), alert_timeout_sec=0.5)

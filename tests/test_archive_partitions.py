@@ -9,12 +9,12 @@ import hashlib
 import io
 import json
 import threading
-import time
 from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
 import pytest
+from support import wait_for
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
@@ -385,13 +385,9 @@ def leave_detach_pending(pg: Any, env: dict[str, str], name: str) -> None:
 
         thread = threading.Thread(target=detach)
         thread.start()
-        give_up = time.monotonic() + 10
-        while time.monotonic() < give_up:
-            row = pg.execute("SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = "
-                             "%s::regclass", [name]).fetchone()
-            if row and row[0]:
-                break
-            time.sleep(0.05)
+        wait_for(lambda: pg.execute("SELECT inhdetachpending FROM pg_inherits WHERE "
+                                    "inhrelid = %s::regclass", [name]).fetchone() == (True,),
+                 10, "the pending detach")
         pg.execute("SELECT pg_cancel_backend(%s)", [pid])
         thread.join(10)
         reader.rollback()

@@ -11,24 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from novajobs import deploy, schema
+from novajobs import deploy
 from novajobs.dates import IsoWeek, check_scheduled_time, scheduled_instant
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
 from novajobs.settings import load_settings
 
-
-@pytest.fixture(autouse=True)
-def _servers(redis_server: None, pg_server: None) -> None:
-    """Runs take their lock in Redis; the tables live in PostgreSQL."""
-
-
-@pytest.fixture
-def report_db(pg: Any, pg_tables: Any) -> Any:
-    pg_tables("users", "chat_messages", "audit_logs", "file_metadata")
-    pg.execute("CREATE TABLE chat_messages_default PARTITION OF chat_messages DEFAULT")
-    schema.ensure_tables(pg)
-    return pg
+# Runs take their lock in Redis; the tables live in PostgreSQL.
+pytestmark = pytest.mark.usefixtures("redis_server", "pg_server")
 
 
 def pushed(gateway: str, job: str) -> dict[str, float]:

@@ -4,7 +4,6 @@ Neo4j, through the official neo4j driver)."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from novajobs.errors import Outcome
 from novajobs.records import status_key
 from novajobs.runner import run_job
+from novajobs_dev.netfaults import refused_port
 
 
 class Graph:
@@ -193,10 +193,7 @@ def test_same_counts_but_different_ids_are_caught_by_the_sample(graph, users, ch
 
 def test_neo4j_down_is_unavailable_not_a_problem(users, cli, webhook_receiver):
     users([1, 2, 3])
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead = sock.getsockname()[1]
-
+    dead = refused_port()
     done = cli("check-consistency", "--json", extra_env={
         "NEO4J_URI": f"bolt://127.0.0.1:{dead}", "NOVAJOBS_CONNECT_TIMEOUT_SEC": "1",
         "NOVAJOBS_ALERT_WEBHOOK_URL": webhook_receiver.url})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 import uuid
@@ -15,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from support import probe_job
 
 from novajobs.checkins import run_uuid
 from novajobs.context import JobContext, Result, Shard
@@ -22,6 +22,7 @@ from novajobs.errors import ConfigError, JobFailed, Outcome
 from novajobs.lock import lock_key
 from novajobs.registry import JobSpec
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev.netfaults import refused_port
 
 BEHAVIOUR: dict[str, Any] = {}
 
@@ -89,9 +90,8 @@ def ping_server() -> Iterator[PingServer]:
 @pytest.fixture
 def job(redis_server: None) -> JobSpec:
     BEHAVIOUR.clear()
-    return JobSpec(name=f"t-ping-{uuid.uuid4().hex[:8]}", summary="sample", description="",
-                   example="", module=__name__, schedule="*/5 * * * *", timeout_sec=30,
-                   shardable=True)
+    return probe_job(f"t-ping-{uuid.uuid4().hex[:8]}", run, schedule="*/5 * * * *",
+                     shardable=True)
 
 
 def test_a_success_pings_start_then_success_with_the_run_id(job, ping_server, make_settings):
@@ -172,13 +172,10 @@ def test_a_failing_ping_never_fails_the_run(job, ping_server, make_settings, tro
     settings = make_settings(healthcheck_url=url, report_timeout_sec=0.5)
     started = time.monotonic()
 
-    with socket.socket() as unused:  # bound, never listening: connections are refused
-        unused.bind(("127.0.0.1", 0))
-        if trouble == "nothing listening":
-            port = unused.getsockname()[1]
-            settings = make_settings(healthcheck_url=f"http://127.0.0.1:{port}/ping/{{job}}",
-                                     report_timeout_sec=0.5)
-        rec = run_job(job, settings)
+    if trouble == "nothing listening":
+        settings = make_settings(healthcheck_url=f"http://127.0.0.1:{refused_port()}/ping/{{job}}",
+                                 report_timeout_sec=0.5)
+    rec = run_job(job, settings)
 
     assert rec.outcome is Outcome.SUCCESS
     assert time.monotonic() - started < 2.5  # two pings, each cut at the timeout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,7 @@ from novajobs.cli import cli as root
 from novajobs.errors import ConfigError, UsageError
 from novajobs.records import status_key
 from novajobs.settings import load_settings
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from novajobs_dev.netfaults import refused_port
 
 
 def novajobs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -186,7 +180,7 @@ def test_malformed_url_exits_78_with_one_line_before_connecting():
     ],
 )
 def test_bad_arguments_exit_2(args, needle):
-    result = novajobs(*args, env={"REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0"})
+    result = novajobs(*args, env={"REDIS_URL": f"redis://127.0.0.1:{refused_port()}/0"})
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr
 
@@ -197,7 +191,7 @@ def test_unreachable_redis_exits_69_within_the_timeout():
         "refresh-trending",
         "--log-format",
         "json",
-        env={"REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0", "NOVAJOBS_RETRY_ATTEMPTS": "2"},
+        env={"REDIS_URL": f"redis://127.0.0.1:{refused_port()}/0", "NOVAJOBS_RETRY_ATTEMPTS": "2"},
     )
     assert result.returncode == 69, result.stderr
     assert time.monotonic() - started < 20
@@ -211,7 +205,7 @@ def test_unreachable_clickhouse_exits_69_writes_nothing_and_releases_the_lock(
     result = cli(
         "refresh-trending",
         extra_env={
-            "CLICKHOUSE_URL": f"http://default:chsecret@127.0.0.1:{closed_port()}/db",
+            "CLICKHOUSE_URL": f"http://default:chsecret@127.0.0.1:{refused_port()}/db",
             "NOVAJOBS_RETRY_ATTEMPTS": "2",
         },
     )

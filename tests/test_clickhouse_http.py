@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support import novajobs_env, one_line_error
 
 from novajobs.errors import Outcome
 from novajobs.runner import run_job
@@ -102,7 +103,7 @@ def test_the_client_process_does_not_load_chdb(ch, redis_client, env, names, ove
     events(ch, 50, seed=4)
     code = ("import sys; from novajobs.cli import run_cli; code = run_cli(['refresh-trending']);"
             " print(code, sorted(m for m in sys.modules if m.split('.')[0] == 'chdb'))")
-    done = subprocess.run([sys.executable, "-c", code], env=full_env(env, over_http),
+    done = subprocess.run([sys.executable, "-c", code], env=novajobs_env({**env, **over_http}),
                           capture_output=True, text=True, timeout=120)
 
     assert done.stdout.split(None, 1) == ["0", "[]\n"], done.stderr
@@ -111,7 +112,7 @@ def test_the_client_process_does_not_load_chdb(ch, redis_client, env, names, ove
 def test_a_wrong_password_is_a_config_error(front, cli, names, over_http):
     result = cli("refresh-trending", extra_env={
         "CLICKHOUSE_URL": front.url(names["database"], password="wrong")})
-    one_line(result, 78, "ClickHouse error 516: novajobs-front: Authentication failed")
+    one_line_error(result, 78, "ClickHouse error 516: novajobs-front: Authentication failed")
 
 
 def test_a_missing_table_is_a_config_error_and_a_server_error_one_line(
@@ -121,8 +122,8 @@ def test_a_missing_table_is_a_config_error_and_a_server_error_one_line(
                        " would use 9.31 GiB, maximum: 9.31 GiB. (MEMORY_LIMIT_EXCEEDED)")
     failed = cli("refresh-trending", extra_env=over_http)
 
-    one_line(missing, 78, "ClickHouse error 81: Database no_such_db does not exist")
-    one_line(failed, 1, "ClickHouse error 241: Memory limit (total) exceeded")
+    one_line_error(missing, 78, "ClickHouse error 81: Database no_such_db does not exist")
+    one_line_error(failed, 1, "ClickHouse error 241: Memory limit (total) exceeded")
 
 
 def test_ch_timeout_ms_is_honoured_on_a_slow_query(ch, front, cli, over_http):
@@ -170,19 +171,6 @@ def test_https_with_a_ca_and_the_wrong_ca_or_host_name(ch, https_front, redis_cl
 
     assert right.returncode == 0, right.stderr
     assert json.loads(redis_client.get(names["prefix"] + TRENDING))
-    one_line(wrong, 78, "ClickHouse TLS verification failed: certificate verify failed")
-    one_line(host, 78, "ClickHouse TLS verification failed: certificate verify failed:"
-             " Hostname mismatch")
-
-
-def one_line(result: Any, code: int, needle: str) -> None:
-    assert result.returncode == code, result.stderr
-    assert needle in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def full_env(env: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
-    import os
-
-    return {**os.environ, **env, **extra}
-
+    one_line_error(wrong, 78, "ClickHouse TLS verification failed: certificate verify failed")
+    one_line_error(host, 78, "ClickHouse TLS verification failed: certificate verify failed:"
+                   " Hostname mismatch")

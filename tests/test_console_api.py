@@ -13,8 +13,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from support import LOG_PROBE, PASSWORD, SECRET, slow_run, wait_for
 from test_deploy import SCHEMA_VERSIONS
-from test_status import slow_run
 
 from novajobs.console.server import REQUEST_TIMEOUT_SEC, build
 from novajobs.errors import ConfigError
@@ -124,10 +124,9 @@ def test_actions_need_the_token_and_a_confirmation(start_console, settings, redi
 
     status, started = client.act(path)
     assert status == 202 and started["running"] is True
-    give_up = time.monotonic() + 60
-    while (t := client.get(f"/api/triggers/{started['id']}"))["running"]:
-        assert time.monotonic() < give_up
-        time.sleep(0.2)
+    wait_for(lambda: not client.get(f"/api/triggers/{started['id']}")["running"], 60,
+             "the triggered run's end", interval=0.2)
+    t = client.get(f"/api/triggers/{started['id']}")
     assert t["exit_code"] == 0 and t["lines"][-1]["outcome"] == "nothing_to_do"
     history = client.get("/api/jobs/clean-token-blacklist")["units"][0]["history"]
     assert history[0]["run_id"] == t["run_id"] and history[0]["host"]
@@ -244,12 +243,10 @@ def test_dead_letters_browse_replay_and_purge(start_console, fast, handlers, red
 
 
 def test_no_secret_is_ever_rendered(start_console, make_settings, redis_client):
-    from test_logs_stop import PASSWORD, SECRET, SPEC
-
     setup_logging("json", "info")
     settings = make_settings(minio_secret_key=SECRET, neo4j_password=PASSWORD,
                              alert_webhook_url="https://hooks.example/T0/SECRETHOOK")
-    rec = run_job(SPEC, settings, lines=1)
+    rec = run_job(LOG_PROBE, settings, lines=1)
     client = start_console(settings)
     seen = "".join(
         client.call("GET", path)[2]

@@ -9,23 +9,21 @@ refused. The main page's screenshot is saved as console-main.png in the test's t
 from __future__ import annotations
 
 import http.server
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ring_of_users, spawn
 
 from novajobs.records import history_key
 from novajobs.runner import run_job
 from novajobs.streams.handlers import Message
 from novajobs.streams.keys import stream_keys
+from novajobs_dev.netfaults import refused_port
 
 TOKEN = "browser-test-token-9876543210"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -34,22 +32,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-breakpad", "--disable-domain-reliability"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def console_url(env: dict[str, str], redis_server: None) -> Iterator[str]:
-    port = free_port()
-    console_env = {**os.environ, **env, "NOVAJOBS_CONSOLE_TOKEN": TOKEN,
+    port = refused_port()
+    console_env = {**env, "NOVAJOBS_CONSOLE_TOKEN": TOKEN,
                    "NOVAJOBS_RUN_HEARTBEAT_SEC": "0.2",
                    "NOVAJOBS_STREAM_HANDLERS": "jobs=fails",
                    "NOVAJOBS_SUGGESTION_BATCH_SIZE": "0", "NOVAJOBS_SUGGESTION_CHUNK_SIZE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "novajobs", "console", "--bind",
-                             f"127.0.0.1:{port}"], env=console_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = spawn(console_env, "console", "--bind", f"127.0.0.1:{port}", stdout=subprocess.DEVNULL)
     assert proc.stderr is not None
     assert "novajobs console on http://127.0.0.1" in proc.stderr.readline()
     yield f"http://127.0.0.1:{port}"
@@ -92,18 +82,10 @@ def evil_site(console_url: str) -> Iterator[str]:
     server.server_close()
 
 
-def users(ch: Any, n: int) -> None:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    ch.insert("user_relationships", [[u, u % n + 1, now] for u in range(1, n + 1)],
-              ["follower_id", "followee_id", "created_at"])
-    ch.insert("post_events", [[now, 1, u, "view"] for u in range(1, n + 1)],
-              ["event_time", "post_id", "user_id", "event_type"])
-    ch.release()
-
-
 def test_the_console_in_a_real_browser(console_url, browser, evil_site, ch, cli, fast,
                                        handlers, redis_client, names, tmp_path: Path):
-    users(ch, 3000)
+    ring_of_users(ch, 3000)
+    ch.release()
     assert cli("clean-token-blacklist").returncode == 0
 
     def fails(message: Message) -> None:

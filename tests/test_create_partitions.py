@@ -18,10 +18,8 @@ from novajobs.jobs.create_partitions import PartitionRun, months_ahead
 from novajobs.pgsession import open_session
 from novajobs.runner import RunOptions, run_job
 
-
-@pytest.fixture(autouse=True)
-def _servers(redis_server: None, pg_server: None) -> None:
-    """Runs take their lock in Redis; the tables live in PostgreSQL."""
+# Runs take their lock in Redis; the tables live in PostgreSQL.
+pytestmark = pytest.mark.usefixtures("redis_server", "pg_server")
 
 
 def partitions(pg: Any, table: str) -> dict[str, str]:

@@ -4,13 +4,12 @@ an alert for a job that never reported."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import yaml
+from support import promtool_test
 
-from novajobs import deploy, yamltext
+from novajobs import deploy
 from novajobs.output import setup_logging
 from novajobs.registry import JOBS
 from novajobs.runner import run_job
@@ -77,29 +76,16 @@ def test_the_alert_rules_catch_a_job_that_never_reported(tmp_path):
              if r["alert"] == "NovajobsJobNeverReported"}
     assert sorted(never) == sorted(spec.name for spec in JOBS)
     assert never["refresh-trending"]["for"] == "2m"  # twice its every-minute schedule
-    test = {
-        "rule_files": [str(ROOT / deploy.RULES)],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [
-                {"series": 'novajobs_last_run_timestamp_seconds{job="refresh-trending"}',
-                 "values": "_ _ _ _ 240 240 240"},  # reports from minute 4 on
-                *({"series": f'novajobs_last_run_timestamp_seconds{{job="{s.name}"}}',
-                   "values": "0x6"} for s in JOBS if s.name != "refresh-trending"),
-            ],
-            "alert_rule_test": [
-                {"eval_time": "1m", "alertname": "NovajobsJobNeverReported", "exp_alerts": []},
-                {"eval_time": "3m", "alertname": "NovajobsJobNeverReported",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning",
-                                                "job": "refresh-trending"},
-                                 "exp_annotations": never["refresh-trending"]["annotations"]}]},
-                {"eval_time": "5m", "alertname": "NovajobsJobNeverReported", "exp_alerts": []},
-            ],
-        }],
-    }
-    path = tmp_path / "never_reported_test.yml"
-    path.write_text(yamltext.dump(test))
-    done = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
-                          text=True, timeout=60, env={**os.environ})
-    assert done.returncode == 0, done.stdout + done.stderr
+    series = [
+        ('novajobs_last_run_timestamp_seconds{job="refresh-trending"}',
+         "_ _ _ _ 240 240 240"),  # reports from minute 4 on
+        *((f'novajobs_last_run_timestamp_seconds{{job="{s.name}"}}', "0x6")
+          for s in JOBS if s.name != "refresh-trending"),
+    ]
+    promtool_test(tmp_path, ROOT / deploy.RULES, series, alert_rule_test=[
+        {"eval_time": "1m", "alertname": "NovajobsJobNeverReported", "exp_alerts": []},
+        {"eval_time": "3m", "alertname": "NovajobsJobNeverReported",
+         "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "refresh-trending"},
+                         "exp_annotations": never["refresh-trending"]["annotations"]}]},
+        {"eval_time": "5m", "alertname": "NovajobsJobNeverReported", "exp_alerts": []},
+    ])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import expr_samples, promtool, promtool_test
 
 from novajobs import deploy, yamltext
 from novajobs.errors import ConfigError, ExitCode
@@ -191,9 +191,7 @@ def test_configuration_errors_exit_with_a_code_the_policy_fails_at_once(cli):
 
 
 def test_alert_rules_pass_promtool_check():
-    rules = ROOT / deploy.RULES
-    done = subprocess.run([_promtool(), "check", "rules", str(rules)],
-                          capture_output=True, text=True, timeout=60)
+    done = promtool("check", "rules", str(ROOT / deploy.RULES))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -239,26 +237,8 @@ def test_alert_rules_fire_on_the_series_novajobs_pushes(tmp_path):
          [('{__name__="novajobs_last_run_counter",job="archive-partitions",'
            'counter="default_rows_not_archived"}', 12)]),
     ]
-    test = {
-        "rule_files": [str(ROOT / deploy.RULES)],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [{"series": s, "values": v} for s, v in series],
-            "promql_expr_test": [
-                {"expr": exprs[key], "eval_time": at,
-                 "exp_samples": [{"labels": labels, "value": value} for labels, value in want]}
-                for key, at, want in cases
-            ],
-        }],
-    }
-    path = tmp_path / "rules_test.yml"
-    path.write_text(yamltext.dump(test))
-
-    done = subprocess.run([_promtool(), "test", "rules", str(path)],
-                          capture_output=True, text=True, timeout=60)
-
-    assert done.returncode == 0, done.stdout + done.stderr
+    promtool_test(tmp_path, ROOT / deploy.RULES, series,
+                  promql_expr_test=expr_samples(exprs, cases))
 
 
 def test_render_deploy_command_writes_checks_and_removes_stale_files(cli, tmp_path):
@@ -302,9 +282,3 @@ def test_the_image_is_multi_stage_non_root_without_compilers():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ignored[ignored.index("*") + 1:][:3] == ["!pyproject.toml", "!README.md", "!novajobs/"]
 
-
-def _promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.fail("promtool is not installed (Debian package prometheus; run scripts/setup.sh)")
-    return found

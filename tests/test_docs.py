@@ -7,9 +7,9 @@ configuration.md, operations.md, development.md) and the README links into it.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from support import run_script
 
 from novajobs.errors import ExitCode, Outcome
 from novajobs.registry import JOBS
@@ -43,10 +43,7 @@ def test_the_exit_code_table_matches_the_code():
 
 
 def test_the_settings_table_is_generated_from_the_code():
-    script = ROOT / "scripts" / "readme_settings.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--check"], capture_output=True, text=True
-    )
+    result = run_script("readme_settings.py", "--check")
     assert result.returncode == 0, result.stderr
 
 

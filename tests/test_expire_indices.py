@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from es_indices import make_index
-from test_forcemerge import ShardProxy
+from es_indices import ShardProxy, make_index
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from support import probe_job, run_script, wait_for
 
 from novajobs import schema
 from novajobs.context import Guard, JobContext, Result
@@ -53,8 +54,7 @@ def take_over(ctx: JobContext) -> None:
 @pytest.fixture
 def job(redis_server: None) -> JobSpec:
     BEHAVIOUR.clear()
-    return JobSpec(name=f"t-fence-{uuid.uuid4().hex[:8]}", summary="sample", description="",
-                   example="", module=__name__, schedule="* * * * *", timeout_sec=30)
+    return probe_job(f"t-fence-{uuid.uuid4().hex[:8]}", run)
 
 
 def test_each_acquisition_gets_a_higher_fence_recorded_in_the_run_record(job, settings,
@@ -323,13 +323,7 @@ def test_stale_stream_acks_retries_and_promotions_are_refused(stale_and_fresh, r
 def test_the_fencing_experiment_in_its_tiny_mode():
     """scripts/fencing_experiment.py: a holder paused between its ownership check and its
     write; with redis-py's Lock the stale write lands, with novajobs it is refused."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "fencing_experiment.py"
-    done = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True,
-                          text=True, timeout=600)
+    done = run_script("fencing_experiment.py", "--tiny")
 
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     counts = json.loads(done.stdout.splitlines()[-1])
@@ -366,10 +360,8 @@ def cluster(tmp_path_factory: Any) -> Any:
                         "--cluster-replicas", "0", "--cluster-yes"], check=True,
                        capture_output=True, timeout=60)
         client = RedisCluster(host="127.0.0.1", port=ports[0])
-        give_up = time.monotonic() + 30
-        while client.cluster_info().get("cluster_state") != "ok":
-            assert time.monotonic() < give_up, "the cluster never became ok"
-            time.sleep(0.1)
+        wait_for(lambda: client.cluster_info().get("cluster_state") == "ok", 30,
+                 "cluster_state ok")
         yield client
         client.close()
     finally:

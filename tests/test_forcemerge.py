@@ -1,145 +1,22 @@
-"""forcemerge-indices against the noida-db Elasticsearch emulator (official client).
-
-The emulator really keeps indices, creation dates, aliases with is_write_index, closed
-indices and answers _stats, _forcemerge and _tasks; but every non-empty shard has one
-segment and a merge ends at once (its task id is then unknown to _tasks). To test
-candidates and long merges, ``ShardProxy`` sits in front of it: it passes every request
-through and only (a) reports N segments for chosen indices until they are merged and
-(b) answers a force-merge with a task that runs for a chosen time.
-"""
+"""forcemerge-indices against the noida-db Elasticsearch emulator (official client), with
+``ShardProxy`` (tests/es_indices.py) in front of it for segment counts and long merges."""
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 import pytest
-from es_indices import make_index
+from es_indices import ShardProxy, make_index
+from support import spawn, wait_for
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
-
-
-class ShardProxy:
-    def __init__(self, upstream: str) -> None:
-        self.upstream = urlsplit(upstream)
-        self.segments: dict[str, int] = {}  # index -> segments per shard copy until merged
-        self.merge_sec = 0.0  # how long a merge task runs
-        self.fail: set[str] = set()  # indices whose force-merge is answered 500
-        self.emulator_tasks = False  # pass force-merges through (emulator's unknown task ids)
-        self.merged_at: dict[str, float] = {}  # index -> when its merge is (was) done
-        self.tasks: dict[str, tuple[str, float]] = {}  # task id -> (index, done at)
-        self.merges: list[tuple[str, float, dict[str, list[str]]]] = []  # index, at, query
-        self.requests: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def handle_any(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with proxy._lock:
-                    proxy.requests.append((self.command, self.path))
-                status, headers, out = proxy.answer(self.command, self.path, dict(self.headers),
-                                                    body)
-                self.send_response(status)
-                for name, value in headers.items():
-                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def is_merged(self, index: str) -> bool:
-        done = self.merged_at.get(index)
-        return done is not None and time.time() >= done
-
-    # -- what is played on top of the emulator -----------------------------------------
-    def answer(self, method: str, path: str, headers: dict[str, str],
-               body: bytes) -> tuple[int, dict[str, str], bytes]:
-        url = urlsplit(path)
-        parts = [unquote(part) for part in url.path.strip("/").split("/")]
-        if method == "POST" and len(parts) == 2 and parts[1] == "_forcemerge":
-            return self.force_merge(parts[0], path, headers, body, parse_qs(url.query))
-        if method == "GET" and len(parts) == 2 and parts[0] == "_tasks" and parts[1] in self.tasks:
-            return self.task(parts[1])
-        status, out_headers, out = self.forward(method, path, headers, body)
-        if method == "GET" and parts[1:] == ["_stats", "segments"] and status == 200:
-            out = self.inflate(parts[0], out)
-        return status, out_headers, out
-
-    def inflate(self, index: str, raw: bytes) -> bytes:
-        if index not in self.segments or self.is_merged(index):
-            return raw
-        stats = json.loads(raw)
-        for copies in stats["indices"][index]["shards"].values():
-            for copy in copies:
-                copy["segments"]["count"] = self.segments[index]
-        return json.dumps(stats).encode()
-
-    def force_merge(self, index: str, path: str, headers: dict[str, str], body: bytes,
-                    query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
-        self.merges.append((index, time.time(), query))
-        if index in self.fail:
-            error = {"error": {"root_cause": [], "type": "exception", "reason": "merge blew up"},
-                     "status": 500}
-            return 500, {"X-Elastic-Product": "Elasticsearch",
-                         "Content-Type": "application/json"}, json.dumps(error).encode()
-        status, out_headers, out = self.forward("POST", path, headers, body)
-        if self.emulator_tasks or status != 200:
-            self.merged_at[index] = time.time()
-            return status, out_headers, out
-        task = f"proxy:{len(self.tasks) + 1}"
-        self.tasks[task] = (index, time.time() + self.merge_sec)
-        self.merged_at[index] = time.time() + self.merge_sec
-        return 200, out_headers, json.dumps({"task": task}).encode()
-
-    def task(self, task: str) -> tuple[int, dict[str, str], bytes]:
-        index, done_at = self.tasks[task]
-        answer: dict[str, Any] = {"completed": time.time() >= done_at,
-                                  "task": {"action": "indices:admin/forcemerge",
-                                           "description": f"Force-merge indices [{index}]"}}
-        if answer["completed"]:
-            answer["response"] = {"_shards": {"total": 2, "successful": 1, "failed": 0}}
-        return 200, {"X-Elastic-Product": "Elasticsearch",
-                     "Content-Type": "application/json"}, json.dumps(answer).encode()
-
-    def forward(self, method: str, path: str, headers: dict[str, str],
-                body: bytes) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
-        try:
-            send = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
-            conn.request(method, path, body=body or None, headers=send)
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
 
 
 @pytest.fixture
@@ -249,7 +126,7 @@ def test_merges_one_index_at_a_time_waiting_for_each_task(es, proxy, p, fm_setti
     for name, segments in (("logs-a", 6), ("logs-b", 4)):
         make_index(es, p + name, docs=5)
         proxy.segments[p + name] = segments
-    proxy.merge_sec = 0.4
+    proxy.merge_polls = 3  # each task runs until polled three times: however slowly it polls
 
     rec = run_job("forcemerge-indices", fm_settings())
 
@@ -262,7 +139,7 @@ def test_merges_one_index_at_a_time_waiting_for_each_task(es, proxy, p, fm_setti
     # The second merge started only once the first task had completed.
     assert second_at >= proxy.merged_at[p + "logs-a"]
     polls = [path for _, path in proxy.requests if unquote(path).startswith("/_tasks/proxy:1")]
-    assert len(polls) >= 2  # polled while it ran, not one long request
+    assert len(polls) == 4  # polled while it ran (three times), not one long request
     assert es.count(index=p + "logs-a")["count"] == 5  # the data is still there
 
     again = run_job("forcemerge-indices", fm_settings())
@@ -335,14 +212,10 @@ def test_sigterm_while_a_merge_runs_exits_130(es, proxy, p, env):
     make_index(es, p + "logs-a")
     proxy.segments[p + "logs-a"] = 5
     proxy.merge_sec = 60
-    command_env = {**os.environ, **env, "ELASTICSEARCH_URL": proxy.url,
+    command_env = {**env, "ELASTICSEARCH_URL": proxy.url,
                    "NOVAJOBS_FORCEMERGE_PATTERN": f"{p}logs-*", "NOVAJOBS_FORCEMERGE_POLL_SEC": "5"}
-    with subprocess.Popen([sys.executable, "-m", "novajobs", "forcemerge-indices", "--json"],
-                          env=command_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as job:
-        give_up = time.monotonic() + 20
-        while not proxy.merges and time.monotonic() < give_up:
-            time.sleep(0.05)
+    with spawn(command_env, "forcemerge-indices", "--json") as job:
+        wait_for(lambda: proxy.merges, 20, "the force-merge")
         sent = time.monotonic()
         job.send_signal(signal.SIGTERM)
         out, err = job.communicate(timeout=20)

@@ -5,16 +5,14 @@ network faults come from a TCP proxy in front of the real store (tests/s3_faults
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from s3_faults import FaultyProxy
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
 from novajobs_dev import demo_data
+from novajobs_dev.netfaults import refused_port
 
 
 @pytest.fixture
@@ -23,13 +21,6 @@ def files(pg: Any, pg_tables: Any, minio_client: Any, redis_server: None,
     pg_tables("file_metadata")
     return demo_data.load_files(pg, minio_client, names["bucket"], live=10, marked=20, recent=2,
                                 missing=2, held=1, seed=11, max_size=512)
-
-
-@pytest.fixture
-def proxy(s3_server: None, stack: Any) -> Iterator[FaultyProxy]:
-    p = FaultyProxy(int(stack.env()["MINIO_ENDPOINT"].rpartition(":")[2]))
-    yield p
-    p.close()
 
 
 def add_rows_in_missing_bucket(pg: Any, bucket: str, n: int) -> set[int]:
@@ -83,11 +74,7 @@ def test_more_failures_than_the_threshold_fail_the_run(pg, files, minio_client, 
 
 def test_unreachable_store_keeps_every_row_and_exits_69(pg, files, minio_client, names, cli):
     before = state(pg, minio_client, names["bucket"])
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-
-    proc = cli("gc-files", extra_env={"MINIO_ENDPOINT": f"127.0.0.1:{port}",
+    proc = cli("gc-files", extra_env={"MINIO_ENDPOINT": f"127.0.0.1:{refused_port()}",
                                       "NOVAJOBS_RETRY_MAX_WAIT_SEC": "0.1"})
 
     assert proc.returncode == 69, proc.stderr
@@ -96,12 +83,12 @@ def test_unreachable_store_keeps_every_row_and_exits_69(pg, files, minio_client,
 
 
 def test_store_lost_mid_run_keeps_undeleted_rows_and_a_rerun_converges(
-        pg, files, minio_client, names, make_settings, proxy):
+        pg, files, minio_client, names, make_settings, s3_proxy):
     rows, stored = state(pg, minio_client, names["bucket"])
     doomed = sorted({*files["marked"], *files["missing"]})
-    proxy.fail_after_deletes = 2  # two pages go through, then the network is gone
+    s3_proxy.fail_after_deletes = 2  # two pages go through, then the network is gone
 
-    rec = run_job("gc-files", make_settings(minio_endpoint=proxy.endpoint, gc_page_size=5,
+    rec = run_job("gc-files", make_settings(minio_endpoint=s3_proxy.endpoint, gc_page_size=5,
                                             retry_max_wait_sec=0.1))
 
     assert rec.outcome is Outcome.UNAVAILABLE and rec.exit_code == 69
@@ -119,16 +106,19 @@ def test_store_lost_mid_run_keeps_undeleted_rows_and_a_rerun_converges(
 
 
 def test_the_hard_timeout_waits_for_the_page_to_commit(pg, files, minio_client, names, cli,
-                                                       proxy):
+                                                       s3_proxy):
     """The run's timeout strikes while S3 is deleting a page: the page still commits, so no
     row is left pointing at an object that is gone; then the run ends as a timeout."""
-    proxy.delay_deletes = 4.0  # the timeout (1 s + 2 s grace) strikes inside the delete
+    # The delete starts before the 6 s timeout (else the checkpoint just before it would
+    # stop the run: 6 s leave a loaded machine time to get there), and is held past the
+    # hard timeout (6 s + 2 s grace from the run's start, which came before the delete).
+    s3_proxy.delay_deletes = 6 + 2 + 1.0
 
-    proc = cli("gc-files", "--timeout", "1", extra_env={"MINIO_ENDPOINT": proxy.endpoint})
+    proc = cli("gc-files", "--timeout", "6", extra_env={"MINIO_ENDPOINT": s3_proxy.endpoint})
 
     assert proc.returncode == 124, proc.stderr
     rows, stored = state(pg, minio_client, names["bucket"])
     eligible = {*files["marked"], *files["missing"]}
     assert not eligible & set(rows)  # the page committed: every deleted object's row is gone
     assert all(path in stored for path in rows.values())  # and no row lost its object
-    assert proxy.deletes == 1
+    assert s3_proxy.deletes == 1

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import spawn
 
 from novajobs.context import Shard
 from novajobs.errors import Outcome
@@ -152,9 +151,7 @@ def test_three_shards_as_concurrent_processes_delete_everything_once(
     before = snapshot(pg, minio_client, names["bucket"])
     doomed = eligible(files)
     procs = [
-        subprocess.Popen([sys.executable, "-m", "novajobs", "gc-files", "--shard", f"{i}/3",
-                          "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        spawn(env, "gc-files", "--shard", f"{i}/3", "--json")
         for i in (1, 2, 3)
     ]
     results = [p.communicate(timeout=120) for p in procs]

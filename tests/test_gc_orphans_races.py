@@ -13,25 +13,15 @@ import io
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
-from s3_faults import FaultyProxy
 
 from novajobs.runner import RunOptions, run_job
 from novajobs_dev import demo_data
 
 Q = "novajobs-quarantine/"
 KEYS = 240
-
-
-@pytest.fixture
-def proxy(s3_server: None, stack: Any) -> Iterator[FaultyProxy]:
-    p = FaultyProxy(int(stack.env()["MINIO_ENDPOINT"].rpartition(":")[2]))
-    yield p
-    p.close()
 
 
 class Writer:
@@ -82,7 +72,7 @@ def read(minio: Any, bucket: str, key: str) -> bytes | None:
 
 
 def test_rows_written_during_the_runs_keep_their_objects(pg, pg_tables, minio_client, names,
-                                                         env, make_settings, proxy,
+                                                         env, make_settings, s3_proxy,
                                                          redis_server):
     bucket = names["bucket"]
     pg_tables("file_metadata")
@@ -91,9 +81,9 @@ def test_rows_written_during_the_runs_keep_their_objects(pg, pg_tables, minio_cl
     for key in keys:
         minio_client.put_object(bucket, key, io.BytesIO(content(key)), len(content(key)))
     time.sleep(1.2)  # older than the grace below
-    proxy.latency = 0.003  # a slow link: every S3 request of the job takes a while
+    s3_proxy.latency = 0.003  # a slow link: every S3 request of the job takes a while
     settings = make_settings(orphan_buckets=bucket, orphan_grace="1s", orphan_batch_size=8,
-                             orphan_settle_sec=1, minio_endpoint=proxy.endpoint,
+                             orphan_settle_sec=1, minio_endpoint=s3_proxy.endpoint,
                              quarantine_retention="1d")
     mine = keys[: KEYS * 2 // 3]  # the rest stay orphans
     writers = [Writer(env["DATABASE_URL"], minio_client, bucket, mine[k::2], k) for k in (0, 1)]

@@ -11,13 +11,11 @@ import io
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from minio.error import S3Error
-from s3_faults import FaultyProxy
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
@@ -46,20 +44,6 @@ def marked(pg: Any, pg_tables: Any, minio_client: Any, redis_server: None,
     pg_tables("file_metadata")
     return demo_data.load_files(pg, minio_client, names["bucket"], live=20, marked=300,
                                 recent=0, missing=0, held=0, seed=5, max_size=256)
-
-
-@pytest.fixture
-def proxy(s3_server: None, stack: Any) -> Iterator[FaultyProxy]:
-    p = FaultyProxy(int(stack.env()["MINIO_ENDPOINT"].rpartition(":")[2]))
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def pg_proxy(pg_server: None, stack: Any) -> Iterator[FaultyProxy]:
-    p = FaultyProxy(stack.ports["postgres"])
-    yield p
-    p.close()
 
 
 def object_exists(minio_client: Any, bucket: str, path: str) -> bool:
@@ -115,11 +99,11 @@ class Writer:
 
 
 def test_a_thousand_rereference_races_lose_no_referenced_file(
-        pg, marked, minio_client, names, env, make_settings, proxy, pg_proxy, stack):
+        pg, marked, minio_client, names, env, make_settings, s3_proxy, pg_proxy, stack):
     bucket = names["bucket"]
     # Network round trips, as between hosts: each page holds its locks a while, and a
     # writer can commit between the job's scan and its lock (the re-check's case).
-    proxy.delay_deletes = 0.01
+    s3_proxy.delay_deletes = 0.01
     pg_proxy.latency = 0.002
     job_db = env["DATABASE_URL"].replace(f":{stack.ports['postgres']}/", f":{pg_proxy.port}/")
     live = dict(pg.execute("SELECT id, path FROM file_metadata WHERE status = 0").fetchall())
@@ -130,7 +114,7 @@ def test_a_thousand_rereference_races_lose_no_referenced_file(
     runs: list[Any] = []
 
     def collect() -> None:
-        settings = make_settings(gc_page_size=10, minio_endpoint=proxy.endpoint,
+        settings = make_settings(gc_page_size=10, minio_endpoint=s3_proxy.endpoint,
                                  database_url=job_db)
         while not stop.is_set():
             gc_running.set()
@@ -172,16 +156,16 @@ def writer_pid_waits_on_a_lock(pg: Any, pid: int) -> bool:
 
 
 def test_writer_that_waits_on_the_jobs_page_finds_the_row_gone(
-        pg, marked, minio_client, names, env, make_settings, proxy):
-    proxy.delay_deletes = 1.5  # the job holds its first page's row locks this long
+        pg, marked, minio_client, names, env, make_settings, s3_proxy):
+    s3_proxy.delay_deletes = 1.5  # the job holds its first page's row locks this long
     first, second = sorted(marked["marked"])[0], sorted(marked["marked"])[40]
     hashes = dict(pg.execute("SELECT id, file_hash FROM file_metadata").fetchall())
-    settings = make_settings(minio_endpoint=proxy.endpoint, gc_page_size=20)
+    settings = make_settings(minio_endpoint=s3_proxy.endpoint, gc_page_size=20)
     result: list[Any] = []
     job = threading.Thread(target=lambda: result.append(
         run_job("gc-files", settings, RunOptions(use_lock=False))))
     job.start()
-    assert proxy.delete_started.wait(10)
+    assert s3_proxy.delete_started.wait(10)
 
     with psycopg.connect(env["DATABASE_URL"], autocommit=True) as writer:
         # A later page's file: the writer commits first, the job must leave it.
@@ -196,7 +180,7 @@ def test_writer_that_waits_on_the_jobs_page_finds_the_row_gone(
         while time.monotonic() < deadline and not seen_waiting:
             seen_waiting = writer_pid_waits_on_a_lock(pg, writer.info.backend_pid)
             time.sleep(0.01)
-        proxy.delay_deletes = 0  # the other pages at full speed
+        s3_proxy.delay_deletes = 0  # the other pages at full speed
         blocked.join(10)
         job.join(30)
 

@@ -4,42 +4,18 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
-import types
 from typing import Any
 
 import pytest
-from test_status import slow_run
+from support import LOG_PROBE, PASSWORD, SECRET, slow_run, spawn
 
-from novajobs.context import JobContext, Result
 from novajobs.lock import JobLock
 from novajobs.output import setup_logging
 from novajobs.records import status_key
-from novajobs.registry import JobSpec
 from novajobs.runner import run_job
 from novajobs.stops import who_am_i
-
-PROBE = types.ModuleType("novajobs_log_probe")
-
-
-def _probe_run(ctx: JobContext, lines: int = 3, big: int = 0) -> Result:
-    s = ctx.settings
-    ctx.log.info(f"connecting with secret {s.minio_secret_key} to redis://app:{s.neo4j_password}"
-                 f"@cache:6379/0", password=s.neo4j_password)
-    for i in range(lines):
-        ctx.log.info(f"line {i}", n=i, padding="p" * big)
-    return Result(message="logged", details={"checked": ["a", "b"], "secret": s.neo4j_password})
-
-
-PROBE.run = _probe_run  # type: ignore[attr-defined]
-sys.modules[PROBE.__name__] = PROBE
-SPEC = JobSpec(name="log-probe", summary="probe", description="probe", example="-",
-               module=PROBE.__name__, schedule="* * * * *", timeout_sec=30)
-SECRET, PASSWORD = 'S3cr"et-value', "pw-0f-neo4j"
 
 
 def probe_lines(redis_client: Any, settings: Any, run_id: str) -> list[dict[str, Any]]:
@@ -50,7 +26,7 @@ def probe_lines(redis_client: Any, settings: Any, run_id: str) -> list[dict[str,
 def test_a_run_keeps_its_last_lines_capped_and_redacted(redis_client, make_settings):
     setup_logging("json", "info")
     settings = make_settings(minio_secret_key=SECRET, neo4j_password=PASSWORD, run_log_lines=5)
-    rec = run_job(SPEC, settings, lines=20)
+    rec = run_job(LOG_PROBE, settings, lines=20)
 
     kept = probe_lines(redis_client, settings, rec.run_id)
     assert [line["message"] for line in kept] == [
@@ -61,14 +37,14 @@ def test_a_run_keeps_its_last_lines_capped_and_redacted(redis_client, make_setti
     assert 7 * 86400 - 60 < ttl <= 7 * 86400
 
     few = make_settings(minio_secret_key=SECRET, neo4j_password=PASSWORD)
-    first = probe_lines(redis_client, few, run_job(SPEC, few, lines=0).run_id)[1]
+    first = probe_lines(redis_client, few, run_job(LOG_PROBE, few, lines=0).run_id)[1]
     text = json.dumps(first)
     assert SECRET not in first["message"] and PASSWORD not in text and "S3cr" not in text
     assert first["password"] == "****"
     assert first["message"] == "connecting with secret **** to redis://app:****@cache:6379/0"
 
     small = make_settings(run_log_bytes=2000)
-    lines = probe_lines(redis_client, small, run_job(SPEC, small, lines=20, big=300).run_id)
+    lines = probe_lines(redis_client, small, run_job(LOG_PROBE, small, lines=20, big=300).run_id)
     assert sum(len(json.dumps(line)) for line in lines) <= 2000 and lines[-1]["message"] == "logged"
 
 
@@ -77,9 +53,7 @@ def test_logs_prints_a_run_and_stop_interrupts_it_while_follow_tails_it(ch, redi
                                                                           names, cli):
     beat = ("-s", "run_heartbeat_sec=0.2")
     proc = slow_run(ch, env, 3000, *beat)
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "novajobs", "logs", "refresh-suggestions", "--follow", *beat],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = spawn(env, "logs", "refresh-suggestions", "--follow", *beat)
     assert follow.stdout is not None
     assert "run started" in follow.stdout.readline()
 

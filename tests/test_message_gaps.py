@@ -16,9 +16,8 @@ T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # the window is [T0, T0 + 10 min)
 WINDOW = {"since": T0.isoformat(), "until": (T0 + timedelta(minutes=10)).isoformat()}
 
 
-@pytest.fixture(autouse=True)
-def _servers(redis_server: None, pg_server: None) -> None:
-    """Runs take their lock in Redis; the tables live in PostgreSQL."""
+# Runs take their lock in Redis; the tables live in PostgreSQL.
+pytestmark = pytest.mark.usefixtures("redis_server", "pg_server")
 
 
 @pytest.fixture

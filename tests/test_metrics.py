@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import probe_job
 
 from novajobs.context import JobContext, Result, Shard
 from novajobs.errors import JobFailed, Outcome
@@ -18,6 +17,7 @@ from novajobs.lock import lock_key
 from novajobs.metrics import group_path, render
 from novajobs.registry import JobSpec
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev.netfaults import refused_port
 
 BEHAVIOUR: dict[str, Any] = {}  # what the sample job does, per test
 
@@ -34,9 +34,7 @@ def run(ctx: JobContext) -> Result:
 @pytest.fixture
 def job(redis_server: None) -> JobSpec:
     BEHAVIOUR.clear()
-    return JobSpec(name=f"t-metrics-{uuid.uuid4().hex[:8]}", summary="sample", description="",
-                   example="", module=__name__, schedule="* * * * *", timeout_sec=30,
-                   shardable=True)
+    return probe_job(f"t-metrics-{uuid.uuid4().hex[:8]}", run, shardable=True)
 
 
 def group(gateway: str, **labels: str) -> dict[str, Any]:
@@ -180,8 +178,6 @@ def test_cli_run_of_a_real_job_pushes_its_counters(ch, cli, pushgateway, names):
 
 
 @pytest.fixture
-def closed_url() -> Iterator[str]:
-    """A loopback URL on which nothing listens: the port is bound, never listened on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+def closed_url() -> str:
+    """A loopback URL on which nothing listens."""
+    return f"http://127.0.0.1:{refused_port()}"

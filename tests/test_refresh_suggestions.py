@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import socket
-import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from s3_faults import FaultyProxy
 
 from novajobs.context import JobContext, Shard
 from novajobs.errors import Outcome
@@ -173,34 +171,6 @@ def test_no_active_users_is_nothing_to_do(ch, settings):
     assert rec.exit_code == 0
 
 
-class CutProxy:
-    """A TCP proxy to Redis that cuts the connection the first ``cuts`` times the client
-    sends a write of a suggestions key (a network blip mid-pipeline); all else passes."""
-
-    def __init__(self, upstream_port: int, cuts: int) -> None:
-        self.upstream, self.cuts = ("127.0.0.1", upstream_port), cuts
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self.server.accept()
-                upstream = socket.create_connection(self.upstream)
-                for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError), source, sink:
-            while data := source.recv(65536):
-                if source.getpeername()[1] != self.upstream[1] and b"suggested_users" in data \
-                        and self.cuts > 0:
-                    self.cuts -= 1
-                    return  # closes both sides
-                sink.sendall(data)
-
-
 def test_a_pipeline_cut_mid_write_is_sent_again_whole(redis_client, settings, names, stack):
     """A retried write must resend its commands: redis-py empties a pipeline whose
     execute() failed, so retrying that same pipeline wrote nothing and reported success."""
@@ -208,13 +178,14 @@ def test_a_pipeline_cut_mid_write_is_sent_again_whole(redis_client, settings, na
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    proxy = CutProxy(stack.ports["redis"], cuts=1)
+    proxy = FaultyProxy(stack.ports["redis"])
+    proxy.cut_on, proxy.cuts = b"suggested_users", 1  # the first write of a suggestions key
     with JobContext(settings, "refresh-suggestions") as ctx:
         # the driver's own retries off, so the cut reaches novajobs' retry policy
         ctx.conns.__dict__["redis"] = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 0))
         job.write(ctx, {1: [{"user_id": 5, "mutual_count": 3}], 2: []}, ttl_sec=60)
         ctx.redis.close()
-    proxy.server.close()
+    proxy.close()
 
     assert proxy.cuts == 0  # the cut happened
     assert cached(redis_client, names, 1) == [{"user_id": 5, "mutual_count": 3}]

@@ -15,19 +15,8 @@ from novajobs.errors import Outcome
 from novajobs.runner import run_job
 from novajobs_dev import demo_data
 
-
-@pytest.fixture(autouse=True)
-def _servers(redis_server: None, pg_server: None) -> None:
-    """Runs take their lock in Redis; the tables live in PostgreSQL."""
-
-
-@pytest.fixture
-def report_db(pg: Any, pg_tables: Any) -> Any:
-    """The contract tables (chat_messages with one DEFAULT partition) and the owned ones."""
-    pg_tables("users", "chat_messages", "audit_logs", "file_metadata")
-    pg.execute("CREATE TABLE chat_messages_default PARTITION OF chat_messages DEFAULT")
-    schema.ensure_tables(pg)
-    return pg
+# Runs take their lock in Redis; the tables live in PostgreSQL.
+pytestmark = pytest.mark.usefixtures("redis_server", "pg_server")
 
 
 def utc(text: str) -> datetime:

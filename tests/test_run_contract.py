@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,16 +10,26 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from s3_faults import FaultyProxy
+from support import (
+    ring_of_users,
+    run_novajobs,
+    run_seconds,
+    slow_run,
+    spawn,
+    wait_for,
+    wait_for_line,
+)
 
 from novajobs.errors import Outcome
 from novajobs.lock import JobLock
 from novajobs.records import history_key, status_key
 from novajobs.runner import RunOptions, run_job
+from novajobs_dev.netfaults import black_hole, refused_port
 
 # Children import everything, then wait for the barrier file, then race for the lock.
 RACER = """
@@ -31,60 +42,11 @@ sys.exit(run_cli(sys.argv[2:]))
 """
 
 
-def many_users(ch: Any, n: int) -> None:
-    """n active users following each other in a ring (each has one suggestion)."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    ch.insert(
-        "user_relationships",
-        [[u, u % n + 1, now] for u in range(1, n + 1)],
-        ["follower_id", "followee_id", "created_at"],
-    )
-    ch.insert(
-        "post_events",
-        [[now, 1, u, "view"] for u in range(1, n + 1)],
-        ["event_time", "post_id", "user_id", "event_type"],
-    )
-
-
-def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "novajobs", *args],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> None:
-    assert proc.stderr is not None
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        line = proc.stderr.readline()
-        if needle in line:
-            return
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"{needle!r} never logged")
-
-
-def wait_for_keys(redis_client: Any, names: dict[str, str], timeout: float = 90) -> None:
-    """Until the job has written its first keys: it is mid-run, between writes."""
-    give_up = time.monotonic() + timeout
-    while suggestion_keys(redis_client, names) == 0:
-        assert time.monotonic() < give_up, "the job wrote nothing"
-        time.sleep(0.02)
-
-
 def start_slow_run(ch: Any, redis_client: Any, env: dict[str, str], names: dict[str, str],
-                   *args: str) -> subprocess.Popen[str]:
-    """refresh-suggestions over 400 users one at a time, caught between two writes."""
-    many_users(ch, 400)
-    ch.release()
-    proc = spawn(env, "refresh-suggestions", "--batch-size", "0",
-                 "-s", "suggestion_chunk_size=1", *args)
-    wait_for_line(proc, "run started")
-    wait_for_keys(redis_client, names)
+                   *args: str, users: int = 400) -> subprocess.Popen[str]:
+    """refresh-suggestions over ``users`` users one at a time, caught between two writes."""
+    proc = slow_run(ch, env, users, *args)
+    wait_for(lambda: suggestion_keys(redis_client, names) > 0, 90, "the job's first keys")
     return proc
 
 
@@ -93,7 +55,7 @@ def suggestion_keys(redis_client: Any, names: dict[str, str]) -> int:
 
 
 def test_twenty_racing_processes_exactly_one_runs(ch, redis_client, env, names, tmp_path):
-    many_users(ch, 3000)
+    ring_of_users(ch, 3000)
     ch.release()
     barrier = tmp_path / "go"
     args = ["refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=50"]
@@ -194,7 +156,9 @@ def test_release_never_removes_a_lock_another_run_holds(redis_client, names):
 
 @pytest.mark.cluster
 def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_client, env, names):
-    proc = start_slow_run(ch, redis_client, env, names, "-s", "lock_ttl_sec=1.5")
+    # The heartbeat (every TTL/3) finds the lock gone: a TTL long enough that a loaded
+    # machine's late renewal does not lose the lease first, users enough to outlast it.
+    proc = start_slow_run(ch, redis_client, env, names, "-s", "lock_ttl_sec=6", users=1000)
     redis_client.delete(f"{names['prefix']}job:lock:refresh-suggestions")
     code = proc.wait(timeout=60)
     proc.communicate()
@@ -203,7 +167,7 @@ def test_lock_deleted_mid_run_stops_the_job_before_its_next_write(ch, redis_clie
     status = redis_client.hgetall(status_key(names["prefix"], "refresh-suggestions"))
     assert status[b"outcome"] == b"lock_lost"
     written = json.loads(status[b"counters"])["keys_written"]
-    assert 0 < written < 400
+    assert 0 < written < 1000
     assert suggestion_keys(redis_client, names) == written  # nothing after the stop
 
 
@@ -239,7 +203,7 @@ def test_sigterm_stops_at_a_safe_point_releases_and_records_interrupted(
 
 
 def test_timeout_ends_the_run_with_its_exit_code(ch, redis_client, cli, names):
-    many_users(ch, 2000)
+    ring_of_users(ch, 2000)
     ch.release()
 
     started = time.monotonic()
@@ -295,9 +259,7 @@ def port_open(port: int) -> bool:
 
 def test_a_hung_redis_cannot_hold_the_run_past_its_timeout(tmp_path):
     """A store that accepts connections but never answers (here: a stopped redis-server)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = refused_port()
     server = subprocess.Popen(
         [
             "redis-server",
@@ -313,28 +275,17 @@ def test_a_hung_redis_cannot_hold_the_run_past_its_timeout(tmp_path):
         stdout=subprocess.DEVNULL,
     )
     try:
-        give_up = time.monotonic() + 10
-        while not port_open(port):
-            assert time.monotonic() < give_up
-            time.sleep(0.05)
+        wait_for(lambda: port_open(port), 10, "redis-server")
         server.send_signal(signal.SIGSTOP)
         env = {
-            **os.environ,
             "REDIS_URL": f"redis://127.0.0.1:{port}/0",
             "NOVAJOBS_REDIS_TIMEOUT_SEC": "0.5",
             "NOVAJOBS_RETRY_ATTEMPTS": "10",
         }
-        started = time.monotonic()
-        result = subprocess.run(
-            # 3 s: one 1.5 s try always leaves room for one retry (with 2 s, whether the
-            # first backoff still fit was a coin toss, and the retry line below flaky)
-            [sys.executable, "-m", "novajobs", "refresh-trending", "--timeout", "3"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        elapsed = time.monotonic() - started
+        # 6 s: the first try (its driver imported, connected, 0.5 s unanswered) leaves
+        # room for a retry even on a loaded machine; ten would not fit
+        result = run_novajobs(env, "refresh-trending", "--timeout", "6", timeout=60)
+        exited_at = time.time()
     finally:
         server.send_signal(signal.SIGCONT)
         server.terminate()
@@ -342,16 +293,15 @@ def test_a_hung_redis_cannot_hold_the_run_past_its_timeout(tmp_path):
 
     # Retries stop when the next one would not fit in the budget: the store is unavailable.
     assert result.returncode == 69, result.stderr
-    assert elapsed < 12  # 3 s budget + 2 s grace, then one bounded try to record the outcome
+    # From the run's start: the 6 s budget + 2 s grace, then one bounded try to record
+    assert run_seconds(result.stderr, exited_at) < 12
     assert "connect to Redis failed, retrying" in result.stderr
 
 
 def test_a_job_stuck_in_one_call_is_cut_off_at_its_timeout(redis_client, cli, names):
     """A ClickHouse that accepts the connection and never answers; its own timeout is 60 s."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
+    with black_hole() as hole:
+        port = hole.port
         started = time.monotonic()
         result = cli(
             "refresh-trending",
@@ -410,15 +360,29 @@ def test_an_overdue_lease_stops_the_job_even_while_redis_still_shows_the_lock(
 
 
 @pytest.mark.cluster
-def test_the_heartbeat_keeps_a_run_longer_than_its_ttl_alive(ch, redis_client, cli, names):
-    many_users(ch, 600)
-    ch.release()
-
-    result = cli("refresh-suggestions", "--batch-size", "0", "--json",
-                 "-s", "suggestion_chunk_size=1", "-s", "lock_ttl_sec=1")
+def test_the_heartbeat_keeps_a_run_longer_than_its_ttl_alive(ch, redis_client, cli, names,
+                                                              stack, redis_topology):
+    # On one Redis every call is made 50 ms late (a proxy): 100 users, a few calls each,
+    # take longer than three 4 s TTLs however fast the machine, and a renewal (every
+    # 1.3 s) may come 1.3 s late before the lease is lost, as on a loaded machine. No
+    # proxy can front a cluster (its nodes send clients to themselves): there 600 users
+    # and a 1 s TTL.
+    users, ttl, extra = 600, 1, {}
+    with contextlib.ExitStack() as cleanup:
+        if redis_topology == "single":
+            slow_redis = FaultyProxy(stack.ports["redis"])
+            cleanup.callback(slow_redis.close)
+            slow_redis.latency = 0.05
+            users, ttl = 100, 4
+            extra = {"REDIS_URL": f"redis://{slow_redis.endpoint}/0"}
+        ring_of_users(ch, users)
+        ch.release()
+        result = cli("refresh-suggestions", "--batch-size", "0", "--json",
+                     "-s", "suggestion_chunk_size=1", "-s", f"lock_ttl_sec={ttl}",
+                     timeout=300, extra_env=extra)
 
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["duration_ms"] > 3000  # three TTLs: it only lived on renewals
-    assert record["counters"]["keys_written"] == 600
+    assert record["duration_ms"] > 3 * ttl * 1000  # three TTLs: it only lived on renewals
+    assert record["counters"]["keys_written"] == users
     assert redis_client.get(f"{names['prefix']}job:lock:refresh-suggestions") is None

@@ -6,21 +6,14 @@ lost file or entry makes a script exit non-zero."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
+from support import SCRIPTS, run_script
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 MEASURED = sorted(p.name for p in [*SCRIPTS.glob("bench_*.py"), *SCRIPTS.glob("crash_*.py"),
                                     SCRIPTS / "faults.py"])
-
-
-def _run_tiny(script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPTS / script), "--tiny"],
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +21,7 @@ def tiny_runs() -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]
     """All scripts at once, a few at a time: they mostly wait for their servers to start
     and stop, so this takes a fraction of running them one after another."""
     with ThreadPoolExecutor(max_workers=3) as pool:
-        yield {script: pool.submit(_run_tiny, script) for script in MEASURED}
+        yield {script: pool.submit(run_script, script, "--tiny") for script in MEASURED}
 
 
 @pytest.mark.xdist_group("tiny-scripts")  # one worker runs the pool below, not each
@@ -40,6 +33,5 @@ def test_the_script_runs_in_its_tiny_mode(script, tiny_runs):
 
 def test_the_entry_points_the_docs_name_run():
     for script in ("stack.py", "demo_data.py", "topology.py"):
-        done = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"],
-                              capture_output=True, text=True, timeout=60)
+        done = run_script(script, "--help", timeout=60)
         assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr)

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import drain
 
-from novajobs.runner import RunOptions, run_job
-from novajobs.schema import ensure_tables
-from novajobs.settings import Settings
 from novajobs.streams import dlq, keys, queues
 from novajobs.streams.audit import AuditLogHandler
 from novajobs.streams.entries import decode_entry
@@ -36,11 +33,9 @@ CREATE TRIGGER flaky BEFORE INSERT ON audit_logs FOR EACH ROW EXECUTE FUNCTION f
 
 
 @pytest.fixture
-def audit_db(pg: Any, pg_tables: Callable[..., None]) -> Any:
-    pg_tables("audit_logs")
-    ensure_tables(pg, ["novajobs_stream_dedupe"])
-    pg.execute(FLAKY_DDL)
-    return pg
+def audit_db(audit_db: Any) -> Any:
+    audit_db.execute(FLAKY_DDL)
+    return audit_db
 
 
 def raw_entries(r: Any, key: str) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -53,10 +48,6 @@ def raw_entries(r: Any, key: str) -> list[tuple[str, list[tuple[str, str]]]]:
 
 def meta_names(pairs: list[tuple[str, str]]) -> list[str]:
     return [name for name, _ in pairs if name.startswith("novajobs:")]
-
-
-def drain(settings: Settings) -> Any:
-    return run_job("drain-stream", settings, RunOptions())
 
 
 def test_every_path_writes_the_audit_row_once(redis_client, audit_db, fast, names, cli):

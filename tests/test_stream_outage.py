@@ -7,39 +7,18 @@ run of the same consumer picks those entries up at once."""
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Callable
 from typing import Any
 
-import pytest
+from support import drain
 
 from novajobs.errors import Outcome
-from novajobs.runner import RunOptions, run_job
+from novajobs.runner import run_job
 from novajobs.schema import ensure_tables
-from novajobs.settings import Settings
 from novajobs.streams.handlers import Message, Unavailable
 from novajobs.streams.keys import stream_keys
+from novajobs_dev.netfaults import black_hole, refused_port
 
 AUDIT = "stream:audit:log"
-
-
-@pytest.fixture
-def audit_db(pg: Any, pg_tables: Callable[..., None]) -> Any:
-    pg_tables("audit_logs")
-    ensure_tables(pg, ["novajobs_stream_dedupe"])
-    return pg
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on: connecting is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def drain(settings: Settings, *streams: str) -> Any:
-    return run_job("drain-stream", settings, RunOptions(), streams=streams)
 
 
 def deliveries(r: Any, key: str) -> dict[str, int]:
@@ -56,11 +35,11 @@ def add_audit(r: Any, key: str, n: int) -> list[str]:
 
 
 def test_postgres_down_stops_the_drain_and_touches_no_entry(
-        redis_client, audit_db, fast, names, closed_port):
+        redis_client, audit_db, fast, names):
     p = names["prefix"]
     key = p + AUDIT
     ids = add_audit(redis_client, key, 300)
-    url = f"postgresql://postgres@127.0.0.1:{closed_port}/postgres"
+    url = f"postgresql://postgres@127.0.0.1:{refused_port()}/postgres"
     down = fast(database_url=url, stream_max_retries=1, stream_retry_initial_sec=0.01,
                 stream_claim_idle_sec=30)
 
@@ -89,10 +68,10 @@ def test_postgres_down_stops_the_drain_and_touches_no_entry(
 
 
 def test_entries_left_by_an_outage_go_to_another_consumer_at_once(
-        redis_client, audit_db, fast, names, closed_port):
+        redis_client, audit_db, fast, names):
     key = names["prefix"] + AUDIT
     add_audit(redis_client, key, 40)
-    url = f"postgresql://postgres@127.0.0.1:{closed_port}/postgres"
+    url = f"postgresql://postgres@127.0.0.1:{refused_port()}/postgres"
     rec = drain(fast(database_url=url, stream_consumer="pod-a", stream_claim_idle_sec=600))
     assert rec.exit_code == 69 and rec.counters["left_pending"] == 40, rec.counters
 
@@ -175,10 +154,8 @@ def test_postgres_black_holed_stops_within_seconds(redis_client, audit_db, fast,
     an outage like a refused connection (nothing retried, everything left pending)."""
     key = names["prefix"] + AUDIT
     add_audit(redis_client, key, 20)
-    with socket.socket() as hole:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(64)  # never accepted, never answered
-        url = f"postgresql://postgres@127.0.0.1:{hole.getsockname()[1]}/postgres"
+    with black_hole() as hole:  # never answers
+        url = f"postgresql://postgres@127.0.0.1:{hole.port}/postgres"
         rec = drain(fast(database_url=url, connect_timeout_sec=1, drain_concurrency=4))
 
     assert rec.exit_code == 69, rec.error

@@ -6,17 +6,14 @@ Handlers reach the subprocess through a real `novajobs.handlers` entry point."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from stream_handlers import entry_point_env
+from support import spawn, wait_for
 
 from novajobs.errors import Outcome
 from novajobs.runner import RunOptions, run_job
@@ -29,20 +26,11 @@ AUDIT = "stream:audit:log"
 def start(env: dict[str, str], *args: str, extra: dict[str, str] | None = None,
           log: Path | None = None) -> Any:
     """`novajobs drain-stream ARGS` in the background; output piped, or to ``log``."""
-    argv = [sys.executable, "-m", "novajobs", "drain-stream", *args]
-    full_env = {**os.environ, **env, **(extra or {})}
+    full_env = {**env, **(extra or {})}
     if log is None:
-        return subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return spawn(full_env, "drain-stream", *args)
     with log.open("w") as out:  # a killed process leaves no pipe behind
-        return subprocess.Popen(argv, env=full_env, stdout=out, stderr=out)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30) -> None:
-    give_up = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < give_up, "timed out waiting"
-        time.sleep(0.01)
+        return spawn(full_env, "drain-stream", *args, stdout=out, stderr=out)
 
 
 def test_sigterm_lets_running_handlers_finish_and_acks_them(redis_client, env, names, tmp_path):

@@ -9,19 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import drain, expr_samples, promtool_test
 
 from novajobs.errors import ConfigError, Outcome
 from novajobs.metrics import STREAM_GAUGES
-from novajobs.runner import RunOptions, run_job
-from novajobs.settings import Settings
+from novajobs.runner import run_job
 from novajobs.streams import dlq
 from novajobs.streams.keys import hash_tag, migrate_legacy, slot, stream_keys
 from novajobs.streams.lag import measure
 from novajobs.streams.settle import trim_acked
-
-
-def drain(settings: Settings, *streams: str) -> Any:
-    return run_job("drain-stream", settings, RunOptions(), streams=streams)
 
 
 def ids_of(r: Any, key: str) -> list[str]:
@@ -290,9 +286,6 @@ def test_lag_gauges_reach_the_pushgateway(redis_client, handlers, fast, names, p
 def test_stream_alert_rules_fire_on_the_gauges_runs_push(tmp_path):
     """promtool evaluates the generated rules on series shaped like the pushes of
     drain-stream and promote-retries (the same gauge from two job groups)."""
-    import shutil
-    import subprocess
-
     import yaml
 
     from novajobs import deploy, yamltext
@@ -324,22 +317,7 @@ def test_stream_alert_rules_fire_on_the_gauges_runs_push(tmp_path):
         ("NovajobsDeadLettersDropped", "1m", []),
         ("NovajobsDeadLettersDropped", "3m", [('{stream="a"}', 4)]),
     ]
-    test = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m",
-        "input_series": [{"series": s, "values": v} for s, v in series],
-        "promql_expr_test": [
-            {"expr": exprs[name], "eval_time": at,
-             "exp_samples": [{"labels": labels, "value": value} for labels, value in want]}
-            for name, at, want in cases],
-    }]}
-    path = tmp_path / "rules_test.yml"
-    path.write_text(yamltext.dump(test))
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is not installed (scripts/setup.sh)"
+    promtool_test(tmp_path, rules, series, promql_expr_test=expr_samples(exprs, cases))
 
-    done = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
-                          text=True, timeout=60)
-
-    assert done.returncode == 0, done.stdout + done.stderr
     shipped = (Path(__file__).resolve().parent.parent / deploy.RULES).read_text()
     assert all(f"alert: {name}" in shipped for name in exprs)  # rendered with the others

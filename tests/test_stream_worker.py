@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import pytest
 from stream_handlers import Gauge, Recorder
+from support import drain
 
 from novajobs.errors import Outcome
 from novajobs.lock import JobLock
-from novajobs.runner import RunOptions, run_job
-from novajobs.settings import Settings
 from novajobs.streams.handlers import Message
 from novajobs.streams.keys import stream_keys
-
-
-def drain(settings: Settings, *streams: str, **options: Any) -> Any:
-    return run_job("drain-stream", settings, RunOptions(**options), streams=streams)
 
 
 def test_a_handler_that_overruns_its_timeout_fails_and_never_holds_the_run(

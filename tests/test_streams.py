@@ -5,37 +5,22 @@ concurrency bound, replay, atomic promotion, failure limit, per-consumer lock.""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import drain, spawn, wait_for
 
 from novajobs.errors import Outcome
-from novajobs.runner import RunOptions, run_job
-from novajobs.schema import ensure_tables
-from novajobs.settings import Settings
+from novajobs.runner import run_job
 from novajobs.streams import dlq, queues
 from novajobs.streams.handlers import Message
 from novajobs.streams.keys import stream_keys
 
 AUDIT = "stream:audit:log"
-
-
-@pytest.fixture
-def audit_db(pg: Any, pg_tables: Callable[..., None]) -> Any:
-    pg_tables("audit_logs")
-    ensure_tables(pg, ["novajobs_stream_dedupe"])
-    return pg
-
-
-def drain(settings: Settings, *streams: str, **options: Any) -> Any:
-    return run_job("drain-stream", settings, RunOptions(**options), streams=streams)
 
 
 def add(r: Any, key: str, n: int, **fields: Any) -> list[str]:
@@ -237,9 +222,8 @@ def test_promote_is_atomic_under_kill_and_races(redis_client, env, names):
         pipe.zadd(stream_keys(p, "s").retry, {queues.retry_member(m, 1, "e"): 1000})
     pipe.execute()
 
-    proc = subprocess.Popen([sys.executable, "-m", "novajobs", "promote-retries", "s",
-                             "-s", "stream_promote_batch=1"], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn(env, "promote-retries", "s", "-s", "stream_promote_batch=1",
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: redis_client.xlen(p + "s") > 200, 30)
     proc.kill()  # SIGKILL between two scripts, wherever that is
     proc.wait()
@@ -259,13 +243,6 @@ def test_promote_is_atomic_under_kill_and_races(redis_client, env, names):
 def promote_all(r: Any, prefix: str) -> None:
     while queues.promote_due(r, stream_keys(prefix, "s"), time.time(), 7):
         pass
-
-
-def wait_for(cond: Callable[[], bool], timeout: float) -> None:
-    give_up = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < give_up, "timed out waiting"
-        time.sleep(0.01)
 
 
 def test_a_fenced_round_acks_more_ids_than_lua_unpacks_at_once(redis_client, names):

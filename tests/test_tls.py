@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import one_line_error
 
 from novajobs_dev import demo_data, tls_servers
 
@@ -54,9 +55,7 @@ def tls_s3(tls_dir: Path, certs: Any) -> Iterator[Any]:
 
 
 def one_line(result: Any, needle: str) -> None:
-    assert result.returncode == 78, result.stderr
-    assert needle in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
+    one_line_error(result, 78, needle)  # a TLS setting or certificate: a configuration error
 
 
 # -- Redis ----------------------------------------------------------------------------------

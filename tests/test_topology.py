@@ -8,26 +8,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from support import one_line_error, ring_of_users, run_novajobs, spawn, wait_for
 
 from novajobs.context import JobContext
 from novajobs.errors import Outcome
 from novajobs.jobs import clean_token_blacklist
 from novajobs.lock import JobLock
 from novajobs.records import history_key, status_key
+from novajobs_dev.netfaults import refused_port
 
 BLOCK = "auth:block:token:"
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
-    assert result.returncode == code, result.stderr
-    assert needle in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def blacklist(r: Any, prefix: str, now: int, tag: str = "", n: int = 30) -> None:
@@ -79,13 +73,14 @@ def test_a_database_number_on_a_cluster_is_a_config_error(redis_cluster, cli):
 
 def test_a_replica_of_a_single_server_is_refused_before_the_lock(redis_server, stack, cli,
                                                                   tmp_path):
-    port = stack_module_free_port()
+    port = refused_port()
     replica = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--dir", str(tmp_path), "--replicaof", "127.0.0.1", str(stack.ports["redis"])],
         stdout=subprocess.DEVNULL)
     try:
-        wait_until(lambda: redis.Redis(port=port).ping())
+        wait_for(lambda: redis.Redis(port=port).ping(), what="the replica",
+                 ignoring=(redis.RedisError,))
         result = cli("clean-token-blacklist",
                      extra_env={"REDIS_URL": f"redis://127.0.0.1:{port}/0"})
     finally:
@@ -141,7 +136,8 @@ def test_a_lock_survives_the_failover_of_its_primary(own_cluster, names):
     own_cluster.kill(primary)
     own_cluster.wait_for_failover(primary)
 
-    wait_until(lambda: lock.renew(), what="the renewal on the new primary")
+    wait_for(lambda: lock.renew(), what="the renewal on the new primary",
+             ignoring=(redis.RedisError,))
     assert json.loads(r.get(key))["run_id"] == "first"
     assert not JobLock(r, key, 30, {"run_id": "second"}).acquire()
     assert lock.release()
@@ -151,7 +147,7 @@ def test_a_lock_survives_the_failover_of_its_primary(own_cluster, names):
 def test_a_primary_killed_mid_run_ends_with_a_documented_code_and_a_rerun_converges(
         own_cluster, ch, env, names):
     users = 300
-    follow_ring(ch, users)
+    ring_of_users(ch, users)
     ch.release()
     victim = own_cluster.primary_of(f"{names['prefix']}job:lock:refresh-suggestions")
     seed = next(port for port in own_cluster.ports if port != victim)  # must stay reachable
@@ -161,7 +157,8 @@ def test_a_primary_killed_mid_run_ends_with_a_documented_code_and_a_rerun_conver
     args = ["refresh-suggestions", "--batch-size", "0", "-s", "suggestion_chunk_size=2",
             "-s", "lock_ttl_sec=5"]
     proc = spawn(run_env, *args)
-    wait_until(lambda: count_keys(r, names) >= 20, what="the first keys")
+    wait_for(lambda: count_keys(r, names) >= 20, what="the first keys",
+             ignoring=(redis.RedisError,))
     own_cluster.kill(victim)
     _, stderr = proc.communicate(timeout=120)
     own_cluster.wait_for_failover(victim)
@@ -170,8 +167,7 @@ def test_a_primary_killed_mid_run_ends_with_a_documented_code_and_a_rerun_conver
     assert proc.returncode in (0, 69, 4), stderr
     assert "Traceback" not in stderr
     # A run that could not release its lock (the primary was gone) leaves it to expire.
-    again = subprocess.run([sys.executable, "-m", "novajobs", *args, "--wait", "10"],
-                           env=full_env(run_env), capture_output=True, text=True, timeout=120)
+    again = run_novajobs(run_env, *args, "--wait", "10")
     assert again.returncode == 0, stderr + again.stderr
     assert count_keys(r, names) == users
     for user in (1, users // 2, users):  # the ring: each user's one suggestion
@@ -203,7 +199,7 @@ def test_a_primary_killed_mid_drain_loses_no_stream_entry(own_cluster, pg, pg_ta
     args = ["drain-stream", "-s", "drain_concurrency=1", "-s", "lock_ttl_sec=5",
             "-s", "stream_claim_idle_sec=1", "-s", "drain_message_timeout_sec=0.9"]
     proc = spawn(run_env, *args)
-    wait_until(lambda: rows(pg) >= 200, timeout=90, what="the first rows")
+    wait_for(lambda: rows(pg) >= 200, 90, "the first rows", ignoring=(redis.RedisError,))
     own_cluster.kill(victim)
     _, stderr = proc.communicate(timeout=120)
     own_cluster.wait_for_failover(victim)
@@ -211,8 +207,7 @@ def test_a_primary_killed_mid_drain_loses_no_stream_entry(own_cluster, pg, pg_ta
     assert proc.returncode in (0, 69, 4), stderr
     assert "Traceback" not in stderr
     time.sleep(1.1)  # the dead run's pending entries idle long enough to be reclaimed
-    again = subprocess.run([sys.executable, "-m", "novajobs", *args, "--wait", "10"],
-                           env=full_env(run_env), capture_output=True, text=True, timeout=120)
+    again = run_novajobs(run_env, *args, "--wait", "10")
     assert again.returncode == 0, stderr + again.stderr
     assert pg.execute("SELECT count(*), count(DISTINCT user_id), min(user_id), max(user_id)"
                       " FROM audit_logs").fetchone() == (total, total, 0, total - 1)
@@ -251,45 +246,6 @@ def test_migrate_keys_moves_the_run_records_of_an_older_version(redis_client, se
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def stack_module_free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(ready: Any, timeout: float = 30, what: str = "the server") -> None:
-    give_up = time.monotonic() + timeout
-    while True:
-        try:
-            if ready():
-                return
-        except redis.RedisError:
-            pass
-        assert time.monotonic() < give_up, f"{what} never came"
-        time.sleep(0.05)
-
-
-def follow_ring(ch: Any, n: int) -> None:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    ch.insert("user_relationships", [[u, u % n + 1, now] for u in range(1, n + 1)],
-              ["follower_id", "followee_id", "created_at"])
-    ch.insert("post_events", [[now, 1, u, "view"] for u in range(1, n + 1)],
-              ["event_time", "post_id", "user_id", "event_type"])
-
-
-def full_env(env: dict[str, str]) -> dict[str, str]:
-    import os
-
-    return {**os.environ, **env}
-
-
-def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "novajobs", *args], env=full_env(env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def rows(pg: Any) -> int:

@@ -111,17 +111,7 @@ def locks(ctx: click.Context, /, as_json: bool, **kw: Any) -> None:
     holders = [
         h for key in r.scan_iter(match=prefix + "*", count=500) if (h := read_holder(r, key))
     ]
-    rows = [
-        {
-            "job": text(h.key)[len(prefix) :],
-            "host": h.info.get("host"),
-            "pid": h.info.get("pid"),
-            "run_id": h.info.get("run_id"),
-            "age_sec": round(h.age_sec, 1) if h.age_sec is not None else None,
-            "ttl_sec": round(h.ttl_ms / 1000, 1),
-        }
-        for h in holders
-    ]
+    rows = [{"job": text(h.key)[len(prefix) :], **h.summary()} for h in holders]
     if as_json:
         print_json(rows)
     elif not rows:

@@ -90,15 +90,10 @@ def locks(r: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
         holder = read_holder(r, key)
         if holder is None:
             continue
-        since = holder.info.get("since")
         out.append({
             "key": holder.key if isinstance(holder.key, str) else holder.key.decode(),
             "unit": holder.info.get("job"),
-            "host": holder.info.get("host"),
-            "pid": holder.info.get("pid"),
-            "run_id": holder.info.get("run_id"),
-            "age_sec": round(now - since, 1) if isinstance(since, int | float) else None,
-            "ttl_sec": round(holder.ttl_ms / 1000, 1),
+            **holder.summary(now),
         })
     return sorted(out, key=lambda x: x["key"])
 

@@ -200,10 +200,8 @@ class VerifyFailed(Exception):
 def run(ctx: JobContext) -> Result:
     s = ctx.settings
     if not s.audit_archive_retention_days:
-        message = ("audit_archive_retention_days is not set: no audit_logs row is archived or "
-                   "deleted until it is (e.g. NOVAJOBS_AUDIT_ARCHIVE_RETENTION_DAYS=180)")
-        ctx.log.warning(message)
-        return Result(Outcome.NOTHING_TO_DO, message)
+        return ctx.not_configured("audit_archive_retention_days",
+                                  "no audit_logs row is archived or deleted", "180")
     with pg_session(ctx) as conn:
         pin_text_format(conn)
         require_tables(conn, owned=("novajobs_audit_archive",), read=(TABLE,))

@@ -284,10 +284,8 @@ def run(ctx: JobContext, table: tuple[str, ...] = ()) -> Result:
     check_params(s, table)
     tables = retention_months(s, table)
     if not tables:
-        message = ("archive_retention_months is not set: no partition is archived until it "
-                   "is (e.g. NOVAJOBS_ARCHIVE_RETENTION_MONTHS=chat_messages=12,chat_inbox=12)")
-        ctx.log.warning(message)
-        return Result(Outcome.NOTHING_TO_DO, message)
+        return ctx.not_configured("archive_retention_months", "no partition is archived",
+                                  "chat_messages=12,chat_inbox=12")
     with pg_session(ctx, lock_timeout_sec=s.pg_lock_timeout_sec) as conn:
         pin_text_format(conn)
         if not ctx.dry_run:

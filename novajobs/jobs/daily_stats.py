@@ -28,7 +28,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from novajobs.catchup import CatchUp, fill_missed, logical_now
+from novajobs.catchup import CatchUp, fill_missed, logical_now, with_catchup
 from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, local_today, resolve_days
 from novajobs.errors import Outcome
@@ -226,11 +226,9 @@ def _result(ctx: JobContext, first: date, last: date, written: Written,
         "updated": [d.isoformat() for d in sorted(updated)],
         "timezone": tz,
     }
-    if catch is not None:
-        details["catchup"] = catch.details()
-    return Result(
+    return with_catchup(Result(
         Outcome.SUCCESS,
         f"daily stats for {span} ({tz}): {len(inserted)} inserted, {len(updated)} updated, "
-        f"{unchanged} unchanged" + (catch.summary() if catch else ""),
+        f"{unchanged} unchanged",
         details,
-    )
+    ), catch)

@@ -49,10 +49,8 @@ def summary(index: Index) -> dict[str, Any]:
 def run(ctx: JobContext) -> Result:
     s = ctx.settings
     if not s.expire_retention_days:
-        message = ("expire_retention_days is not set: no index is deleted until it is "
-                   "(e.g. NOVAJOBS_EXPIRE_RETENTION_DAYS=30)")
-        ctx.log.warning(message)
-        return Result(Outcome.NOTHING_TO_DO, message, {"pattern": s.expire_pattern})
+        return ctx.not_configured("expire_retention_days", "no index is deleted", "30",
+                                  pattern=s.expire_pattern)
     indices = list_indices(ctx, s.expire_pattern)
     aliases = read_aliases(ctx, s.expire_pattern)
     writes = write_indices(ctx, aliases)

@@ -314,10 +314,7 @@ def check_params(settings: Settings, mark_missing: bool = False) -> None:
 def run(ctx: JobContext, mark_missing: bool = False) -> Result:
     s = ctx.settings
     if not s.orphan_buckets:
-        message = ("orphan_buckets is not set: no bucket is checked until it is "
-                   "(e.g. NOVAJOBS_ORPHAN_BUCKETS=nova-files)")
-        ctx.log.warning(message)
-        return Result(Outcome.NOTHING_TO_DO, message)
+        return ctx.not_configured("orphan_buckets", "no bucket is checked", "nova-files")
     with pg_session(ctx) as conn:
         require_tables(conn, owned=("novajobs_missing_objects",) if mark_missing else (),
                        read=("file_metadata",))

@@ -23,7 +23,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from novajobs.catchup import CatchUp, fill_missed, logical_now
+from novajobs.catchup import CatchUp, fill_missed, logical_now, with_catchup
 from novajobs.context import JobContext, Result
 from novajobs.dates import MAX_BACKFILL_DAYS, IsoWeek, local_today, parse_week, resolve_week
 from novajobs.errors import Outcome, UsageError
@@ -168,11 +168,8 @@ def run(ctx: JobContext, week: str | None = None, no_catchup: bool = False) -> R
         "to": end.isoformat(),
         "channels": rows,
     }
-    if catch is not None:
-        details["catchup"] = catch.details()
-    return Result(
+    return with_catchup(Result(
         Outcome.SUCCESS,
-        f"week {target.label}: ranked {len(ranked)} channels"
-        f" (replaced {replaced} rows)" + (catch.summary() if catch else ""),
+        f"week {target.label}: ranked {len(ranked)} channels (replaced {replaced} rows)",
         details,
-    )
+    ), catch)

@@ -10,14 +10,13 @@ exactly one committed archive, and no object in the prefix that is not one.
 from __future__ import annotations
 
 import gzip
-import os
 import random
 import subprocess
 import sys
 import time
 from typing import Any
 
-from novajobs_dev import demo_data
+from novajobs_dev import demo_data, stack
 from novajobs_dev.kill import ROOT, kill_after
 
 PREFIX = "audit_logs/"
@@ -133,12 +132,6 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, old: dic
 
 def job_env(stack_env: dict[str, str], schema: str, prefix: str, bucket: str,
             batch_rows: int) -> dict[str, str]:
-    env = {**os.environ, **stack_env}
-    env.pop("NOVAJOBS_CONFIG", None)
-    env["DATABASE_URL"] = stack_env["DATABASE_URL"] + f"?options=-csearch_path%3D{schema}"
-    env["NOVAJOBS_REDIS_PREFIX"] = prefix
-    env["NOVAJOBS_LOCK_TTL_SEC"] = "2"  # a killed run's lock expires soon after
-    env["NOVAJOBS_ARCHIVE_BUCKET"] = bucket
-    env["NOVAJOBS_AUDIT_ARCHIVE_RETENTION_DAYS"] = "30"
-    env["NOVAJOBS_AUDIT_ARCHIVE_BATCH_ROWS"] = str(batch_rows)
-    return env
+    # a 2 s lock TTL: a killed run's lock expires soon after
+    return stack.job_env(stack_env, schema, prefix, lock_ttl_sec=2, archive_bucket=bucket,
+                         audit_archive_retention_days=30, audit_archive_batch_rows=batch_rows)

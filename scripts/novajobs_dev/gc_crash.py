@@ -10,7 +10,6 @@ without its object).
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from novajobs_dev import demo_data
+from novajobs_dev import demo_data, stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,10 +156,5 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, files: Files, *, kill
 
 
 def job_env(stack_env: dict[str, str], schema: str, prefix: str, page_size: int) -> dict[str, str]:
-    env = {**os.environ, **stack_env}
-    env.pop("NOVAJOBS_CONFIG", None)
-    env["DATABASE_URL"] = stack_env["DATABASE_URL"] + f"?options=-csearch_path%3D{schema}"
-    env["NOVAJOBS_REDIS_PREFIX"] = prefix
-    env["NOVAJOBS_LOCK_TTL_SEC"] = "1"  # a killed run's lock expires soon after
-    env["NOVAJOBS_GC_PAGE_SIZE"] = str(page_size)
-    return env
+    # a 1 s lock TTL: a killed run's lock expires soon after
+    return stack.job_env(stack_env, schema, prefix, lock_ttl_sec=1, gc_page_size=page_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import threading
 from pathlib import Path
@@ -35,3 +36,19 @@ def kill_after(argv: list[str], env: dict[str, str], delay: float) -> int | None
             return None
         finally:
             reader.join(timeout=5)
+
+
+def chosen_seed(seed: int | None) -> int:
+    """The crash rounds' random seed: ``--seed`` or a new one, printed first so that a
+    failing run can be repeated."""
+    chosen = seed if seed is not None else random.randrange(1 << 30)
+    print(f"seed {chosen}", flush=True)
+    return chosen
+
+
+def report(problems: list[str], kills: int) -> int:
+    """Prints the problems the rounds found (the first 50) and a verdict; the exit code."""
+    for problem in problems[:50]:
+        print("PROBLEM", problem)
+    print(f"{kills} kills: {'OK' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0

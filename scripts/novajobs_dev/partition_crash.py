@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from datetime import UTC, date, datetime
 from typing import Any
 
-from novajobs_dev import demo_data
+from novajobs_dev import demo_data, stack
 from novajobs_dev.kill import ROOT, kill_after
 
 TABLE = "chat_messages"
@@ -176,12 +175,7 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, schema: 
 
 
 def job_env(stack_env: dict[str, str], schema: str, prefix: str, bucket: str) -> dict[str, str]:
-    env = {**os.environ, **stack_env}
-    env.pop("NOVAJOBS_CONFIG", None)
-    env["DATABASE_URL"] = stack_env["DATABASE_URL"] + f"?options=-csearch_path%3D{schema}"
-    env["NOVAJOBS_REDIS_PREFIX"] = prefix
-    env["NOVAJOBS_LOCK_TTL_SEC"] = "2"  # a killed run's lock expires soon after
-    env["NOVAJOBS_ARCHIVE_BUCKET"] = bucket
-    env["NOVAJOBS_ARCHIVE_RETENTION_MONTHS"] = f"{TABLE}=3"
-    env["NOVAJOBS_ARCHIVE_PART_SIZE_MB"] = "5"  # the smallest part: more parts to kill in
-    return env
+    # a 2 s lock TTL: a killed run's lock expires soon after; the smallest parts (5 MB):
+    # more parts to kill in
+    return stack.job_env(stack_env, schema, prefix, lock_ttl_sec=2, archive_bucket=bucket,
+                         archive_retention_months=f"{TABLE}=3", archive_part_size_mb=5)

@@ -31,8 +31,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 SERVICES = ("redis", "postgres", "s3", "neo4j", "es")
 S3_ACCESS_KEY, S3_SECRET_KEY = "novajobs", "novajobs-secret"
@@ -377,15 +378,7 @@ class Stack:
     def _s3_ready(self) -> bool:
         import io
 
-        from minio import Minio
-
-        client = Minio(
-            f"127.0.0.1:{self.ports['s3']}",
-            S3_ACCESS_KEY,
-            S3_SECRET_KEY,
-            secure=False,
-            region="us-east-1",
-        )
+        client = minio_client(self.env())
         if not client.bucket_exists("stack-ready"):
             client.make_bucket("stack-ready")
         client.put_object("stack-ready", "probe", io.BytesIO(b"ok"), 2)
@@ -434,6 +427,38 @@ class Stack:
     def _write_env(self) -> None:
         lines = [f"export {k}={v!r}" for k, v in self.env().items()]
         (self.dir / "env").write_text("\n".join(lines) + "\n")
+
+
+def job_env(stack_env: Mapping[str, str], schema: str, prefix: str,
+            **settings: object) -> dict[str, str]:
+    """The environment of a ``novajobs`` process on a stack: this one's and the stack's
+    (``stack_env``), no config file, PostgreSQL schema ``schema`` as its search path, Redis
+    key prefix ``prefix``, and each of ``settings`` as its NOVAJOBS_<NAME> variable."""
+    env = {**os.environ, **stack_env}
+    env.pop("NOVAJOBS_CONFIG", None)
+    env["DATABASE_URL"] = stack_env["DATABASE_URL"] + f"?options=-csearch_path%3D{schema}"
+    env["NOVAJOBS_REDIS_PREFIX"] = prefix
+    env.update({f"NOVAJOBS_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def pg_schema(stack_env: Mapping[str, str], schema: str) -> Any:
+    """An autocommit connection to the stack's PostgreSQL, in a new schema ``schema``."""
+    import psycopg
+    from psycopg import sql
+
+    pg = psycopg.connect(stack_env["DATABASE_URL"], autocommit=True)
+    pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    pg.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    return pg
+
+
+def minio_client(stack_env: Mapping[str, str]) -> Any:
+    """A MinIO SDK client for the stack's S3 store."""
+    from minio import Minio
+
+    return Minio(stack_env["MINIO_ENDPOINT"], stack_env["MINIO_ACCESS_KEY"],
+                 stack_env["MINIO_SECRET_KEY"], secure=False, region="us-east-1")
 
 
 @contextlib.contextmanager
