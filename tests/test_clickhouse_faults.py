@@ -10,21 +10,15 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+
+from support import run_novajobs, spawn, wait_for_line
 
 from novajobs.records import status_key
 from novajobs_dev import demo_data
 from novajobs_dev.netfaults import black_hole
-
-
-def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "novajobs", *args], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def chdb_path(env: dict[str, str]) -> str:
@@ -47,7 +41,7 @@ def test_trending_and_suggestions_started_together_both_succeed(ch, redis_client
     ch.release()
 
     for _ in range(3):  # the crontab's minute, three times
-        runs = [start(env, job) for job in ("refresh-trending", "refresh-suggestions")]
+        runs = [spawn(env, job) for job in ("refresh-trending", "refresh-suggestions")]
         done = [(run.args[-1], run.communicate(timeout=300)[1], run.returncode) for run in runs]
         for job, log, code in done:
             assert code == 0, (job, log)
@@ -59,7 +53,7 @@ def test_trending_and_suggestions_started_together_both_succeed(ch, redis_client
 def test_a_run_waits_for_the_path_while_another_run_holds_it(ch, redis_client, env, names):
     ch.release()
     with another_run_holds(chdb_path(env)):
-        run = start(env, "refresh-trending")
+        run = spawn(env, "refresh-trending")
         time.sleep(2)
         assert run.poll() is None  # waiting, not failed
     _, log = run.communicate(timeout=120)
@@ -75,7 +69,7 @@ def test_a_path_busy_for_the_whole_budget_is_69_and_writes_nothing(ch, redis_cli
     ch.release()
     with another_run_holds(chdb_path(env)):
         started = time.monotonic()
-        run = start(env, "refresh-trending", "--timeout", "3", "--json")
+        run = spawn(env, "refresh-trending", "--timeout", "3", "--json")
         out, log = run.communicate(timeout=60)
         took = time.monotonic() - started
     record = json.loads(out)
@@ -91,8 +85,8 @@ def test_sigterm_while_waiting_for_the_path_is_interrupted_at_once(ch, redis_cli
                                                                     names):
     ch.release()
     with another_run_holds(chdb_path(env)):
-        run = start(env, "refresh-trending")
-        _wait_for_line(run, "in use by another run; waiting")
+        run = spawn(env, "refresh-trending")
+        wait_for_line(run, "in use by another run; waiting", timeout=60)
         sent = time.monotonic()
         run.send_signal(signal.SIGTERM)
         run.communicate(timeout=60)
@@ -104,26 +98,14 @@ def test_sigterm_while_waiting_for_the_path_is_interrupted_at_once(ch, redis_cli
     assert status[b"outcome"] == b"interrupted"
 
 
-def _wait_for_line(run: Any, needle: str, timeout: float = 60) -> None:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        line = run.stderr.readline()
-        if needle in line:
-            return
-        assert line or run.poll() is None, "the run ended before waiting"
-    raise AssertionError(f"{needle!r} never logged")
-
-
 def test_a_black_holed_clickhouse_is_tried_as_often_as_the_retry_policy_says(env, redis_server):
     """clickhouse-connect retries a query on its own (twice by default): under our retries
     that made every try three, and a black-holed ClickHouse over HTTP held
     refresh-suggestions for 275 s at default settings (scripts/faults.py)."""
     with black_hole() as hole:
-        done = subprocess.run(
-            [sys.executable, "-m", "novajobs", "refresh-suggestions"], capture_output=True,
-            text=True, timeout=120, env={
-                **os.environ, **env, "CLICKHOUSE_URL": f"http://127.0.0.1:{hole.port}/db",
-                "JOB_CH_TIMEOUT_MS": "1000", "NOVAJOBS_RETRY_ATTEMPTS": "2"})
+        done = run_novajobs({**env, "CLICKHOUSE_URL": f"http://127.0.0.1:{hole.port}/db",
+                             "JOB_CH_TIMEOUT_MS": "1000", "NOVAJOBS_RETRY_ATTEMPTS": "2"},
+                            "refresh-suggestions")
         tries = len(hole.accepted)
 
     assert done.returncode == 69, done.stderr
@@ -135,11 +117,9 @@ def test_no_try_starts_that_a_silent_clickhouse_would_hold_past_the_budget(env, 
     the 8 s budget are left: a second try would be cut off by the run's timeout (124).
     The run ends unavailable instead, without starting it."""
     with black_hole() as hole:
-        done = subprocess.run(
-            [sys.executable, "-m", "novajobs", "refresh-trending", "--timeout", "8", "--json"],
-            capture_output=True, text=True, timeout=120, env={
-                **os.environ, **env, "CLICKHOUSE_URL": f"http://127.0.0.1:{hole.port}/db",
-                "JOB_CH_TIMEOUT_MS": "5000"})
+        done = run_novajobs({**env, "CLICKHOUSE_URL": f"http://127.0.0.1:{hole.port}/db",
+                             "JOB_CH_TIMEOUT_MS": "5000"},
+                            "refresh-trending", "--timeout", "8", "--json")
         tries = len(hole.accepted)
 
     assert done.returncode == 69, done.stderr

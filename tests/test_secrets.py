@@ -5,15 +5,13 @@ file and every key and value in Redis are searched for them."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from support import run_novajobs
 
 from novajobs.registry import ALL_JOBS
 from novajobs_dev.netfaults import black_hole, refused_port
@@ -113,9 +111,7 @@ def test_no_secret_in_any_output_log_file_or_redis(secret_env, redis_client, tmp
     outputs: list[tuple[str, str]] = []
 
     def run(*args: str, extra: dict[str, str] | None = None) -> None:
-        done = subprocess.run([sys.executable, "-m", "novajobs", *args],
-                              env={**os.environ, **secret_env, **(extra or {})},
-                              capture_output=True, text=True, timeout=180)
+        done = run_novajobs({**secret_env, **(extra or {})}, *args, timeout=180)
         outputs.append((" ".join(args) + f" {sorted(extra or {})}",
                         done.stdout + done.stderr))
 
