@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 from support import LOG_PROBE, PASSWORD, SECRET, slow_run, wait_for
@@ -220,6 +220,9 @@ def test_dead_letters_browse_replay_and_purge(start_console, fast, handlers, red
     [stream] = client.get("/api/streams")
     letters = client.get("/api/streams/jobs/dlq")
     first = letters["entries"][0]
+    page_one = client.get("/api/streams/jobs/dlq?limit=2")
+    page_two = client.get(f"/api/streams/jobs/dlq?limit=2&from={quote(page_one['next_from'])}")
+    html = client.get("/streams/jobs/dlq?limit=2")
     replayed = client.act("/api/streams/jobs/dlq/replay", ids=[first["id"]])
     path, by_error = "/api/streams/jobs/dlq/replay", {"error": "cannot handle 2"}
     asked = client.call("POST", path, body=by_error, token=TOKEN)
@@ -230,6 +233,10 @@ def test_dead_letters_browse_replay_and_purge(start_console, fast, handlers, red
     assert (stream["stream"], stream["dead_letters"], stream["length"]) == ("jobs", 3, 3)
     assert stream["group"]["pending"] == 0 and stream["group"]["lag"] == 0
     assert first["error"] == "ValueError: cannot handle 0" and first["fields"] == {"n": "0"}
+    assert letters["next_from"] is None and page_two["next_from"] is None
+    assert [d["fields"]["n"] for d in page_one["entries"] + page_two["entries"]] == [
+        "0", "1", "2"]
+    assert f'?from={quote(page_one["next_from"], safe="")}">next 2' in html
     assert replayed == (200, {"replayed": 1, "missing": 0, "unreplayable": 0, "too_old": 0})
     assert json.loads(asked[2])["question"] == (
         "Replay 1 dead letter(s) of jobs into jobs? (selected by error=cannot handle 2)")

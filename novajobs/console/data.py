@@ -148,8 +148,11 @@ def dead_letters(r: redis.Redis, settings: Settings, stream: str, limit: int = 5
 
     keys = stream_keys(settings.redis_prefix, stream)
     letters = dlq.read(r, keys, start, "+", limit)
-    return {"stream": stream, "total": dlq.length(r, keys),
-            "entries": [letter.summary() for letter in letters]}
+    after_last = f"({letters[-1].id}" if len(letters) == limit else None
+    more = after_last is not None and bool(dlq.read(r, keys, after_last, "+", 1))
+    return {"stream": stream, "total": dlq.length(r, keys), "from": start,
+            "entries": [letter.summary() for letter in letters],
+            "next_from": after_last if more else None}
 
 
 def known_stream(settings: Settings, stream: str) -> bool:

@@ -43,8 +43,11 @@ def dlq_page(page: Page, data: dict[str, Any]) -> str:
                           page.form(f"{base}/purge", "Purge all", {"all": "1"}, danger=True),
                           _filter_form(page, base)])
     shown = len(data["entries"])
-    part = f", the oldest {shown} below" if shown < data["total"] else " (oldest first)"
-    body = (f'<p>{e(data["total"])} dead letters in <code>dlq:{e(stream)}</code>{part}.</p>'
+    part = f", {shown} below" if shown < data["total"] else ""
+    more = (f' <a class="next" href="{base}?from={q(data["next_from"])}">next {shown} →</a>'
+            if data["next_from"] else "")
+    body = (f'<p>{e(data["total"])} dead letters in <code>dlq:{e(stream)}</code>{part} '
+            f'(oldest first).{more}</p>'
             f'<div class="every">{every}</div>'
             '<table class="dlq"><tr><th>Id</th><th>Attempts</th><th>Failed at</th>'
             f'<th>Error</th><th>Fields</th><th></th></tr>{"".join(rows)}</table>')
