@@ -181,3 +181,8 @@ def _log_probe_run(ctx: JobContext, lines: int = 3, big: int = 0) -> Result:
 
 LOG_PROBE = probe_job("log-probe", _log_probe_run)
 SECRET, PASSWORD = 'S3cr"et-value', "pw-0f-neo4j"
+
+
+# Kubernetes schema versions the rendered manifests are validated against (test_deploy,
+# test_console_api): podFailurePolicy GA .. the newest schema kubernetes-validate has here.
+SCHEMA_VERSIONS = ("1.31.0", "1.37.0")

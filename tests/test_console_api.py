@@ -13,8 +13,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
-from support import LOG_PROBE, PASSWORD, SECRET, slow_run, wait_for
-from test_deploy import SCHEMA_VERSIONS
+from support import LOG_PROBE, PASSWORD, SCHEMA_VERSIONS, SECRET, slow_run, wait_for
 
 from novajobs.console.server import REQUEST_TIMEOUT_SEC, build
 from novajobs.errors import ConfigError

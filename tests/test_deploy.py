@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import expr_samples, promtool, promtool_test
+from support import SCHEMA_VERSIONS, expr_samples, promtool, promtool_test
 
 from novajobs import deploy, yamltext
 from novajobs.errors import ConfigError, ExitCode
@@ -22,7 +22,6 @@ from novajobs.registry import JOBS, JobSpec
 from novajobs.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_VERSIONS = ("1.31.0", "1.37.0")  # podFailurePolicy GA .. the newest schema here
 
 
 def defaults(**overrides: Any) -> Any:
