@@ -14,6 +14,10 @@ object holds it, byte for byte). At the end one uninterrupted run must converge:
 the recent rows left, every old row in exactly one committed archive, identical to what
 was loaded, and no object in the prefix that is not a committed archive.
 
+A run that finishes before its kill (a fast machine) makes the later delays shorter
+(within such a run's time); when everything is archived, the old rows are put back and the
+archives removed, so all ``--kills`` land on real work; the log says how many did.
+
 The rounds are novajobs_dev/audit_crash.py; tests/test_crash_archive.py runs a few of them
 against the test stack, and `--tiny` runs one kill at toy sizes (tests/test_scripts.py).
 """

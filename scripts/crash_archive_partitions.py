@@ -15,6 +15,10 @@ without a verified archive, never a manifest that disagrees with its data. At th
 one uninterrupted run must archive everything (no table, no marker, no unfinished object
 left), and restore-partition must bring every month back identical.
 
+A run that finishes before its kill (a fast machine) makes the later delays shorter
+(within such a run's time); when everything is archived, the months are loaded again and the
+archives removed, so all ``--kills`` land on real work; the log says how many did.
+
 The rounds are novajobs_dev/partition_crash.py; tests/test_crash_archive.py runs a few of
 them against the test stack, and `--tiny` runs one kill at toy sizes (tests/test_scripts.py).
 """

@@ -101,7 +101,10 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, old: dic
     while killed < kills and rounds < kills * 4:
         rounds += 1
         delay = rng.uniform(0.0, max_delay)
+        began = time.monotonic()
         code = kill_after(command(), env, delay)
+        if code is not None:  # the run finished first: aim within a run's time from now on
+            max_delay = min(max_delay, 0.8 * (time.monotonic() - began))
         copies, stray = archived(pg, minio, bucket)
         table = table_ids(pg)
         found = check_safe(old, table, copies)
@@ -111,8 +114,10 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, old: dic
         say(f"round {rounds:3d}: {what} after {delay:.2f} s; archived {len(copies):7d}; "
             f"left {len(table & old.keys()):7d}; unfinished objects {len(stray)}; "
             f"problems {len(found)}")
-        if not table & old.keys():
-            break  # everything archived: nothing left to interrupt
+        if not table & old.keys() and killed < kills and not found:
+            reload(pg, minio, bucket, old)  # everything archived: more to interrupt
+            say("            all archived: old rows loaded again, archives removed")
+    say(f"killed {killed} times in {rounds} rounds")
     started = time.monotonic()
     # The uninterrupted runs keep a TTL a loaded machine's heartbeat can renew in time.
     steady = {**env, "NOVAJOBS_LOCK_TTL_SEC": "60"}
@@ -128,6 +133,22 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, old: dic
     say(f"final run: exit {final.returncode} in {time.monotonic() - started:.1f} s; "
         f"{len(copies)} rows archived, {len(table)} left; problems {len(problems)}")
     return problems
+
+
+def reload(pg: Any, minio: Any, bucket: str, old: dict[int, bytes]) -> None:
+    """Every old row archived and deleted: put them back, forget the archives, so the
+    next rounds have the whole work to interrupt again."""
+    from minio.deleteobjects import DeleteObject
+
+    with pg.cursor() as cur, cur.copy(
+            "COPY audit_logs (id, user_id, action, created_at) FROM STDIN") as copy:
+        copy.write(b"".join(line + b"\n" for _, line in sorted(old.items())))
+    pg.execute("DELETE FROM novajobs_audit_archive WHERE bucket = %s", [bucket])
+    gone = (DeleteObject(o.object_name)
+            for o in minio.list_objects(bucket, prefix=PREFIX, recursive=True))
+    errors = list(minio.remove_objects(bucket, gone))
+    if errors:
+        raise RuntimeError(f"could not empty {bucket}: {errors[:3]}")
 
 
 def job_env(stack_env: dict[str, str], schema: str, prefix: str, bucket: str,

@@ -141,15 +141,20 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, schema: 
     while killed < kills and rounds < kills * 4:
         rounds += 1
         delay = rng.uniform(0.0, max_delay)
+        began = time.monotonic()
         code = kill_after(command("archive-partitions"), env, delay)
+        if code is not None:  # the run finished first: aim within a run's time from now on
+            max_delay = min(max_delay, 0.8 * (time.monotonic() - began))
         found, archived = check_safe(pg, minio, bucket, schema, loaded)
         problems += [f"round {rounds}: {p}" for p in found]
         killed += code is None
         what = "killed" if code is None else f"exited {code}"
         say(f"round {rounds:3d}: {what} after {delay:.2f} s; months archived "
             f"{archived}/{len(loaded)}, detached {detached(pg)}; problems {len(found)}")
-        if archived == len(loaded):
-            break  # nothing left to interrupt
+        if archived == len(loaded) and killed < kills and not found:
+            reload(pg, minio, bucket, loaded)  # everything archived: more to interrupt
+            say("            all archived: months loaded again, archives removed")
+    say(f"killed {killed} times in {rounds} rounds")
     started = time.monotonic()
     # The uninterrupted runs keep a TTL a loaded machine's heartbeat can renew in time.
     steady = {**env, "NOVAJOBS_LOCK_TTL_SEC": "60"}
@@ -172,6 +177,23 @@ def crash_rounds(env: dict[str, str], pg: Any, minio: Any, bucket: str, schema: 
                             f"{back.returncode == 0 and month_rows(pg, table) == rows}")
     say(f"restored {len(loaded)} months; problems {len(problems)}")
     return problems
+
+
+def reload(pg: Any, minio: Any, bucket: str, loaded: dict[str, bytes]) -> None:
+    """Every month archived and dropped: attach them again with their rows and remove
+    the archives, so the next rounds have the whole work to interrupt again."""
+    from minio.deleteobjects import DeleteObject
+
+    firsts = sorted(date(int(m[:4]), int(m[5:]), 1) for m in loaded)
+    demo_data.create_month_partitions(pg, TABLE, firsts[0], firsts[-1])
+    for month, rows in loaded.items():
+        with pg.cursor() as cur, cur.copy(
+                f"COPY {TABLE}_{month.replace('-', '_')} FROM STDIN") as copy:
+            copy.write(rows)
+    gone = (DeleteObject(o.object_name) for o in minio.list_objects(bucket, recursive=True))
+    errors = list(minio.remove_objects(bucket, gone))
+    if errors:
+        raise RuntimeError(f"could not empty {bucket}: {errors[:3]}")
 
 
 def job_env(stack_env: dict[str, str], schema: str, prefix: str, bucket: str) -> dict[str, str]:
