@@ -93,9 +93,9 @@ def test_poison_entries_go_straight_to_the_dlq(redis_client, audit_db, fast, nam
 
 @pytest.mark.cluster
 def test_fields_reach_the_handler_exactly_as_written(redis_client, handlers, fast, names):
-    """New entries are read through a script returning JSON: every character JSON
-    escapes, text beyond ASCII, empty values and number-like names arrive as written;
-    a batch with an entry that is not UTF-8 dead-letters only that one, byte for byte."""
+    """Control characters, quotes and backslashes, text beyond ASCII, empty values and
+    number-like names arrive as written; a batch with an entry that is not UTF-8
+    dead-letters only that one, byte for byte."""
     seen: list[tuple[str, dict[str, str], int]] = []
     handlers("keep", lambda m: seen.append((m.id, dict(m.fields), m.attempts)))
     key = names["prefix"] + "q"

@@ -43,7 +43,6 @@ from novajobs.streams.dlq import id_ms, oldest_replayable_ms
 from novajobs.streams.entries import (
     Decoded,
     decode_entries,
-    decode_reply,
     meta,
     peek_meta,
     with_meta,
@@ -171,7 +170,7 @@ class Drainer:
         for plan in self.plans:
             room = self._room(plan)
             if room:
-                started += self._take(plan, decode_reply(plan.name, self.reader.new(plan, room)))
+                started += self._take(plan, decode_entries(plan.name, self.reader.new(plan, room)))
         return started
 
     def _room(self, plan: StreamPlan) -> int:

@@ -17,7 +17,6 @@ twice, and the second, wrong one won when read back).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,25 +92,6 @@ class Decoded:
         return len(self.messages) + len(self.poison)
 
 
-def decode_reply(stream: str, reply: bytes) -> Decoded:
-    """The read script's reply (reader.py): ``[[id, {name: value}], ...]`` as JSON, one
-    string per batch. Redis's cjson passes bytes through as they are, so a batch with
-    bytes that are not UTF-8 is decoded entry by entry, as redis-py would give them."""
-    try:
-        rows = json.loads(reply.decode())
-    except UnicodeDecodeError:
-        rows = json.loads(reply.decode("utf-8", "surrogateescape"))
-        return decode_entries(stream, [(i, _raw(fields)) for i, fields in rows])
-    out = Decoded()
-    add, new = out.messages.append, _message
-    for entry_id, fields in rows:
-        if META_ID in fields or META_ATTEMPTS in fields:
-            _add_meta_entry(out, stream, entry_id, fields, _raw(fields))
-        else:
-            add(new(stream, entry_id, entry_id, fields, 0))  # a producer's entry as is
-    return out
-
-
 def decode_entries(stream: str, entries: Iterable[tuple[Any, Mapping[bytes, bytes]]]) -> Decoded:
     """Entries as redis-py reads them: ``(id, {name: value})``, bytes."""
     out = Decoded()
@@ -150,12 +130,6 @@ def _add_meta_entry(out: Decoded, stream: str, entry_id: str, fields: dict[str, 
     data = {k: v for k, v in fields.items() if not k.startswith(META_PREFIX)}
     out.messages.append(_message(stream, fields.get(META_ID, entry_id), entry_id, data,
                                  int(attempts_text)))
-
-
-def _raw(fields: dict[str, str]) -> dict[bytes, bytes]:
-    """Names and values as the bytes Redis holds (surrogate escapes back to their bytes)."""
-    return {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape")
-            for k, v in fields.items()}
 
 
 def _message(stream: str, first_id: str, entry_id: str, fields: dict[str, str],

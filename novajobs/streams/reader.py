@@ -6,8 +6,7 @@
    No other read happens until they are all read, so the scan's cursor is exact;
 2. entries other consumers left pending longer than ``stream_claim_idle_sec``
    (``XAUTOCLAIM``; an entry given back after an outage is claimable at once);
-3. new entries (``>``), by stream priority, through a script that returns a batch as
-   one JSON string (the hot path: see ``_READ_NEW``).
+3. new entries (``>``), by stream priority.
 
 Redelivered entries (1 and 2) carry a delivery count: one delivered too often without
 any outcome (its consumers died with it, e.g. killed by it) is handed back as
@@ -31,24 +30,6 @@ if TYPE_CHECKING:
 
 Entry = tuple[Any, Any]  # (id, fields) as redis-py returns them
 
-# KEYS[1] stream; ARGV group, consumer, count. New entries as one JSON string,
-# ``[[id, {name: value}], ...]``: the client parses one string per batch (in C) instead
-# of nine RESP replies per entry (redis-py's parser, in Python, is most of a plain
-# consumer's time). A name given twice keeps its last value, as in redis-py's dict.
-# Redis's cjson escapes what JSON must and passes other bytes through as they are.
-_READ_NEW = """
-local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
-                         'STREAMS', KEYS[1], '>')
-if not reply then return '[]' end
-local rows = reply[1][2]
-for i, row in ipairs(rows) do
-  local fields, flat = {}, row[2]
-  for j = 1, #flat, 2 do fields[flat[j]] = flat[j + 1] end
-  rows[i] = {row[1], fields}
-end
-return cjson.encode(rows)
-"""
-
 
 @dataclass
 class Taken:
@@ -66,7 +47,6 @@ class Reader:
         self.claim_cursor = {p.name: "0-0" for p in plans}
         self.next_claim = dict.fromkeys(self.claim_cursor, 0.0)  # monotonic
         self.redelivered: dict[tuple[str, str], int] = {}  # deliveries before this one
-        self._read: Any = None  # the read script, registered on first use
 
     @property
     def resuming(self) -> bool:
@@ -90,16 +70,13 @@ class Reader:
             self.next_claim[plan.name] = now + every
         return self._reclaim(plan, count)
 
-    def new(self, plan: StreamPlan, count: int) -> bytes:
-        """Up to ``count`` new entries as the read script's JSON (entries.decode_reply)."""
-        if self._read is None:
-            self._read = self.ctx.redis.register_script(_READ_NEW)
-        read = self._read
-        return bytes(self.ctx.retry(
-            lambda: read(keys=[plan.keys.stream], args=[self.group, self.consumer, count],
-                         client=self.ctx.redis),
+    def new(self, plan: StreamPlan, count: int) -> list[Entry]:
+        key = plan.keys.stream
+        reply: Any = self.ctx.retry(
+            lambda: self.ctx.redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=count),
             f"read {plan.name}",
-        ))
+        )
+        return list(reply[0][1]) if reply else []
 
     def wait(self, count: int) -> list[tuple[StreamPlan, list[Entry]]]:
         """Block (drain_block_ms) for new entries on every stream at once: one read per
