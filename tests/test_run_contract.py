@@ -365,9 +365,10 @@ def test_the_heartbeat_keeps_a_run_longer_than_its_ttl_alive(ch, redis_client, c
     # On one Redis every call is made 50 ms late (a proxy): 150 users, a few calls each,
     # take longer than three 4 s TTLs however fast the machine, and a renewal (every
     # 1.3 s) may come 1.3 s late before the lease is lost, as on a loaded machine. No
-    # proxy can front a cluster (its nodes send clients to themselves): there 600 users
-    # and a 1 s TTL.
-    users, ttl, extra = 600, 1, {}
+    # proxy can front a cluster (its nodes send clients to themselves): there 1500 users
+    # outlast three 3 s TTLs (7 s for 600 at load 5) and a renewal may come 1 s late
+    # (with a 1 s TTL, 0.3 s late lost the lease at load 15).
+    users, ttl, extra = 1500, 3, {}
     with contextlib.ExitStack() as cleanup:
         if redis_topology == "single":
             slow_redis = FaultyProxy(stack.ports["redis"])
