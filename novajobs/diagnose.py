@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import re
 import ssl
-import sys
 from collections.abc import Iterator
 
-from novajobs.errors import ConfigError, JobFailed, NovajobsError, UnavailableError
+from novajobs.errors import (
+    ConfigError,
+    JobFailed,
+    NovajobsError,
+    UnavailableError,
+    is_driver_error,
+)
 
 # What OpenSSL (Python's ssl, urllib3) and libpq say when verification fails.
 _TLS_REASONS = [
@@ -49,8 +54,7 @@ def known_failure(exc: BaseException) -> NovajobsError | None:
 
 
 def _clickhouse_error(exc: BaseException) -> NovajobsError | None:
-    errors = sys.modules.get("clickhouse_connect.driver.exceptions")
-    if errors is None or not isinstance(exc, errors.DatabaseError):
+    if not is_driver_error(exc, "clickhouse_connect.driver.exceptions", "DatabaseError"):
         return None
     found = _CLICKHOUSE_ERROR.search(str(exc))
     if found is None:
@@ -85,17 +89,14 @@ def _verify_reason(err: BaseException) -> str | None:
 
 
 def _redis_topology(exc: BaseException) -> str | None:
-    errors = sys.modules.get("redis.exceptions")
-    if errors is None:
-        return None
     # redis-py's cluster client follows redirections itself (and raises ClusterError when
     # it cannot): a MOVED/ASK that reaches us comes from the plain client on a cluster node.
-    if isinstance(exc, errors.AskError):
+    if is_driver_error(exc, "redis.exceptions", "AskError"):
         return (
             "Redis answered MOVED/ASK: REDIS_URL is a Redis Cluster node, but redis_mode is"
             " single; set redis_mode to auto (or cluster)"
         )
-    if isinstance(exc, errors.ReadOnlyError):
+    if is_driver_error(exc, "redis.exceptions", "ReadOnlyError"):
         return "Redis refused a write: REDIS_URL points at a read-only replica, not a primary"
     return None
 

@@ -142,3 +142,16 @@ class HardStop(BaseException):
     def __init__(self, error: NovajobsError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def is_driver_error(exc: BaseException, module_name: str, *type_names: str) -> bool:
+    """Whether ``exc`` is one of a driver's exception types, looked up by name among the
+    modules already loaded (drivers are imported lazily: an error from a driver that was
+    never imported cannot be raised). A module another thread is still importing sits in
+    sys.modules without its attributes yet; it matches nothing."""
+    import sys
+
+    module = sys.modules.get(module_name)
+    types = tuple(t for t in (getattr(module, name, None) for name in type_names)
+                  if isinstance(t, type))
+    return bool(types) and isinstance(exc, types)

@@ -9,13 +9,12 @@ anyway.
 from __future__ import annotations
 
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from novajobs.errors import ConfigError, Interrupted, Outcome
+from novajobs.errors import ConfigError, Interrupted, Outcome, is_driver_error
 from novajobs.redact import redact_text
 
 if TYPE_CHECKING:
@@ -88,22 +87,18 @@ def is_misconfigured(exc: BaseException) -> bool:
     if _any_of(exc, _MISCONFIGURED_BY_MODULE) or isinstance(known_failure(exc), ConfigError):
         return True
     text = str(exc)
-    psycopg = sys.modules.get("psycopg")
-    if psycopg is not None and isinstance(exc, psycopg.Error):
-        state = exc.sqlstate or ""
+    if is_driver_error(exc, "psycopg", "Error"):
+        state = getattr(exc, "sqlstate", None) or ""
         return state.startswith(_PG_MISCONFIGURED_STATES) or (
             not state and _PG_MISCONFIGURED.search(text) is not None
         )
-    redis_exceptions = sys.modules.get("redis.exceptions")
-    if redis_exceptions is not None and isinstance(exc, redis_exceptions.ResponseError):
+    if is_driver_error(exc, "redis.exceptions", "ResponseError"):
         return any(words in text for words in _REDIS_MISCONFIGURED)
-    ch_exceptions = sys.modules.get("clickhouse_connect.driver.exceptions")
-    if ch_exceptions is not None and isinstance(exc, ch_exceptions.DatabaseError):
+    if is_driver_error(exc, "clickhouse_connect.driver.exceptions", "DatabaseError"):
         code = _CH_CODE.search(text)
         return code is not None and int(code[1] or code[2]) in _CH_MISCONFIGURED_CODES
-    minio_error = sys.modules.get("minio.error")
-    if minio_error is not None and isinstance(exc, minio_error.S3Error):
-        return exc.code in _S3_MISCONFIGURED_CODES
+    if is_driver_error(exc, "minio.error", "S3Error"):
+        return getattr(exc, "code", None) in _S3_MISCONFIGURED_CODES
     return False
 
 
@@ -112,28 +107,19 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
-    psycopg = sys.modules.get("psycopg")
-    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
-        state = exc.sqlstate
+    if is_driver_error(exc, "psycopg", "OperationalError"):
+        state = getattr(exc, "sqlstate", None)
         return state is None or state.startswith(_PG_TRANSIENT_STATES)
-    minio_error = sys.modules.get("minio.error")
-    if minio_error is not None:
-        if isinstance(exc, minio_error.ServerError):  # a 5xx without an S3 error body
-            return True
-        if isinstance(exc, minio_error.S3Error):
-            return exc.code in _S3_TRANSIENT_CODES
+    if is_driver_error(exc, "minio.error", "ServerError"):  # a 5xx without an S3 error body
+        return True
+    if is_driver_error(exc, "minio.error", "S3Error"):
+        return getattr(exc, "code", None) in _S3_TRANSIENT_CODES
     return _any_of(exc, _TRANSIENT_BY_MODULE)
 
 
 def _any_of(exc: BaseException, types_by_module: dict[str, tuple[str, ...]]) -> bool:
-    for module_name, names in types_by_module.items():
-        module = sys.modules.get(module_name)
-        if module is None:
-            continue
-        types = tuple(t for t in (getattr(module, n, None) for n in names) if t is not None)
-        if isinstance(exc, types):
-            return True
-    return False
+    return any(is_driver_error(exc, module_name, *names)
+               for module_name, names in types_by_module.items())
 
 
 def describe_error(exc: BaseException) -> str:

@@ -3,8 +3,10 @@ priority across streams, the concurrency bound, the failure limit, the per-consu
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import types
 from typing import Any
 
 import pytest
@@ -236,3 +238,27 @@ def test_the_lock_is_per_consumer(redis_client, handlers, fast, names):
 
     assert skipped.outcome is Outcome.SKIPPED and "pod-a" in skipped.message
     assert ran.outcome is Outcome.SUCCESS and ran.counters["succeeded"] == 1
+
+
+def test_a_driver_still_being_imported_by_another_worker_does_not_kill_the_pool(
+        redis_client, handlers, fast, names, monkeypatch):
+    """A handler's first `import psycopg` in one worker thread while another worker's
+    handler fails: the failing call is classified while sys.modules holds a psycopg with
+    no attributes yet. Seen in the demo as a dead worker thread, then an IndexError and
+    exit 1 from a run whose entries had simply failed."""
+    def broken(message: Message) -> None:
+        raise KeyError("a field the producer no longer sends")
+
+    handlers("broken", broken)
+    p = names["prefix"]
+    for i in range(3):
+        redis_client.xadd(p + "q", {"n": str(i)})
+    monkeypatch.setitem(sys.modules, "psycopg", types.ModuleType("psycopg"))  # mid-import
+
+    rec = drain(fast(stream_handlers=("q=broken",), drain_concurrency=2,
+                     drain_message_timeout_sec=2))
+
+    monkeypatch.undo()
+    assert rec.outcome is Outcome.SUCCESS, rec.error  # failed entries are retried later
+    assert rec.counters["retried"] == 3 and rec.counters.get("left_pending", 0) == 0
+    assert redis_client.zcard(stream_keys(p, "q").retry) == 3

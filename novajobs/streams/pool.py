@@ -216,12 +216,20 @@ class WorkerPool:
                 if task.abandoned:
                     return
                 task.completed.append(result)
-                if (result.error is not None or result.failures) and self._stops(result):
+                if (result.error is not None or result.failures) and self._should_stop(result):
                     self._halt_all()
                 if i == last or task.halt:
                     task.started = None
                     return
                 task.started = began = ended
+
+    def _should_stop(self, result: CallResult) -> bool:
+        """``stops``, never raising into the worker (a dead worker strands its task): when
+        the call cannot be told apart from an outage, stop; the rest stays pending."""
+        try:
+            return self._stops(result)
+        except Exception:
+            return True
 
     def _handler(self, name: str, handlers: dict[str, Handler]) -> Handler:
         handler = handlers.get(name)
