@@ -3,8 +3,10 @@ deleted, what is kept, and the leftovers of a run that died."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -127,18 +129,25 @@ def test_leftovers_of_a_dead_run_are_replaced_not_kept_beside(audit, minio_clien
     assert len(lines) == 250 == len({line.split(b"\t")[0] for line in lines})  # each row once
 
 
-def test_a_run_killed_after_its_upload_is_redone_under_the_same_key(audit, minio_client, names,
-                                                                    aa_settings):
+@contextlib.contextmanager
+def first_batch_archived(settings: Any) -> Iterator[tuple[Any, Any, Any, str]]:
+    """A run's context with the first batch uploaded and verified, not yet deleted:
+    (ctx, archiver, batch, digest)."""
     from novajobs.context import JobContext
     from novajobs.jobs.archive_audit_logs import CUTOFF_SQL, Archiver
 
-    # A run uploaded and verified the first batch, then died before its delete committed.
-    with JobContext(aa_settings(), "archive-audit-logs") as ctx:
+    with JobContext(settings, "archive-audit-logs") as ctx:
         ctx.pg.autocommit = True
         cutoff = ctx.pg.execute(CUTOFF_SQL, {"days": 30}).fetchone()[0]
         job = Archiver(ctx, ctx.pg, cutoff)
         batch = job.next_batch(0)
-        job.archive(batch)
+        yield ctx, job, batch, job.archive(batch)
+
+
+def test_a_run_killed_after_its_upload_is_redone_under_the_same_key(audit, minio_client, names,
+                                                                    aa_settings):
+    # A run uploaded and verified the first batch, then died before its delete committed.
+    with first_batch_archived(aa_settings()) as (_, job, batch, _):
         dead_key = job.key(batch)
     assert list(objects(minio_client, names["bucket"])) == [dead_key]
 
@@ -157,15 +166,7 @@ def test_a_run_killed_after_its_upload_is_redone_under_the_same_key(audit, minio
 
 def test_a_batch_changed_after_its_upload_is_not_deleted(audit, minio_client, names,
                                                          aa_settings):
-    from novajobs.context import JobContext
-    from novajobs.jobs.archive_audit_logs import CUTOFF_SQL, Archiver
-
-    with JobContext(aa_settings(), "archive-audit-logs") as ctx:
-        ctx.pg.autocommit = True
-        cutoff = ctx.pg.execute(CUTOFF_SQL, {"days": 30}).fetchone()[0]
-        job = Archiver(ctx, ctx.pg, cutoff)
-        batch = job.next_batch(0)
-        digest = job.archive(batch)
+    with first_batch_archived(aa_settings()) as (ctx, job, batch, digest):
         audit.execute("UPDATE audit_logs SET action = 'edited' WHERE id = 7")
         assert job.delete(batch, digest) is False
         assert ctx.counters["batches_changed"] == 1
