@@ -215,6 +215,29 @@ def test_a_primary_killed_mid_drain_loses_no_stream_entry(own_cluster, pg, pg_ta
     r.close()
 
 
+def test_slots_without_a_node_are_unavailable_in_seconds(own_cluster, env, names):
+    """A primary and its replica both gone: the cluster answers CLUSTERDOWN (the lock's
+    own slot is alive), which is retried, then exit 69 with one line -- not 78, and no
+    traceback."""
+    alive = own_cluster.primary_of(f"{names['prefix']}job:lock:clean-token-blacklist")
+    victim = next(n for n in own_cluster.nodes() if n.primary and n.port != alive)
+    with own_cluster.client(victim.port) as c:
+        [replica] = c.execute_command("CLUSTER", "REPLICAS", victim.node_id)
+    own_cluster.kill(int(replica.split()[1].split("@")[0].rsplit(":", 1)[1]))
+    own_cluster.kill(victim.port)
+    wait_until(lambda: all("cluster_state:fail" in own_cluster.client(port).execute_command(
+        "CLUSTER", "INFO") for port in own_cluster.live_ports()), what="CLUSTERDOWN")
+
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "novajobs", "clean-token-blacklist"], capture_output=True,
+        text=True, timeout=120, env=full_env({**env, "REDIS_URL": f"redis://127.0.0.1:{alive}/0"}))
+
+    one_line_error(result, 69, "ClusterDownError: The cluster is down")
+    assert result.stderr.strip().splitlines()[-1].count('"exit_code": 69') == 1
+    assert time.monotonic() - started < 60  # the retries, not a hang
+
+
 def test_migrate_keys_moves_the_run_records_of_an_older_version(redis_client, settings, cli,
                                                                  names):
     p = names["prefix"]
