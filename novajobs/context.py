@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
@@ -84,7 +83,6 @@ class Guard:
         self.lock = lock
         self.stop_reason: str | None = None
         self.stop_message: str | None = None  # what the record says; default "stopped by ..."
-        self._stopped = threading.Event()  # wakes every sleep() at once on a stop request
         self._critical = 0
         self._store_calls = 0
         self._deferred: BaseException | None = None
@@ -127,13 +125,20 @@ class Guard:
     def request_stop(self, reason: str, message: str | None = None) -> None:
         self.stop_reason = reason
         self.stop_message = message
-        self._stopped.set()
 
     def sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once on a stop request and raise Interrupted: a retry
-        backoff or a poll interval never holds a stopping run."""
-        if self._stopped.wait(max(seconds, 0.0)):
-            raise Interrupted(self.stop_message or f"stopped by {self.stop_reason}")
+        """Sleep, but wake within 50 ms of a stop request and raise Interrupted: a retry
+        backoff or a poll interval never holds a stopping run. The stop flag is polled,
+        not a threading.Event: the SIGTERM handler runs in the main thread, possibly
+        while that thread is inside the Event's wait holding its lock, and setting the
+        Event there deadlocked the run (no exit, no log line, until SIGKILL)."""
+        end = time.monotonic() + max(seconds, 0.0)
+        while not self.stop_reason:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+        raise Interrupted(self.stop_message or f"stopped by {self.stop_reason}")
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
