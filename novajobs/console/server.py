@@ -221,10 +221,7 @@ def run_console(settings: Settings, bind: str, read_only: bool) -> int:
     if not token and not read_only:
         sys.stderr.write(f"novajobs console: token for actions (log in with it): "
                          f"{console.guard.token}\n")
-    stop = threading.Event()
-
     def shutdown(signum: int, frame: Any) -> None:
-        stop.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
