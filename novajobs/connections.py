@@ -49,6 +49,17 @@ class Connections:
                                guard=self.guard)
 
     @cached_property
+    def redis_text(self) -> redis.Redis:
+        """The same Redis, replies decoded to text (redisconn.text_client): for reading
+        streams. No round trip of its own on one server; a cluster's slots are asked
+        once, from the nodes ``redis`` knows."""
+        from novajobs.redisconn import text_client
+
+        client = self.retry(lambda: text_client(self.redis, self.settings), "connect to Redis")
+        self._closers.append(client.close)
+        return client
+
+    @cached_property
     def redis(self) -> redis.Redis:
         """One server or a Redis Cluster, whichever REDIS_URL names (redisconn.py)."""
         from novajobs.redisconn import connect_redis

@@ -180,6 +180,11 @@ class JobContext:
 
     # -- stores: a job reaches each as ctx.<store>, never through ctx.conns ----------------
     @property
+    def redis_text(self) -> redis.Redis:
+        """The same Redis with replies as text (for reading streams)."""
+        return self.conns.redis_text
+
+    @property
     def redis(self) -> redis.Redis:
         return self.conns.redis
 

@@ -191,9 +191,7 @@ EXEC_BODY = """
 local i, n = 1, 0
 while i <= #ARGV do
   local count = tonumber(ARGV[i + 2])
-  local args = {ARGV[i], KEYS[tonumber(ARGV[i + 1])]}
-  for j = 1, count do args[#args + 1] = ARGV[i + 2 + j] end
-  redis.call(unpack(args))
+  redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + count))
   i, n = i + 3 + count, n + 1
 end
 return n

@@ -15,6 +15,8 @@ awaited (``set_nx_replicated``).
 
 from __future__ import annotations
 
+import codecs
+import itertools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -63,20 +65,59 @@ def with_timeouts(
     """A client of the same kind with other timeouts, without a round trip where it can
     (a plain client connects lazily). A cluster client learns the slots at once, from the
     nodes ``client`` knows; should that fail, ``client`` itself is returned."""
+    try:
+        return _sibling(client, settings, _client_options(settings, timeout_sec,
+                                                          connect_timeout_sec))
+    except Exception:  # the cluster does not answer now: keep what we have
+        return client
+
+
+def text_client(client: redis.Redis, settings: Settings) -> redis.Redis:
+    """A client of the same kind whose replies are text: UTF-8 decoded by the reply
+    parser (hiredis, in C), an invalid byte as a lone surrogate that
+    ``surrogates_seen`` counts (see ``TEXT_ERRORS``). For reading many stream entries
+    at the cost of reading bytes."""
+    options = _client_options(settings)
+    options.update(decode_responses=True, encoding_errors=TEXT_ERRORS)
+    return _sibling(client, settings, options)
+
+
+def _sibling(client: redis.Redis, settings: Settings, options: dict[str, Any]) -> redis.Redis:
     import redis
     from redis.cluster import ClusterNode, RedisCluster
 
-    options = _client_options(settings, timeout_sec, connect_timeout_sec)
     if not is_cluster(client):
         return redis.Redis.from_url(settings.redis_url, **options)
     known: Any = client
     node: Any = ClusterNode  # untyped constructor
     nodes = [node(n.host, n.port) for n in known.get_nodes()]
-    try:
-        return cast("redis.Redis", RedisCluster.from_url(
-            settings.redis_url, startup_nodes=nodes, **options))
-    except Exception:  # the cluster does not answer now: keep what we have
-        return client
+    return cast("redis.Redis", RedisCluster.from_url(
+        settings.redis_url, startup_nodes=nodes, **options))
+
+
+# The decoding error handler of ``text_client``: Python's surrogateescape (each invalid
+# byte becomes U+DC80..U+DCFF, and ``.encode("utf-8", "surrogateescape")`` gives the
+# bytes back exactly), counting as it goes. A reply read while the count did not move
+# is valid UTF-8 throughout, so no reader needs to look for surrogates in every string.
+TEXT_ERRORS = "novajobs-surrogateescape"
+_surrogateescape = codecs.lookup_error("surrogateescape")
+_surrogates = itertools.count(1)
+_seen = 0
+
+
+def _escape(exc: UnicodeError) -> tuple[str | bytes, int]:
+    global _seen
+    _seen = next(_surrogates)
+    return _surrogateescape(exc)
+
+
+def surrogates_seen() -> int:
+    """Invalid byte sequences decoded by any text client of this process so far (a
+    reader compares the count before and after a read)."""
+    return _seen
+
+
+codecs.register_error(TEXT_ERRORS, _escape)
 
 
 def _client_options(

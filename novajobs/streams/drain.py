@@ -23,10 +23,10 @@ import operator
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from novajobs.conversions import text
 from novajobs.errors import (
     ConfigError,
     Interrupted,
@@ -48,6 +48,7 @@ from novajobs.streams.entries import (
     with_meta,
 )
 from novajobs.streams.handlers import Message, PermanentError, StreamPlan, is_outage
+from novajobs.streams.lane import Lane
 from novajobs.streams.pool import CallResult, Task, TaskResult, WorkerPool
 from novajobs.streams.queues import retry_delay, retry_member
 from novajobs.streams.reader import Reader, Taken
@@ -89,7 +90,9 @@ class Drainer:
         self.pool = WorkerPool(s.drain_concurrency, lambda name: factories[name](s),
                                stops=_stops_any)
         self.stats = DrainStats()
-        self.reader = Reader(ctx, self.plans)
+        self.lane = Lane()  # Redis round trips off this thread, in order (lane.py)
+        self.writes: deque[Future[None]] = deque()  # rounds handed to the lane, unconfirmed
+        self.reader = Reader(ctx, self.plans, self.lane)
         self.forgotten_ms = oldest_replayable_ms(s, time.time())  # see _past_retention
         self.pending = Round()
         self.backlog: deque[Task] = deque()  # read, not yet started (waiting for a slot)
@@ -170,15 +173,23 @@ class Drainer:
         for plan in self.plans:
             room = self._room(plan)
             if room:
-                started += self._take(plan, decode_entries(plan.name, self.reader.new(plan, room)))
+                batch = self.reader.new(plan, room)
+                started += self._take(plan, decode_entries(plan.name, batch.entries,
+                                                           batch.poison))
+                if len(batch.entries) + len(batch.poison) >= READ_MOST:  # more are likely
+                    self.reader.read_ahead(plan, min(READ_MOST, self._left()))
         return started
+
+    def _left(self) -> int:
+        """Entries the budget still allows to read."""
+        return self.budget.max_messages - self.stats.counts["received"]
 
     def _room(self, plan: StreamPlan) -> int:
         """Entries to read now: enough for the free task slots (up to READ_MOST at once
         when calls are cheap), within the budget."""
         if self.backlog or not self.pool.free:
             return 0
-        left = self.budget.max_messages - self.stats.counts["received"]
+        left = self._left()
         per_task = self.calls[plan.name] * self.batch[plan.name]
         room = self.pool.free * per_task
         if self._fit(plan.name) >= per_task:
@@ -192,8 +203,8 @@ class Drainer:
     def _wait_for_entries(self) -> bool:
         """Block (drain_block_ms) on every stream at once; False when nothing arrived."""
         arrived = self.reader.wait(self.pool.free or 1)
-        for plan, entries in arrived:
-            self._take(plan, decode_entries(plan.name, entries))
+        for plan, batch in arrived:
+            self._take(plan, decode_entries(plan.name, batch.entries, batch.poison))
         return bool(arrived)
 
     def _take_redelivered(self, plan: StreamPlan, taken: Taken) -> int:
@@ -205,18 +216,19 @@ class Drainer:
         for (entry_id, raw), delivered in taken.exhausted:
             self.stats.add(plan.name, "received")
             error = f"delivered {delivered} times without an outcome (its consumers died?)"
-            self._dead(plan.name, text(entry_id), raw, error, delivered - 1)
+            self._dead(plan.name, entry_id, raw, error, delivered - 1)
         for entry_id in taken.vanished:
             self.pending.ack(plan.name, entry_id)
-        return self._take(plan, decode_entries(plan.name, taken.entries), redelivered=True)
+        return self._take(plan, decode_entries(plan.name, taken.entries, taken.poison),
+                          redelivered=True)
 
-    def _past_retention(self, stream: str, messages: list[Message], redelivered: bool) -> None:
+    def _past_retention(self, stream: str, decoded: Decoded, redelivered: bool) -> None:
         """Entries that may have been handled already (redelivered, or carrying a first
         id: a promoted retry, a replay) whose first id is older than the dedupe
         retention: the audit-log handler may have forgotten it wrote them and write them
         again. Not refused (that would strand them), but never silent: warned, counted."""
-        old = [m for m in messages if (redelivered or m.id != m.entry_id)
-               and id_ms(m.id) < self.forgotten_ms]
+        maybe_handled = decoded.messages if redelivered else decoded.carried
+        old = [m for m in maybe_handled if id_ms(m.id) < self.forgotten_ms]
         if old:
             self.stats.add(stream, "past_dedupe_retention", len(old))
             self.ctx.log.warning("entries older than the dedupe retention: a handler that "
@@ -226,26 +238,25 @@ class Drainer:
     def _take(self, plan: StreamPlan, decoded: Decoded, redelivered: bool = False) -> int:
         """Hand decoded entries to tasks; poison goes to the DLQ. Returns calls started."""
         self.stats.add(plan.name, "received", len(decoded))
-        self._past_retention(plan.name, decoded.messages, redelivered)
+        self._past_retention(plan.name, decoded, redelivered)
         for entry_id, raw, why in decoded.poison:
             self._dead(plan.name, entry_id, raw, f"cannot be decoded: {why}", 0)
-        messages = decoded.messages
-        size = self.batch[plan.name]
-        calls = ([[m] for m in messages] if size == 1 else
-                 [messages[i : i + size] for i in range(0, len(messages), size)])
-        self._queue_calls(plan.name, plan.handler, calls)
+        self._queue(plan.name, plan.handler, decoded.messages)
         return self._start_backlog()
 
-    def _queue_calls(self, stream: str, handler: str, calls: list[list[Message]]) -> None:
-        """Spread calls over tasks: as many as there are free slots, at most
-        CALLS_PER_TASK each, so slow handlers still use every worker."""
-        if not calls:
+    def _queue(self, stream: str, handler: str, messages: list[Message]) -> None:
+        """Spread the messages' calls over tasks: as many as there are free slots, at
+        most CALLS_PER_TASK calls each, so slow handlers still use every worker."""
+        if not messages:
             return
+        size = self.batch[stream]
+        calls = -(-len(messages) // size)
         slots = max(1, self.pool.free)
-        per_task = min(self.calls[stream], -(-len(calls) // slots))
-        per_task = max(per_task, min(self._fit(stream), len(calls)))  # cheap: fewer, longer
-        for i in range(0, len(calls), per_task):
-            self.backlog.append(Task(stream, handler, calls[i : i + per_task]))
+        per_task = min(self.calls[stream], -(-calls // slots))
+        per_task = max(per_task, min(self._fit(stream), calls))  # cheap: fewer, longer
+        step = per_task * size
+        for i in range(0, len(messages), step):
+            self.backlog.append(Task(stream, handler, messages[i : i + step], size))
 
     def _start_backlog(self) -> int:
         started = 0
@@ -257,24 +268,33 @@ class Drainer:
     # -- settling ---------------------------------------------------------------------------
     def _settle(self, results: Iterable[TaskResult]) -> None:
         for result in results:
-            self._learn(result)
-            done: list[Message] = []  # calls that succeeded whole: settled together
-            for call in result.completed:
-                if call.error is None and not call.failures:
-                    self.stats.timed(call.duration, len(call.messages))
-                    done += call.messages
-                else:
-                    self._settle_call(result.task.handler, call)
-            if done:
-                self._ack_all(result.task.stream, done)
+            self._settle_result(result)
             self._not_started(result.task, result.unstarted)
         self._flush()
+
+    def _settle_result(self, result: TaskResult) -> None:
+        """The calls a task completed: failed ones one by one, then the clean ones acked
+        together (a task of clean calls: one slice of its messages)."""
+        task, durations = result.task, result.durations
+        if not durations:
+            return
+        self._learn(task.stream, durations)
+        self.stats.timed(durations, [len(task.call(i)) for i in range(len(durations))]
+                         if task.size > 1 else None)
+        failed = result.failed
+        if not failed:
+            self._ack_all(task.stream, result.completed)
+            return
+        for call in failed:
+            self._settle_call(task.handler, call)
+        bad = {call.index for call in failed}
+        self._ack_all(task.stream, [m for i in range(result.done) if i not in bad
+                                    for m in task.call(i)])
 
     def _settle_call(self, handler: str, call: CallResult) -> None:
         if _stops_run(call.error):  # e.g. a missing table, a database down: stop, ack nothing
             self._leave(handler, call.messages, call.error)
             return
-        self.stats.timed(call.duration, len(call.messages))
         if call.error is not None:
             self._count_failure()
         for message in call.messages:
@@ -288,12 +308,14 @@ class Drainer:
                     self._count_failure()
                 self._failed(message, error)
 
-    def _learn(self, result: TaskResult) -> None:
-        """How long a call of the stream takes lately (a moving average per task)."""
-        if result.completed:
-            took = sum(call.duration for call in result.completed) / len(result.completed)
-            before = self.call_sec.get(result.task.stream, took)
-            self.call_sec[result.task.stream] = 0.7 * before + 0.3 * took
+    def _learn(self, stream: str, durations: list[float]) -> None:
+        """How long a call of the stream takes lately: a moving average of each task's
+        median call. The median, as a call's time includes any wait for the GIL, and a
+        thread that loses it every few ms gives a few calls milliseconds each: their
+        mean would make calls of a microsecond look costly and their tasks short."""
+        took = sorted(durations)[len(durations) // 2]
+        before = self.call_sec.get(stream, took)
+        self.call_sec[stream] = 0.7 * before + 0.3 * took
 
     def _leave(self, handler: str, messages: list[Message], error: BaseException | None) -> None:
         """The run must stop for what ``error`` says; ``messages`` are not at fault: they
@@ -309,26 +331,25 @@ class Drainer:
             self.stats.add(message.stream, "left_pending")
             self.untried.setdefault(message.stream, []).append(message.entry_id)
 
-    def _not_started(self, task: Task, calls: list[list[Message]]) -> None:
-        """Calls a task never began: other workers take them, unless the run is stopping
-        (then they stay pending in the group for a later run)."""
-        if not calls:
+    def _not_started(self, task: Task, messages: list[Message]) -> None:
+        """Messages of calls a task never began: other workers take them, unless the run
+        is stopping (then they stay pending in the group for a later run)."""
+        if not messages:
             return
         if self.halting or self.fatal is not None:
-            self._untried(m for call in calls for m in call)
+            self._untried(messages)
         else:
-            self._queue_calls(task.stream, task.handler, calls)
+            self._queue(task.stream, task.handler, messages)
 
     def _expire(self) -> None:
         for result in self.pool.expire(self.timeout):
-            for call in result.completed:
-                self._settle_call(result.task.handler, call)
+            self._settle_result(result)
             late = result.timed_out
             if self.halting:
                 self.stats.add(result.task.stream, "left_pending", len(late))
             else:
                 error = TimeoutError(f"handler {result.task.handler} overran {self.timeout:g} s")
-                self.stats.timed(self.timeout, len(late))
+                self.stats.timed([self.timeout], [len(late)])
                 self._count_failure()
                 for message in late:
                     self.stats.add(message.stream, "timed_out")
@@ -380,14 +401,25 @@ class Drainer:
 
     def _flush(self) -> None:
         """Retries, DLQ entries and their XACKs in one MULTI: all of a round or none.
+        Written by the lane, in order; a failed write is raised here at the next look.
         No checkpoint here: acking finished work is right even after a stop signal."""
-        if not self.pending:
-            return
-        writes, self.pending = self.pending, Round()
-        fence = fence_of(self.ctx)
-        with refused_as_lock_lost(self.ctx, "ack and reschedule"):
-            self.ctx.retry(lambda: write_round(self.ctx.redis, self.keys, self.group, writes,
-                                               fence), "ack and reschedule")
+        if self.pending:
+            writes, self.pending = self.pending, Round()
+            fence = fence_of(self.ctx)
+
+            def write() -> None:
+                with refused_as_lock_lost(self.ctx, "ack and reschedule"):
+                    self.ctx.retry(lambda: write_round(self.ctx.redis, self.keys, self.group,
+                                                       writes, fence), "ack and reschedule")
+
+            self.writes.append(self.lane.submit(write))
+        self._written(wait=False)
+
+    def _written(self, wait: bool) -> None:
+        """Raise the error of a round the lane could not write; with ``wait``, once every
+        round handed over is written."""
+        while self.writes and (wait or self.writes[0].done()):
+            self.writes.popleft().result()
 
     def _give_back(self) -> None:
         idle_ms = int(self.ctx.settings.stream_claim_idle_sec * 1000) + 1
@@ -408,6 +440,9 @@ class Drainer:
         being retried; so does whatever is still unfinished at the deadline. What was
         never tried (or hit an outage) is given back, unless the lock was lost (another
         process may run under our consumer name now)."""
+        for plan, batch in self.reader.take_back(wait=1.0):  # read ahead, never taken
+            ids = [i for i, _fields in batch.entries] + [i for i, _raw, _why in batch.poison]
+            self.untried.setdefault(plan.name, []).extend(ids)
         if leave_pending:
             self._halt()
         deadline = time.monotonic() + self.timeout + 1
@@ -416,7 +451,7 @@ class Drainer:
                 if self.pool.stuck >= self.pool.size:  # nothing queued can start any more
                     self._halt()
                     for task in self.pool.drop_queued():
-                        self._untried(m for call in task.calls for m in call)
+                        self._untried(task.messages)
                 if time.monotonic() >= deadline:
                     if self.halting:
                         break
@@ -428,16 +463,18 @@ class Drainer:
                 self._settle(self.pool.collect(wait))
                 self._expire()
             self._flush()
+            self._written(wait=True)
             if give_back:
                 self._give_back()
         finally:
+            self.lane.close()
             self.pool.shutdown()
 
     def _halt(self) -> None:
         self.halting = True
         self.pool.halt()
         for task in self.backlog:  # read but never started: still pending in the group
-            self._untried(m for call in task.calls for m in call)
+            self._untried(task.messages)
         self.backlog.clear()
 
 

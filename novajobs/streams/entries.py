@@ -17,6 +17,7 @@ twice, and the second, wrong one won when read back).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,66 +82,91 @@ def peek_meta(raw: Mapping[Any, Any], entry_id: str) -> tuple[str, int]:
     return first or entry_id, int(attempts) if attempts.isdigit() else 0
 
 
+Entry = tuple[str, dict[str, str]]  # (id, {name: value}) as a text client reads it
+Poison = tuple[str, dict[bytes, bytes], str]  # (id, its fields as stored, why)
+
+
 @dataclass
 class Decoded:
     """Entries read from a stream, as handlers get them and as poison for the DLQ."""
 
     messages: list[Message] = field(default_factory=list)
-    poison: list[tuple[str, dict[bytes, bytes], str]] = field(default_factory=list)  # id, raw, why
+    poison: list[Poison] = field(default_factory=list)
+    carried: list[Message] = field(default_factory=list)  # of messages: an earlier first id
 
     def __len__(self) -> int:
         return len(self.messages) + len(self.poison)
 
 
-def decode_entries(stream: str, entries: Iterable[tuple[Any, Mapping[bytes, bytes]]]) -> Decoded:
-    """Entries as redis-py reads them: ``(id, {name: value})``, bytes."""
-    out = Decoded()
-    for raw_id, raw in entries:
-        entry_id = text(raw_id)
+def as_bytes(fields: Mapping[str, str]) -> dict[bytes, bytes]:
+    """Fields read by a text client, as stored (invalid bytes came as lone surrogates)."""
+    return {name.encode("utf-8", "surrogateescape"): value.encode("utf-8", "surrogateescape")
+            for name, value in fields.items()}
+
+
+def split_invalid(entries: list[Entry]) -> tuple[list[Entry], list[Poison]]:
+    """Entries a text client read while it met invalid UTF-8 (redisconn.surrogates_seen
+    moved): those that are text throughout, and the others as poison."""
+    good: list[Entry] = []
+    poison: list[Poison] = []
+    for entry_id, fields in entries:
         try:
-            fields = {name.decode(): value.decode() for name, value in raw.items()}
-        except UnicodeDecodeError as exc:
-            why = f"fields are not UTF-8 text ({exc.reason} at byte {exc.start})"
-            out.poison.append((entry_id, dict(raw), why))
-            continue
-        if META_ID in fields or META_ATTEMPTS in fields:
-            _add_meta_entry(out, stream, entry_id, fields, raw)
+            "".join(itertools.chain.from_iterable((fields or {}).items())).encode()
+        except UnicodeEncodeError:
+            raw = as_bytes(fields)
+            poison.append((entry_id, raw, _why(raw)))
         else:
-            out.messages.append(_message(stream, entry_id, entry_id, fields, 0))
+            good.append((entry_id, fields))
+    return good, poison
+
+
+def _why(raw: Mapping[bytes, bytes]) -> str:
+    for item in itertools.chain.from_iterable(raw.items()):
+        try:
+            item.decode()
+        except UnicodeDecodeError as exc:
+            return f"fields are not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return "fields are not UTF-8 text"
+
+
+def decode_entries(stream: str, entries: Iterable[Entry], poison: Iterable[Poison] = ()
+                   ) -> Decoded:
+    """Messages of text entries (``split_invalid``'s good ones); ``poison`` passes on.
+    Per entry only what cannot be skipped: a look for meta fields and a Message."""
+    out = Decoded(poison=list(poison))
+    messages = out.messages
+    for entry_id, fields in entries:
+        if META_ID in fields or META_ATTEMPTS in fields:
+            _add_meta_entry(out, stream, entry_id, fields)
+        else:
+            messages.append(_new(Message, (stream, entry_id, entry_id, fields, 0)))
     return out
 
 
 def decode_entry(stream: str, entry_id: str, raw: Mapping[bytes, bytes]) -> Message:
-    """One entry as redis-py reads it; PoisonEntry when it cannot be a Message."""
-    decoded = decode_entries(stream, [(entry_id, raw)])
+    """One entry as a bytes client reads it; PoisonEntry when it cannot be a Message."""
+    fields = {name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
+              for name, value in raw.items()}
+    good, poison = split_invalid([(entry_id, fields)])
+    decoded = decode_entries(stream, good, poison)
     if decoded.poison:
         raise PoisonEntry(decoded.poison[0][2])
     return decoded.messages[0]
 
 
-def _add_meta_entry(out: Decoded, stream: str, entry_id: str, fields: dict[str, str],
-                    raw: Mapping[bytes, bytes]) -> None:
+def _add_meta_entry(out: Decoded, stream: str, entry_id: str, fields: dict[str, str]) -> None:
     """An entry novajobs wrote back (a promoted retry, a replay): its first id and
     attempts from the meta fields, the producer's fields without them."""
     attempts_text = fields.get(META_ATTEMPTS, "0")
     if not attempts_text.isdigit():
         why = f"{META_ATTEMPTS} is {attempts_text!r}, not a count"
-        out.poison.append((entry_id, dict(raw), why))
+        out.poison.append((entry_id, as_bytes(fields), why))
         return
     data = {k: v for k, v in fields.items() if not k.startswith(META_PREFIX)}
-    out.messages.append(_message(stream, fields.get(META_ID, entry_id), entry_id, data,
-                                 int(attempts_text)))
+    message = Message(stream, fields.get(META_ID, entry_id), entry_id, data, int(attempts_text))
+    out.messages.append(message)
+    if message.id != entry_id:
+        out.carried.append(message)
 
 
-def _message(stream: str, first_id: str, entry_id: str, fields: dict[str, str],
-             attempts: int) -> Message:
-    """A Message without the frozen dataclass's ``__init__`` (five ``object.__setattr__``
-    calls: a third of a drain's own time per entry with a no-op handler): the same
-    instance, its ``__dict__`` filled directly."""
-    message = _new(Message)
-    message.__dict__.update(stream=stream, id=first_id, entry_id=entry_id, fields=fields,
-                            attempts=attempts)
-    return message
-
-
-_new = object.__new__
+_new = tuple.__new__  # Message(...) without its keyword handling: a third of the cost

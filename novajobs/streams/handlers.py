@@ -31,7 +31,7 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from novajobs.errors import ConfigError, UsageError
 from novajobs.retry import is_transient
@@ -62,9 +62,9 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, Unavailable) or is_transient(error)
 
 
-@dataclass(frozen=True)
-class Message:
-    """One stream entry as a handler sees it."""
+class Message(NamedTuple):
+    """One stream entry as a handler sees it (immutable; a named tuple, the cheapest
+    object Python builds: drain-stream makes one per entry)."""
 
     stream: str  # the stream's name as configured (without the Redis key prefix)
     id: str  # the original entry id: the same on every retry and replay (dedupe on it)
@@ -123,6 +123,18 @@ class FunctionHandler(Handler):
             except Exception as exc:  # isolated per message
                 failures[message.entry_id] = exc
         return failures
+
+
+def one_at_a_time(handler: Handler) -> Callable[[Message], Any] | None:
+    """The function that handles one message, for a handler whose ``handle_batch`` is
+    the standard loop over it (the pool then calls it directly, one call per message,
+    with the same outcome); None for a handler with a ``handle_batch`` of its own."""
+    batch = type(handler).handle_batch
+    if batch is FunctionHandler.handle_batch and isinstance(handler, FunctionHandler):
+        return type(handler).func
+    if batch is Handler.handle_batch:
+        return handler.handle
+    return None
 
 
 HandlerFactory = type[Handler]  # called with the settings, once per worker thread

@@ -1,9 +1,13 @@
 """A bounded pool of worker threads with a per-call timeout.
 
-A *task* is a short run of handler calls of one stream (each call handles one message,
-or one batch for a batch handler). Handing a worker several calls at a time keeps
+A *task* is a short run of handler calls of one stream: its messages, one per call (or
+``size`` per call for a batch handler). Handing a worker many calls at a time keeps
 thread hand-offs off the per-message path; the timeout still applies to each call,
 and a worker checks between calls whether it should stop (``halt``, on SIGTERM).
+
+A clean call leaves nothing behind but its duration (and the count of calls done):
+no per-call object, so thousands of cheap calls a second cost little more than the
+calls themselves. A failed call is reported whole (``CallResult``), never lost.
 
 Python cannot kill a thread, so a call that overruns its timeout is *abandoned*: the
 caller learns at once which calls of the task completed, which one timed out and
@@ -21,12 +25,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from novajobs.streams.handlers import Handler, Message
+from novajobs.streams.handlers import Handler, Message, one_at_a_time
 
 
 @dataclass(slots=True)
 class CallResult:
+    """A call that failed, whole (``error``) or for some of its messages (``failures``)."""
+
+    index: int  # the call's number in its task
     messages: list[Message]
     duration: float
     failures: Mapping[str, BaseException] = field(default_factory=dict)  # by entry_id
@@ -37,20 +45,42 @@ class CallResult:
 class Task:
     stream: str
     handler: str
-    calls: list[list[Message]]
+    messages: list[Message]
+    size: int = 1  # messages per call
     started: float | None = None  # monotonic start of the call running now (None between)
-    completed: list[CallResult] = field(default_factory=list)
+    done: int = 0  # calls completed
+    durations: list[float] = field(default_factory=list)  # seconds, one per completed call
+    failed: list[CallResult] = field(default_factory=list)  # completed calls that failed
     finished: bool = False  # the worker is done with it (its result may not be collected)
     abandoned: bool = False  # given up on by the caller after a timeout
     halt: bool = False  # stop before the next call: the rest stays pending
+
+    @property
+    def calls(self) -> int:
+        return -(-len(self.messages) // self.size)
+
+    def call(self, index: int) -> list[Message]:
+        return self.messages[index * self.size : (index + 1) * self.size]
 
 
 @dataclass
 class TaskResult:
     task: Task
-    completed: list[CallResult]
+    done: int  # calls completed: the first ``done * task.size`` messages
     timed_out: list[Message] = field(default_factory=list)  # the call that overran
-    unstarted: list[list[Message]] = field(default_factory=list)  # calls never begun
+    unstarted: list[Message] = field(default_factory=list)  # messages of calls never begun
+
+    @property
+    def completed(self) -> list[Message]:
+        return self.task.messages[: self.done * self.task.size]
+
+    @property
+    def durations(self) -> list[float]:
+        return self.task.durations[: self.done]
+
+    @property
+    def failed(self) -> list[CallResult]:
+        return [call for call in self.task.failed if call.index < self.done]
 
 
 _STOP = object()
@@ -64,8 +94,8 @@ class WorkerPool:
         self._halted = False
         self.capacity = 2 * size  # tasks running or queued: one queued per worker at most
         self._make_handler = make_handler
-        self._tasks: queue.Queue[object] = queue.Queue()
-        self._results: queue.Queue[TaskResult] = queue.Queue()
+        self._tasks: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._busy = 0  # submitted and not finished by a worker (abandoned ones included)
         self._waiting: set[Task] = set()  # submitted, result not yet collected or abandoned
@@ -125,9 +155,9 @@ class WorkerPool:
                     continue
                 task.abandoned = True
                 self._waiting.discard(task)
-                done = len(task.completed)
-                out.append(TaskResult(task, list(task.completed), task.calls[done],
-                                      task.calls[done + 1 :]))
+                done = task.done
+                out.append(TaskResult(task, done, task.call(done),
+                                      task.messages[(done + 1) * task.size :]))
         return out
 
     def next_expiry(self, limit: float) -> float | None:
@@ -139,7 +169,7 @@ class WorkerPool:
     def drop_queued(self) -> list[Task]:
         """Give up on the tasks no worker has begun (e.g. every worker is stuck)."""
         with self._lock:
-            dropped = [t for t in self._waiting if t.started is None and not t.completed
+            dropped = [t for t in self._waiting if t.started is None and not t.done
                        and t not in self._running.values()]
             for task in dropped:
                 task.abandoned = True
@@ -182,43 +212,59 @@ class WorkerPool:
                     self._busy -= 1
                     task.finished = True
                     if not task.abandoned:  # else the caller has dealt with it already
-                        done = len(task.completed)
-                        self._results.put(TaskResult(task, task.completed,
-                                                     unstarted=task.calls[done:]))
+                        self._results.put(TaskResult(task, task.done,
+                                                     unstarted=task.messages[
+                                                         task.done * task.size :]))
         finally:
             for handler in handlers.values():
                 with contextlib.suppress(Exception):  # closing must not hide the outcome
                     handler.close()
 
     def _run(self, task: Task, handlers: dict[str, Handler]) -> None:
-        """The task's calls in order; one lock round per call (it ends one call and starts
-        the next: thousands of cheap calls a second pass here, so the handler is looked
-        up once and a clean call skips the ``stops`` check)."""
+        """The task's calls in order. Per call: the call, a clock reading and one short
+        lock round that ends it and starts the next; a handler of one message at a time
+        is called directly, without a list or a failures dict per call."""
         with self._lock:
             if task.abandoned or task.halt:
                 return
             task.started = began = time.monotonic()
+        single: Callable[[Message], Any] | None = None
         handle: Callable[[Sequence[Message]], Mapping[str, BaseException]]
         try:
-            handle = self._handler(task.handler, handlers).handle_batch
+            handler = self._handler(task.handler, handlers)
+            handle = handler.handle_batch
+            single = one_at_a_time(handler) if task.size == 1 else None
         except BaseException as exc:  # could not even be built: every call fails with it
             handle = _raiser(exc)
-        last = len(task.calls) - 1
-        for i, call in enumerate(task.calls):
-            try:
-                failures = handle(call)
-                ended = time.monotonic()
-                result = CallResult(call, ended - began, failures)
-            except BaseException as exc:  # reported to the caller, never lost
-                ended = time.monotonic()
-                result = CallResult(call, ended - began, error=exc)
-            with self._lock:
+        messages, size, calls = task.messages, task.size, task.calls
+        durations, lock, clock = task.durations, self._lock, time.monotonic
+        for i in range(calls):
+            failed: CallResult | None = None
+            if single is not None:
+                try:
+                    single(messages[i])
+                except BaseException as exc:  # reported to the caller, never lost
+                    failed = CallResult(i, [messages[i]], 0.0, error=exc)
+            else:
+                call = messages[i * size : (i + 1) * size]
+                try:
+                    failures = handle(call)
+                    if failures:
+                        failed = CallResult(i, call, 0.0, failures)
+                except BaseException as exc:
+                    failed = CallResult(i, call, 0.0, error=exc)
+            ended = clock()
+            with lock:
                 if task.abandoned:
                     return
-                task.completed.append(result)
-                if (result.error is not None or result.failures) and self._should_stop(result):
-                    self._halt_all()
-                if i == last or task.halt:
+                durations.append(ended - began)
+                task.done = i + 1
+                if failed is not None:
+                    failed.duration = ended - began
+                    task.failed.append(failed)
+                    if self._should_stop(failed):
+                        self._halt_all()
+                if task.halt or i == calls - 1:
                     task.started = None
                     return
                 task.started = began = ended

@@ -8,6 +8,14 @@
    (``XAUTOCLAIM``; an entry given back after an outage is claimable at once);
 3. new entries (``>``), by stream priority.
 
+A full read of new entries may start the next one at once, in the drain's Redis lane
+(``read_ahead``, lane.py): Redis prepares and sends it while the caller hands out and
+settles the last one, instead of after. What a stopping run had read ahead and not taken is
+handed back (``take_back``) and given back to the group like any untried entry.
+
+Entries are read as text (``ctx.redis_text``: decoded by the reply parser, in C); a
+read that met bytes that are not UTF-8 is split into text and poison (``Batch``).
+
 Redelivered entries (1 and 2) carry a delivery count: one delivered too often without
 any outcome (its consumers died with it, e.g. killed by it) is handed back as
 ``exhausted`` for the DLQ instead of going round forever. Their counts before this
@@ -17,36 +25,46 @@ delivery are kept so a run that must leave them pending can give the delivery ba
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from novajobs.conversions import text
-from novajobs.redisconn import is_cluster
+from novajobs.redisconn import is_cluster, surrogates_seen
+from novajobs.streams.entries import Entry, Poison, as_bytes, split_invalid
 from novajobs.streams.handlers import StreamPlan
 from novajobs.streams.keys import slot
 
 if TYPE_CHECKING:
     from novajobs.context import JobContext
-
-Entry = tuple[Any, Any]  # (id, fields) as redis-py returns them
+    from novajobs.streams.lane import Lane
 
 
 @dataclass
-class Taken:
+class Batch:
     entries: list[Entry] = field(default_factory=list)  # to handle
-    exhausted: list[tuple[Entry, int]] = field(default_factory=list)  # (entry, deliveries)
+    poison: list[Poison] = field(default_factory=list)  # not UTF-8: for the DLQ
+    last_id: str | None = None  # of the last entry read (a cursor), None: none was read
+
+
+@dataclass
+class Taken(Batch):
+    exhausted: list[tuple[tuple[str, dict[bytes, bytes]], int]] = field(
+        default_factory=list)  # ((id, fields as stored), deliveries)
     vanished: list[str] = field(default_factory=list)  # pending ids no longer in the stream
 
 
 class Reader:
-    def __init__(self, ctx: JobContext, plans: list[StreamPlan]) -> None:
+    def __init__(self, ctx: JobContext, plans: list[StreamPlan], lane: Lane) -> None:
         s = ctx.settings
-        self.ctx, self.plans = ctx, plans
+        self.ctx, self.plans, self.lane = ctx, plans, lane
         self.group, self.consumer = s.stream_group, s.stream_consumer
         self.resume_cursor: dict[str, str | None] = {p.name: "0" for p in plans}
         self.claim_cursor = {p.name: "0-0" for p in plans}
         self.next_claim = dict.fromkeys(self.claim_cursor, 0.0)  # monotonic
         self.redelivered: dict[tuple[str, str], int] = {}  # deliveries before this one
+        self.ahead: dict[str, Future[Batch]] = {}  # stream -> a read started in advance
 
     @property
     def resuming(self) -> bool:
@@ -70,15 +88,40 @@ class Reader:
             self.next_claim[plan.name] = now + every
         return self._reclaim(plan, count)
 
-    def new(self, plan: StreamPlan, count: int) -> list[Entry]:
-        key = plan.keys.stream
-        reply: Any = self.ctx.retry(
-            lambda: self.ctx.redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=count),
-            f"read {plan.name}",
-        )
-        return list(reply[0][1]) if reply else []
+    def new(self, plan: StreamPlan, count: int) -> Batch:
+        """Up to ``count`` new entries; those read ahead instead, when a read was started
+        (then up to its own count: what the caller cannot start now waits in its backlog)."""
+        ahead = self.ahead.pop(plan.name, None)
+        return ahead.result() if ahead is not None else self._new(plan, count)
 
-    def wait(self, count: int) -> list[tuple[StreamPlan, list[Entry]]]:
+    def read_ahead(self, plan: StreamPlan, count: int) -> None:
+        """Start reading up to ``count`` new entries in the background, for ``new``."""
+        if plan.name not in self.ahead and count > 0:
+            self.ahead[plan.name] = self.lane.submit(lambda: self._new(plan, count))
+
+    def take_back(self, wait: float) -> list[tuple[StreamPlan, Batch]]:
+        """The batches read ahead and not taken, each waited for up to ``wait`` seconds.
+        One still on its way is left: its entries stay pending with this consumer, where
+        the next run reads its own pending entries first; one that failed read nothing."""
+        out = []
+        by_name = {p.name: p for p in self.plans}
+        for name, future in self.ahead.items():
+            try:
+                out.append((by_name[name], future.result(timeout=wait)))
+            except Exception:  # failed or still waiting: nothing to hand back
+                continue
+        self.ahead.clear()
+        return out
+
+    def _new(self, plan: StreamPlan, count: int) -> Batch:
+        key = plan.keys.stream
+        return self._read(
+            lambda: self.ctx.redis_text.xreadgroup(self.group, self.consumer, {key: ">"},
+                                                   count=count),
+            f"read {plan.name}",
+        ).get(key, Batch())
+
+    def wait(self, count: int) -> list[tuple[StreamPlan, Batch]]:
         """Block (drain_block_ms) for new entries on every stream at once: one read per
         Redis Cluster slot the streams are in (one read can only name one slot's keys),
         the blocking time shared between them."""
@@ -89,58 +132,72 @@ class Reader:
             by_slot.setdefault(group, {})[plan.keys.stream] = plan
         block = max(1, self.ctx.settings.drain_block_ms // len(by_slot))
         for by_key in by_slot.values():
-            reply: Any = self.ctx.retry(
-                lambda k=by_key: self.ctx.redis.xreadgroup(  # type: ignore[misc]
+            read = self._read(
+                lambda k=by_key: self.ctx.redis_text.xreadgroup(  # type: ignore[misc]
                     self.group, self.consumer, dict.fromkeys(k, ">"), count=count, block=block
                 ),
                 "wait for stream entries",
             )
-            if reply:
-                return [(by_key[text(key)], list(entries)) for key, entries in reply]
+            if read:
+                return [(by_key[key], batch) for key, batch in read.items()]
         return []
+
+    def _read(self, read: Callable[[], Any], what: str) -> dict[str, Batch]:
+        """An XREADGROUP's entries by stream key (the keys with any)."""
+        reply, suspect = self._text(read, what)
+        return {key: _batch(entries, suspect) for key, entries in reply or () if entries}
+
+    def _text(self, read: Callable[[], Any], what: str) -> tuple[Any, bool]:
+        """The reply of ``read`` (on the text client) and whether it held bytes that
+        are not UTF-8: only then is any entry looked at (``_batch``)."""
+        seen = surrogates_seen()
+        reply = self.ctx.retry(read, what)
+        return reply, surrogates_seen() != seen
 
     # -- redeliveries ------------------------------------------------------------------------
     def _resume(self, plan: StreamPlan, count: int) -> Taken:
         key, cursor = plan.keys.stream, self.resume_cursor[plan.name] or "0"
-        reply: Any = self.ctx.retry(
-            lambda: self.ctx.redis.xreadgroup(self.group, self.consumer, {key: cursor},
-                                              count=count),
+        batch = self._read(
+            lambda: self.ctx.redis_text.xreadgroup(self.group, self.consumer, {key: cursor},
+                                                   count=count),
             f"read own pending entries of {plan.name}",
-        )
-        rows = list(reply[0][1]) if reply else []
-        self.resume_cursor[plan.name] = text(rows[-1][0]) if rows else None
-        taken = self._redelivered(plan, rows)
-        if rows:
-            self.ctx.log.info("resuming own pending entries", stream=plan.name, entries=len(rows))
-        return taken
+        ).get(key, Batch())
+        self.resume_cursor[plan.name] = batch.last_id
+        if batch.last_id:
+            self.ctx.log.info("resuming own pending entries", stream=plan.name,
+                              entries=len(batch.entries) + len(batch.poison))
+        return self._redelivered(plan, batch)
 
     def _reclaim(self, plan: StreamPlan, count: int) -> Taken:
         key = plan.keys.stream
         idle_ms = int(self.ctx.settings.stream_claim_idle_sec * 1000)
         start = self.claim_cursor[plan.name]
-        reply: Any = self.ctx.retry(
-            lambda: self.ctx.redis.xautoclaim(key, self.group, self.consumer, idle_ms, start,
-                                              count),
+        reply, suspect = self._text(
+            lambda: self.ctx.redis_text.xautoclaim(key, self.group, self.consumer, idle_ms,
+                                                   start, count),
             f"reclaim {plan.name}",
         )
         self.claim_cursor[plan.name] = text(reply[0])
-        rows = [(i, f) for i, f in reply[1] if f is not None]  # deleted ones: Redis drops them
-        if rows:
-            self.ctx.log.info("reclaimed pending entries", stream=plan.name, entries=len(rows))
-        return self._redelivered(plan, rows)
+        batch = _batch(reply[1], suspect)
+        if batch.last_id:
+            self.ctx.log.info("reclaimed pending entries", stream=plan.name,
+                              entries=len(batch.entries) + len(batch.poison))
+        return self._redelivered(plan, batch)
 
-    def _redelivered(self, plan: StreamPlan, rows: list[Entry]) -> Taken:
-        taken = Taken()
-        live = [row for row in rows if row[1] is not None]
-        taken.vanished = [text(i) for i, f in rows if f is None]
-        counts = self._deliveries(plan, [text(i) for i, _ in live])
+    def _redelivered(self, plan: StreamPlan, batch: Batch) -> Taken:
+        """Entries delivered before: their delivery counts; those delivered too often go
+        to ``exhausted``, those deleted from the stream meanwhile to ``vanished``."""
+        taken = Taken(poison=batch.poison)
+        live = [row for row in batch.entries if row[1] is not None]
+        taken.vanished = [i for i, f in batch.entries if f is None]
+        counts = self._deliveries(plan, [i for i, _ in live])
         limit = self.ctx.settings.stream_max_retries + 2
-        for (raw_id, raw), delivered in zip(live, counts, strict=True):
-            self.redelivered[(plan.name, text(raw_id))] = max(delivered - 1, 0)
+        for (entry_id, fields), delivered in zip(live, counts, strict=True):
+            self.redelivered[(plan.name, entry_id)] = max(delivered - 1, 0)
             if delivered > limit:
-                taken.exhausted.append(((raw_id, raw), delivered))
+                taken.exhausted.append(((entry_id, as_bytes(fields)), delivered))
             else:
-                taken.entries.append((raw_id, raw))
+                taken.entries.append((entry_id, fields))
         return taken
 
     def _deliveries(self, plan: StreamPlan, ids: list[str]) -> list[int]:
@@ -157,3 +214,15 @@ class Reader:
 
         replies = self.ctx.retry(fetch, f"read delivery counts of {plan.name}")
         return [int(r[0]["times_delivered"]) if r else 1 for r in replies]
+
+
+def _batch(entries: Any, suspect: bool) -> Batch:
+    """Entries as read (``(id, fields)``, fields None for one deleted meanwhile); split
+    into text and poison when the read met invalid UTF-8."""
+    rows: list[Entry] = list(entries)
+    last = rows[-1][0] if rows else None
+    if not suspect:
+        return Batch(rows, last_id=last)
+    good, poison = split_invalid(rows)
+    return Batch(good, poison, last)
+

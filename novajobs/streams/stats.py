@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 COUNTS = (
@@ -24,15 +25,21 @@ class DrainStats:
     counts: Counter[str] = field(default_factory=Counter)
     per_stream: dict[str, Counter[str]] = field(default_factory=dict)
     durations: list[float] = field(default_factory=list)  # seconds, one per handled message
+    _p95: tuple[int, float] = (0, 0.0)  # (len(durations) when computed, the p95)
 
     def add(self, stream: str, what: str, n: int = 1) -> None:
         if n:
             self.counts[what] += n
             self.per_stream.setdefault(stream, Counter())[what] += n
 
-    def timed(self, seconds: float, messages: int) -> None:
-        """A handler call took ``seconds`` for ``messages``: each waited that long."""
-        self.durations.extend([seconds] * messages)
+    def timed(self, seconds: Sequence[float], sizes: Sequence[int] | None = None) -> None:
+        """Handler calls took ``seconds`` each, for ``sizes`` messages each (one each when
+        None): every message waited as long as its call."""
+        if sizes is None:
+            self.durations.extend(seconds)
+        else:
+            for took, messages in zip(seconds, sizes, strict=True):
+                self.durations.extend([took] * messages)
 
     def avg_ms(self) -> float:
         return round(1000 * sum(self.durations) / len(self.durations), 2) if self.durations else 0.0
@@ -40,8 +47,11 @@ class DrainStats:
     def p95_ms(self) -> float:
         if not self.durations:
             return 0.0
-        ordered = sorted(self.durations)
-        return round(1000 * ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)], 2)
+        n = len(self.durations)
+        if self._p95[0] != n:  # asked for several times at the end of a run: sorted once
+            rank = min(n - 1, math.ceil(0.95 * n) - 1)
+            self._p95 = (n, round(1000 * sorted(self.durations)[rank], 2))
+        return self._p95[1]
 
     def counters(self) -> dict[str, int]:
         """For the run record: every count (zeros too) plus the handling times in
