@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from support import drain
 
 from novajobs.errors import Outcome
@@ -105,6 +106,47 @@ def test_a_handler_says_its_infrastructure_is_unavailable(redis_client, handlers
     assert deliveries(redis_client, p + "q") == {ids[3]: 0, ids[4]: 0}
     assert redis_client.zcard(stream_keys(p, "q").retry) == 1
     assert not redis_client.exists(stream_keys(p, "q").dlq)
+
+
+@pytest.mark.cluster
+def test_entries_read_ahead_when_the_run_stops_are_given_back(redis_client, handlers, fast,
+                                                              names):
+    """A full read starts the next one ahead (reader.py). When an outage stops the run,
+    what that read brought and no call took is given back like every untried entry
+    (delivery count 0, claimable at once), and the next run handles each entry once."""
+    handled: list[str] = []
+
+    def service(message: Message) -> None:
+        if len(handled) >= 12_000:
+            raise Unavailable("the service went away")
+        handled.append(message.entry_id)
+
+    handlers("svc", service)
+    key = names["prefix"] + "q"
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(30_000):
+        pipe.xadd(key, {"n": str(i)})
+    ids = {i.decode() for i in pipe.execute()}
+    settings = fast(stream_handlers=("q=svc",), drain_concurrency=2,
+                    drain_max_messages=100_000)
+
+    rec = drain(settings)
+
+    assert rec.outcome is Outcome.UNAVAILABLE, rec.error
+    first = set(handled)
+    pending = deliveries(redis_client, key)
+    assert len(first) == len(handled) >= 12_000 and not first & set(pending)
+    # pending: what the run took and left, and what it had read ahead (more than that)
+    assert len(pending) > rec.counters["left_pending"], (len(pending), rec.counters)
+    assert set(pending.values()) == {0}  # all given back
+    handled.clear()
+    handlers("svc", lambda message: handled.append(message.entry_id))
+
+    again = drain(settings)
+
+    assert again.outcome is Outcome.SUCCESS, again.error
+    assert len(handled) == len(set(handled)) and first | set(handled) == ids
+    assert deliveries(redis_client, key) == {}
 
 
 def test_driver_connection_errors_count_as_an_outage(redis_client, handlers, fast, names):

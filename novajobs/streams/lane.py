@@ -1,15 +1,13 @@
-"""The Redis round trips of drain-stream's hot path, in order, off the drain's thread.
+"""drain-stream's writes to Redis, in order, off the drain's own thread.
 
-Reading a batch and acking a round are mostly waiting: for Redis to prepare thousands
-of entries, for the reply to cross the socket and be parsed. Done in the drain's own
-thread, that wait is time nobody hands out or settles entries. So a read started
-ahead (reader.py) and each round's writes (settle.py) go through one thread of their
-own, one after the other in the order given, and the drain waits only for what it
-needs now: the next batch, or, at the end and before anything that reads the
-group's state (giving entries back, trimming), every write handed over.
-
-A write that fails (the fence refused it, Redis is down) is raised in the drain's
-thread at its next look (``Drainer._written``), as if it had failed there.
+Acking a round (with its retries and dead letters, settle.py) is mostly waiting: for
+the reply to cross the socket, and for Redis, busy preparing the next batch the drain
+read ahead (reader.py). Done in the drain's own thread, that wait is time nobody hands
+out or settles entries. So each round is handed to a lane: a thread that runs what
+it is given one after the other, in order. The drain waits for the writes only at
+the end, before anything that reads the group's state (giving entries back,
+trimming); a write that fails (the fence refused it, Redis is down) is raised in the
+drain's thread at its next look (``Drainer._written``), as if it had failed there.
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ T = TypeVar("T")
 
 
 class Lane:
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
             queue.SimpleQueue())
         self._thread: threading.Thread | None = None
@@ -35,7 +34,7 @@ class Lane:
         future: Future[T] = Future()
         if self._thread is None:
             # a daemon: a call that hangs (a black-holed Redis) cannot hold the process
-            self._thread = threading.Thread(target=self._run, name="drain-redis", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
         self._jobs.put((future, fn))
         return future

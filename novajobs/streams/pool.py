@@ -48,7 +48,6 @@ class Task:
     messages: list[Message]
     size: int = 1  # messages per call
     started: float | None = None  # monotonic start of the call running now (None between)
-    done: int = 0  # calls completed
     durations: list[float] = field(default_factory=list)  # seconds, one per completed call
     failed: list[CallResult] = field(default_factory=list)  # completed calls that failed
     finished: bool = False  # the worker is done with it (its result may not be collected)
@@ -58,6 +57,11 @@ class Task:
     @property
     def calls(self) -> int:
         return -(-len(self.messages) // self.size)
+
+    @property
+    def done(self) -> int:
+        """Calls completed."""
+        return len(self.durations)
 
     def call(self, index: int) -> list[Message]:
         return self.messages[index * self.size : (index + 1) * self.size]
@@ -236,9 +240,10 @@ class WorkerPool:
             single = one_at_a_time(handler) if task.size == 1 else None
         except BaseException as exc:  # could not even be built: every call fails with it
             handle = _raiser(exc)
-        messages, size, calls = task.messages, task.size, task.calls
-        durations, lock, clock = task.durations, self._lock, time.monotonic
-        for i in range(calls):
+        messages, size, last = task.messages, task.size, task.calls - 1
+        durations, clock = task.durations, time.monotonic
+        acquire, release = self._lock.acquire, self._lock.release  # (cheaper than `with`)
+        for i in range(last + 1):
             failed: CallResult | None = None
             if single is not None:
                 try:
@@ -254,20 +259,22 @@ class WorkerPool:
                 except BaseException as exc:
                     failed = CallResult(i, call, 0.0, error=exc)
             ended = clock()
-            with lock:
+            acquire()
+            try:
                 if task.abandoned:
                     return
-                durations.append(ended - began)
-                task.done = i + 1
+                durations.append(ended - began)  # the call is done: task.done grows
                 if failed is not None:
                     failed.duration = ended - began
                     task.failed.append(failed)
                     if self._should_stop(failed):
                         self._halt_all()
-                if task.halt or i == calls - 1:
+                if task.halt or i == last:
                     task.started = None
                     return
                 task.started = began = ended
+            finally:
+                release()
 
     def _should_stop(self, result: CallResult) -> bool:
         """``stops``, never raising into the worker (a dead worker strands its task): when

@@ -8,10 +8,14 @@
    (``XAUTOCLAIM``; an entry given back after an outage is claimable at once);
 3. new entries (``>``), by stream priority.
 
-A full read of new entries may start the next one at once, in the drain's Redis lane
-(``read_ahead``, lane.py): Redis prepares and sends it while the caller hands out and
-settles the last one, instead of after. What a stopping run had read ahead and not taken is
-handed back (``take_back``) and given back to the group like any untried entry.
+A full read of new entries may send the next one at once (``read_ahead``) and read
+its reply when the entries are wanted: Redis prepares it while the caller hands out
+and settles the last batch, instead of after. (A thread reading ahead cost more than
+it saved: parsing in a second thread fights the drain for the GIL.) What a stopping
+run had read ahead and not taken is handed back (``take_back``) and given back to the
+group like any untried entry; a read ahead that fails is done again the usual way,
+and whatever it may have delivered stays pending with this consumer, where the next
+run reads its own pending entries first.
 
 Entries are read as text (``ctx.redis_text``: decoded by the reply parser, in C); a
 read that met bytes that are not UTF-8 is split into text and poison (``Batch``).
@@ -24,21 +28,21 @@ delivery are kept so a run that must leave them pending can give the delivery ba
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from novajobs.conversions import text
 from novajobs.redisconn import is_cluster, surrogates_seen
+from novajobs.retry import describe_error
 from novajobs.streams.entries import Entry, Poison, as_bytes, split_invalid
 from novajobs.streams.handlers import StreamPlan
 from novajobs.streams.keys import slot
 
 if TYPE_CHECKING:
     from novajobs.context import JobContext
-    from novajobs.streams.lane import Lane
 
 
 @dataclass
@@ -56,15 +60,15 @@ class Taken(Batch):
 
 
 class Reader:
-    def __init__(self, ctx: JobContext, plans: list[StreamPlan], lane: Lane) -> None:
+    def __init__(self, ctx: JobContext, plans: list[StreamPlan]) -> None:
         s = ctx.settings
-        self.ctx, self.plans, self.lane = ctx, plans, lane
+        self.ctx, self.plans = ctx, plans
         self.group, self.consumer = s.stream_group, s.stream_consumer
         self.resume_cursor: dict[str, str | None] = {p.name: "0" for p in plans}
         self.claim_cursor = {p.name: "0-0" for p in plans}
         self.next_claim = dict.fromkeys(self.claim_cursor, 0.0)  # monotonic
         self.redelivered: dict[tuple[str, str], int] = {}  # deliveries before this one
-        self.ahead: dict[str, Future[Batch]] = {}  # stream -> a read started in advance
+        self.ahead: dict[str, Sent] = {}  # stream -> a read sent in advance
 
     @property
     def resuming(self) -> bool:
@@ -89,27 +93,35 @@ class Reader:
         return self._reclaim(plan, count)
 
     def new(self, plan: StreamPlan, count: int) -> Batch:
-        """Up to ``count`` new entries; those read ahead instead, when a read was started
+        """Up to ``count`` new entries; those read ahead instead, when a read was sent
         (then up to its own count: what the caller cannot start now waits in its backlog)."""
         ahead = self.ahead.pop(plan.name, None)
-        return ahead.result() if ahead is not None else self._new(plan, count)
+        if ahead is not None:
+            try:
+                return ahead.reply()
+            except Exception as exc:  # done again below, with the usual retries
+                self.ctx.log.info("reading ahead failed", stream=plan.name,
+                                  error=describe_error(exc))
+        return self._new(plan, count)
 
     def read_ahead(self, plan: StreamPlan, count: int) -> None:
-        """Start reading up to ``count`` new entries in the background, for ``new``."""
-        if plan.name not in self.ahead and count > 0:
-            self.ahead[plan.name] = self.lane.submit(lambda: self._new(plan, count))
+        """Send a read of up to ``count`` new entries now, for ``new`` to take the reply."""
+        if plan.name in self.ahead or count <= 0 or self.ctx.settings.redis_pool_size < 2:
+            return  # (it holds a connection of its own until the reply is taken)
+        with contextlib.suppress(Exception):  # then ``new`` reads the usual way
+            self.ahead[plan.name] = Sent(self.ctx.redis_text, plan.keys.stream, (
+                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
+                "STREAMS", plan.keys.stream, ">"))
 
     def take_back(self, wait: float) -> list[tuple[StreamPlan, Batch]]:
         """The batches read ahead and not taken, each waited for up to ``wait`` seconds.
-        One still on its way is left: its entries stay pending with this consumer, where
-        the next run reads its own pending entries first; one that failed read nothing."""
+        One whose reply does not come (or fails) is dropped: what it delivered, if
+        anything, stays pending with this consumer for the next run."""
         out = []
         by_name = {p.name: p for p in self.plans}
-        for name, future in self.ahead.items():
-            try:
-                out.append((by_name[name], future.result(timeout=wait)))
-            except Exception:  # failed or still waiting: nothing to hand back
-                continue
+        for name, sent in self.ahead.items():
+            with contextlib.suppress(Exception):
+                out.append((by_name[name], sent.reply(wait)))
         self.ahead.clear()
         return out
 
@@ -226,3 +238,38 @@ def _batch(entries: Any, suspect: bool) -> Batch:
     good, poison = split_invalid(rows)
     return Batch(good, poison, last)
 
+
+class Sent:
+    """An XREADGROUP sent on a connection of its own, its reply read when wanted (on a
+    Redis Cluster, on the connection to the node that holds the stream)."""
+
+    def __init__(self, client: Any, key: str, command: tuple[Any, ...]) -> None:
+        if is_cluster(client):
+            client = client.get_redis_connection(client.get_node_from_key(key))
+        self.client, self.key = client, key
+        self.seen = surrogates_seen()
+        self.conn: Any = client.connection_pool.get_connection()
+        try:
+            self.conn.send_command(*command)
+        except BaseException:
+            self._release(broken=True)
+            raise
+
+    def reply(self, wait: float | None = None) -> Batch:
+        """The entries read; with ``wait``, TimeoutError when no reply began by then."""
+        try:
+            if wait is not None and not self.conn.can_read(wait):
+                raise TimeoutError(f"no reply within {wait:g} s")
+            reply = self.client.parse_response(self.conn, "XREADGROUP")
+        except BaseException:
+            self._release(broken=True)
+            raise
+        self._release(broken=False)
+        suspect = surrogates_seen() != self.seen
+        read = {key: _batch(entries, suspect) for key, entries in reply or () if entries}
+        return read.get(self.key, Batch())
+
+    def _release(self, broken: bool) -> None:
+        if broken:  # a reply may still be on its way: never reuse the connection
+            self.conn.disconnect()
+        self.client.connection_pool.release(self.conn)
