@@ -181,7 +181,7 @@ class Drainer:
                 started += self._take(plan, decode_entries(plan.name, batch.entries,
                                                            batch.poison))
                 if len(batch.entries) + len(batch.poison) >= READ_MOST:  # more are likely
-                    self.reader.read_ahead(plan, min(READ_MOST, self._left()))
+                    self.reader.read_ahead(plan, READ_MOST, self._left())
         return started
 
     def _left(self) -> int:

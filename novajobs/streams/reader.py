@@ -8,9 +8,10 @@
    (``XAUTOCLAIM``; an entry given back after an outage is claimable at once);
 3. new entries (``>``), by stream priority.
 
-A full read of new entries may send the next one at once (``read_ahead``) and read
-its reply when the entries are wanted: Redis prepares it while the caller hands out
-and settles the last batch, instead of after. (A thread reading ahead cost more than
+A full read of new entries may send the next ones at once (``read_ahead``, up to
+READS_AHEAD in flight) and read their replies when the entries are wanted: Redis
+prepares them while the caller parses, hands out and settles the last batch, instead
+of after. (A thread reading ahead cost more than
 it saved: parsing in a second thread fights the drain for the GIL.) What a stopping
 run had read ahead and not taken is handed back (``take_back``) and given back to the
 group like any untried entry; a read ahead that fails is done again the usual way,
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,8 @@ from novajobs.streams.keys import slot
 
 if TYPE_CHECKING:
     from novajobs.context import JobContext
+
+READS_AHEAD = 2  # reads in flight before their entries are wanted (1 left Redis idle)
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Reader:
         self.claim_cursor = {p.name: "0-0" for p in plans}
         self.next_claim = dict.fromkeys(self.claim_cursor, 0.0)  # monotonic
         self.redelivered: dict[tuple[str, str], int] = {}  # deliveries before this one
-        self.ahead: dict[str, Sent] = {}  # stream -> a read sent in advance
+        self.ahead = {p.name: Ahead(ctx, p.keys.stream) for p in plans}
 
     @property
     def resuming(self) -> bool:
@@ -95,8 +99,8 @@ class Reader:
     def new(self, plan: StreamPlan, count: int) -> Batch:
         """Up to ``count`` new entries; those read ahead instead, when a read was sent
         (then up to its own count: what the caller cannot start now waits in its backlog)."""
-        ahead = self.ahead.pop(plan.name, None)
-        if ahead is not None:
+        ahead = self.ahead[plan.name]
+        if ahead:
             try:
                 return ahead.reply()
             except Exception as exc:  # done again below, with the usual retries
@@ -104,25 +108,30 @@ class Reader:
                                   error=describe_error(exc))
         return self._new(plan, count)
 
-    def read_ahead(self, plan: StreamPlan, count: int) -> None:
-        """Send a read of up to ``count`` new entries now, for ``new`` to take the reply."""
-        if plan.name in self.ahead or count <= 0 or self.ctx.settings.redis_pool_size < 2:
-            return  # (it holds a connection of its own until the reply is taken)
+    def read_ahead(self, plan: StreamPlan, count: int, left: int) -> None:
+        """Send reads of up to ``count`` new entries each, until READS_AHEAD are in flight
+        or they ask for ``left`` in all, for ``new`` to take the replies."""
+        ahead = self.ahead[plan.name]
+        held = sum(1 for a in self.ahead.values() if a.conn is not None)
+        if not ahead and held + 1 >= self.ctx.settings.redis_pool_size:
+            return  # a connection stays free for the other reads
+        left -= sum(ahead.counts)
         with contextlib.suppress(Exception):  # then ``new`` reads the usual way
-            self.ahead[plan.name] = Sent(self.ctx.redis_text, plan.keys.stream, (
-                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
-                "STREAMS", plan.keys.stream, ">"))
+            while len(ahead) < READS_AHEAD and left > 0:
+                ahead.send(self.group, self.consumer, min(count, left))
+                left -= ahead.counts[-1]
 
     def take_back(self, wait: float) -> list[tuple[StreamPlan, Batch]]:
         """The batches read ahead and not taken, each waited for up to ``wait`` seconds.
-        One whose reply does not come (or fails) is dropped: what it delivered, if
+        A reply that does not come (or fails) is dropped: what its read delivered, if
         anything, stays pending with this consumer for the next run."""
         out = []
-        by_name = {p.name: p for p in self.plans}
-        for name, sent in self.ahead.items():
+        for plan in self.plans:
+            ahead = self.ahead[plan.name]
             with contextlib.suppress(Exception):
-                out.append((by_name[name], sent.reply(wait)))
-        self.ahead.clear()
+                while ahead:
+                    out.append((plan, ahead.reply(wait)))
+            ahead.drop()
         return out
 
     def _new(self, plan: StreamPlan, count: int) -> Batch:
@@ -239,37 +248,57 @@ def _batch(entries: Any, suspect: bool) -> Batch:
     return Batch(good, poison, last)
 
 
-class Sent:
-    """An XREADGROUP sent on a connection of its own, its reply read when wanted (on a
-    Redis Cluster, on the connection to the node that holds the stream)."""
+class Ahead:
+    """Reads of one stream sent ahead on a connection of its own (on a Redis Cluster, to
+    the node that holds the stream), their replies taken in the order sent: one
+    connection, so Redis answers them in that order too."""
 
-    def __init__(self, client: Any, key: str, command: tuple[Any, ...]) -> None:
+    def __init__(self, ctx: JobContext, key: str) -> None:
+        self.ctx, self.key = ctx, key
+        self.conn: Any = None  # held while any reply is outstanding
+        self.counts: deque[int] = deque()  # entries asked for, per read not yet answered
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def send(self, group: str, consumer: str, count: int) -> None:
+        client: Any = self.ctx.redis_text
         if is_cluster(client):
-            client = client.get_redis_connection(client.get_node_from_key(key))
-        self.client, self.key = client, key
-        self.seen = surrogates_seen()
-        self.conn: Any = client.connection_pool.get_connection()
+            client = client.get_redis_connection(client.get_node_from_key(self.key))
+        if self.conn is None:
+            self.node, self.conn = client, client.connection_pool.get_connection()
         try:
-            self.conn.send_command(*command)
+            self.conn.send_command("XREADGROUP", "GROUP", group, consumer, "COUNT", count,
+                                   "STREAMS", self.key, ">")
         except BaseException:
-            self._release(broken=True)
+            self.drop()
             raise
+        self.counts.append(count)
 
     def reply(self, wait: float | None = None) -> Batch:
-        """The entries read; with ``wait``, TimeoutError when no reply began by then."""
+        """The entries of the oldest read; with ``wait``, TimeoutError when its reply has
+        not begun by then. Any error drops every read still outstanding."""
+        seen = surrogates_seen()
         try:
             if wait is not None and not self.conn.can_read(wait):
                 raise TimeoutError(f"no reply within {wait:g} s")
-            reply = self.client.parse_response(self.conn, "XREADGROUP")
+            reply = self.node.parse_response(self.conn, "XREADGROUP")
         except BaseException:
-            self._release(broken=True)
+            self.drop()
             raise
-        self._release(broken=False)
-        suspect = surrogates_seen() != self.seen
+        self.counts.popleft()
+        if not self.counts:
+            self.node.connection_pool.release(self.conn)
+            self.conn = None
+        suspect = surrogates_seen() != seen
         read = {key: _batch(entries, suspect) for key, entries in reply or () if entries}
         return read.get(self.key, Batch())
 
-    def _release(self, broken: bool) -> None:
-        if broken:  # a reply may still be on its way: never reuse the connection
+    def drop(self) -> None:
+        """Forget the reads outstanding: their replies may still come, so the connection
+        is closed, never reused."""
+        if self.conn is not None:
             self.conn.disconnect()
-        self.client.connection_pool.release(self.conn)
+            self.node.connection_pool.release(self.conn)
+        self.conn = None
+        self.counts.clear()
