@@ -19,9 +19,12 @@ Prints entries per second, drain-stream / fastest (goal >= 0.8x) and the trimmin
 entries once (tests/test_scripts.py: it checks that every variant consumes everything,
 not speed).
 
-redis-py parses replies with hiredis (in C), so the plain consumer's time is mostly
-Redis's own; drain-stream's is Python per entry (decoding, a Message, a handler call
-through the worker pool, settling), which is where its ratio is lost.
+The CPU time of this process during each variant (all its threads) is printed too: on
+a shared VM the wall times of two runs a second apart can differ by half, CPU time
+less. drain-stream spends more CPU than the plain loop (a Message and a handler call
+per entry, settling, the run's own bookkeeping) but gets back the time the plain loop
+waits for Redis: it reads two batches ahead and writes its acks from a thread of its
+own (docs/jobs.md, Throughput).
 """
 
 from __future__ import annotations
@@ -77,14 +80,16 @@ def drainer(env: dict[str, str], concurrency: int, trim: bool) -> Callable[[Any,
 
 
 def measure(r: Any, variants: dict[str, Callable[[Any, str, int], int]], n: int,
-            runs: int) -> tuple[dict[str, float], float]:
-    """Median seconds per variant, the variants interleaved round by round (in a
-    rotating order), after one small warm-up round (imports, first connections)."""
+            runs: int) -> tuple[dict[str, tuple[float, float]], float]:
+    """Median (seconds, CPU seconds) per variant, the variants interleaved round by
+    round (in a rotating order), after one small warm-up round (imports, connections);
+    and the median seconds of the trimming script."""
     for name, consume in variants.items():
         fill(r, f"warm:{name}", 100)
         consume(r, f"warm:{name}", 100)
         r.delete(f"warm:{name}")
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     trims: list[float] = []
     names = list(variants)
     for round_no in range(runs):
@@ -92,14 +97,16 @@ def measure(r: Any, variants: dict[str, Callable[[Any, str, int], int]], n: int,
             consume = variants[name]
             key = f"bench:{name}:{round_no}"
             fill(r, key, n)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             done = consume(r, key, n)
             times[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - cpu_started)
             assert done == n, (name, done)
             if name == "drain_no_trim":
                 trims.append(timed_trim(r, key, n))
             r.delete(key)
-    return {name: statistics.median(t) for name, t in times.items()}, statistics.median(trims)
+    return ({name: (statistics.median(t), statistics.median(cpu[name]))
+             for name, t in times.items()}, statistics.median(trims))
 
 
 def timed_trim(r: Any, key: str, n: int) -> float:
@@ -137,14 +144,16 @@ def main() -> int:
             "drain_no_trim": drainer(env, args.concurrency, trim=False),
         }
         load = os.getloadavg()[0]
-        secs, trim = measure(r, variants, n, runs)
+        medians, trim = measure(r, variants, n, runs)
+        secs = {name: wall for name, (wall, _cpu) in medians.items()}
         rate = {name: n / t for name, t in secs.items()}
         print(f"entries: {n}, rounds: {runs} (medians), concurrency {args.concurrency}; "
               f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
         for name, label in (("fastest", "plain fastest (COUNT 1000, 1 XACK/batch)"),
                             ("drain", "drain-stream (whole run, trimming on)"),
                             ("drain_no_trim", "drain-stream, stream_trim=false")):
-            print(f"{label:44} {secs[name]:7.2f} s  {rate[name]:9.0f} entries/s")
+            print(f"{label:44} {secs[name]:7.2f} s  {rate[name]:9.0f} entries/s  "
+                  f"(CPU {medians[name][1]:.2f} s)")
         print(f"drain-stream / fastest: {rate['drain'] / rate['fastest']:5.2f}x  (goal >= 0.8x)")
         print(f"trimming cost:          {100 * trim / secs['drain']:5.2f} %  (goal < 5 %): the "
               f"script takes {1000 * trim:.1f} ms for {n} entries")
