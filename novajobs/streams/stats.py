@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+P95_EXACT = 10_000  # handling times sorted at most for the p95
+
 COUNTS = (
     "received",  # entries taken from the streams (reclaimed ones included)
     "reclaimed",  # of those, taken over from consumers that left them pending (XAUTOCLAIM)
@@ -48,9 +50,12 @@ class DrainStats:
         if not self.durations:
             return 0.0
         n = len(self.durations)
-        if self._p95[0] != n:  # asked for several times at the end of a run: sorted once
-            rank = min(n - 1, math.ceil(0.95 * n) - 1)
-            self._p95 = (n, round(1000 * sorted(self.durations)[rank], 2))
+        if self._p95[0] != n:  # asked for several times at the end of a run: once
+            # exact up to P95_EXACT messages, beyond from every k-th (sorting 100k
+            # floats was 2% of a fast drain's CPU)
+            sample = self.durations[:: -(-n // P95_EXACT)]
+            rank = min(len(sample) - 1, math.ceil(0.95 * len(sample)) - 1)
+            self._p95 = (n, round(1000 * sorted(sample)[rank], 2))
         return self._p95[1]
 
     def counters(self) -> dict[str, int]:
