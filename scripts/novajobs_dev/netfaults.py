@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from novajobs_dev.stack import reserved_port
+
 
 class BlackHole:
     """A listener that accepts every connection and never sends a byte."""
@@ -83,7 +85,7 @@ class Proxy:
         (a client mid-session then, not one that has not connected yet)."""
         self.target = ("127.0.0.1", target_port)
         self.armed = cut_on_first_reply
-        self.port = refused_port()
+        self.port = reserved_port()  # free again for restore(), whatever connects meanwhile
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None

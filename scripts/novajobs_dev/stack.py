@@ -103,6 +103,25 @@ def free_base_port(low: int = 20_000, high: int = 32_700) -> int:
     raise StackError(f"no free range of stack ports between {low} and {high}")
 
 
+def reserved_port(low: int = 10_000, high: int = 19_999) -> int:
+    """A free loopback port below the kernel's ephemeral range (32768 and up here), claimed
+    like a stack's base (``_reserve``). No outgoing connection takes it as its own local
+    port, so a listener closed and opened again on it finds it free (netfaults.Proxy: a
+    store cut, then back on the same address; an ephemeral port was once taken in between)."""
+    import random
+
+    rng = random.Random()
+    for port in (rng.randrange(low, high) for _ in range(200)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if _reserve(port):
+            return port
+    raise StackError(f"no free port between {low} and {high}")
+
+
 _RESERVED: dict[int, int] = {}
 
 
