@@ -65,10 +65,16 @@ def pg_errors(what: str) -> Iterator[None]:
 def exclusive_run(conn: psycopg.Connection[Any], name: str) -> Iterator[None]:
     """Hold a session-level advisory lock named ``name`` for the block, so two runs of a
     job that must not overlap stay apart even without the Redis lock (``--no-lock``, or a
-    lease lost mid-run). Held elsewhere: the run is skipped (exit 75)."""
+    lease lost mid-run). Held elsewhere: the run is skipped (exit 75).
+
+    The lock is per schema (``novajobs:<name>:<current_schema>``): advisory locks are
+    database-wide, and two deployments in two schemas of one database, each with its own
+    tables, must not skip each other's runs."""
     from novajobs.errors import LockHeld
 
-    key = f"novajobs:{name}"
+    row = conn.execute("SELECT %s || ':' || coalesce(current_schema(), '')",
+                       [f"novajobs:{name}"]).fetchone()
+    key = str(row[0]) if row else f"novajobs:{name}:"
     row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
     if not row or not row[0]:
         raise LockHeld(f"another {name} run holds the PostgreSQL advisory lock {key!r}")

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from novajobs.errors import Outcome
+from novajobs.pgsession import exclusive_run
 from novajobs.runner import RunOptions, run_job
 from novajobs.schema import ensure_tables
 
@@ -193,12 +195,31 @@ def test_missing_table_or_bucket_is_a_config_error(pg, pg_tables, minio_client, 
 
 
 def test_a_second_run_at_once_is_kept_out_by_postgres(audit, aa_settings, env):
-    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(hashtext('novajobs:archive-audit-logs'))")
+    with (psycopg.connect(env["DATABASE_URL"], autocommit=True) as other,
+          exclusive_run(other, "archive-audit-logs")):  # a run of this deployment
         rec = run_job("archive-audit-logs", aa_settings(), RunOptions(use_lock=False))
 
-    assert rec.outcome is Outcome.SKIPPED and rec.exit_code == 75
+    assert rec.outcome is Outcome.SKIPPED and rec.exit_code == 75, rec.error
+    assert "PostgreSQL advisory lock 'novajobs:archive-audit-logs:t_" in rec.error
     assert len(rows(audit)) == 300
+
+
+def test_a_run_in_another_schema_of_the_database_does_not_keep_it_out(audit, aa_settings, env,
+                                                                       names):
+    """Advisory locks are database-wide; the job's is per schema, so a deployment whose
+    tables live in another schema of the same database runs beside this one."""
+    elsewhere = psycopg.sql.Identifier(names["schema"] + "_b")
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as other:
+        other.execute(psycopg.sql.SQL("CREATE SCHEMA {}").format(elsewhere))
+        try:
+            other.execute(psycopg.sql.SQL("SET search_path TO {}").format(elsewhere))
+            with exclusive_run(other, "archive-audit-logs"):  # the other deployment's run
+                rec = run_job("archive-audit-logs", aa_settings(), RunOptions(use_lock=False))
+        finally:
+            other.execute(psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(elsewhere))
+
+    assert rec.outcome is Outcome.SUCCESS, rec.error
+    assert [r[0] for r in rows(audit)] == list(range(251, 301))  # the 250 old ones archived
 
 
 def test_s3_unreachable_is_exit_69_and_deletes_nothing(audit, aa_settings):
