@@ -205,7 +205,10 @@ class Drainer:
         return int(TASK_TARGET_SEC / max(self.call_sec.get(stream, 1.0), 1e-6))
 
     def _wait_for_entries(self) -> bool:
-        """Block (drain_block_ms) on every stream at once; False when nothing arrived."""
+        """Block (drain_block_ms) on every stream at once; False when nothing arrived.
+        Not while a read sent ahead is unanswered: the next ``_fill`` takes it first."""
+        if self.reader.reading_ahead:
+            return True
         arrived = self.reader.wait(self.pool.free or 1)
         for plan, batch in arrived:
             self._take(plan, decode_entries(plan.name, batch.entries, batch.poison))

@@ -11,12 +11,12 @@
 A full read of new entries may send the next ones at once (``read_ahead``, up to
 READS_AHEAD in flight) and read their replies when the entries are wanted: Redis
 prepares them while the caller parses, hands out and settles the last batch, instead
-of after. (A thread reading ahead cost more than
-it saved: parsing in a second thread fights the drain for the GIL.) What a stopping
-run had read ahead and not taken is handed back (``take_back``) and given back to the
-group like any untried entry; a read ahead that fails is done again the usual way,
-and whatever it may have delivered stays pending with this consumer, where the next
-run reads its own pending entries first.
+of after. (A thread reading ahead cost more than it saved: parsing in a second thread
+fights the drain for the GIL.) What a stopping run had read ahead and not taken is
+handed back (``take_back``) and given back to the group like any untried entry; a
+read ahead that fails is done again the usual way, and whatever it may have delivered
+stays pending with this consumer, where the next run reads its own pending entries
+first. No blocking wait for new entries starts while a read ahead is unanswered.
 
 Entries are read as text (``ctx.redis_text``: decoded by the reply parser, in C); a
 read that met bytes that are not UTF-8 is split into text and poison (``Batch``).
@@ -120,6 +120,11 @@ class Reader:
             while len(ahead) < READS_AHEAD and left > 0:
                 ahead.send(self.group, self.consumer, min(count, left))
                 left -= ahead.counts[-1]
+
+    @property
+    def reading_ahead(self) -> bool:
+        """A read sent ahead is not taken yet (``new`` takes it)."""
+        return any(self.ahead.values())
 
     def take_back(self, wait: float) -> list[tuple[StreamPlan, Batch]]:
         """The batches read ahead and not taken, each waited for up to ``wait`` seconds.
