@@ -72,11 +72,11 @@ def exclusive_run(conn: psycopg.Connection[Any], name: str) -> Iterator[None]:
     tables, must not skip each other's runs."""
     from novajobs.errors import LockHeld
 
-    row = conn.execute("SELECT %s || ':' || coalesce(current_schema(), '')",
-                       [f"novajobs:{name}"]).fetchone()
-    key = str(row[0]) if row else f"novajobs:{name}:"
-    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
-    if not row or not row[0]:
+    key, taken = conn.execute(
+        "SELECT k, pg_try_advisory_lock(hashtext(k))"
+        " FROM (SELECT %s || ':' || coalesce(current_schema(), '') AS k) AS lock",
+        [f"novajobs:{name}"]).fetchone() or ("", False)
+    if not taken:
         raise LockHeld(f"another {name} run holds the PostgreSQL advisory lock {key!r}")
     try:
         yield

@@ -282,20 +282,21 @@ class Drainer:
     def _settle_result(self, result: TaskResult) -> None:
         """The calls a task completed: failed ones one by one, then the clean ones acked
         together (a task of clean calls: one slice of its messages)."""
-        task, durations = result.task, result.durations
+        task = result.task
+        durations = task.durations
         if not durations:
             return
         self._learn(task.stream, durations)
         self.stats.timed(durations, [len(task.call(i)) for i in range(len(durations))]
                          if task.size > 1 else None)
-        failed = result.failed
+        failed = task.failed
         if not failed:
             self._ack_all(task.stream, result.completed)
             return
         for call in failed:
             self._settle_call(task.handler, call)
         bad = {call.index for call in failed}
-        self._ack_all(task.stream, [m for i in range(result.done) if i not in bad
+        self._ack_all(task.stream, [m for i in range(task.done) if i not in bad
                                     for m in task.call(i)])
 
     def _settle_call(self, handler: str, call: CallResult) -> None:

@@ -8,6 +8,8 @@ it is given one after the other, in order. The drain waits for the writes only a
 the end, before anything that reads the group's state (giving entries back,
 trimming); a write that fails (the fence refused it, Redis is down) is raised in the
 drain's thread at its next look (``Drainer._written``), as if it had failed there.
+(Not a one-thread ThreadPoolExecutor: its thread is joined at interpreter exit, so a
+write stuck on a black-holed Redis would hold up the exit the run already decided.)
 """
 
 from __future__ import annotations

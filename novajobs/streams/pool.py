@@ -69,22 +69,25 @@ class Task:
 
 @dataclass
 class TaskResult:
+    """What a task did, read once the worker can no longer change it: it finished, or
+    it was abandoned (then the worker records nothing more)."""
+
     task: Task
-    done: int  # calls completed: the first ``done * task.size`` messages
-    timed_out: list[Message] = field(default_factory=list)  # the call that overran
-    unstarted: list[Message] = field(default_factory=list)  # messages of calls never begun
+    overran: bool = False  # call number ``task.done`` overran its timeout: abandoned
 
     @property
     def completed(self) -> list[Message]:
-        return self.task.messages[: self.done * self.task.size]
+        return self.task.messages[: self.task.done * self.task.size]
 
     @property
-    def durations(self) -> list[float]:
-        return self.task.durations[: self.done]
+    def timed_out(self) -> list[Message]:
+        """The messages of the call that overran."""
+        return self.task.call(self.task.done) if self.overran else []
 
     @property
-    def failed(self) -> list[CallResult]:
-        return [call for call in self.task.failed if call.index < self.done]
+    def unstarted(self) -> list[Message]:
+        """The messages of the calls never begun."""
+        return self.task.messages[(self.task.done + self.overran) * self.task.size :]
 
 
 _STOP = object()
@@ -159,9 +162,7 @@ class WorkerPool:
                     continue
                 task.abandoned = True
                 self._waiting.discard(task)
-                done = task.done
-                out.append(TaskResult(task, done, task.call(done),
-                                      task.messages[(done + 1) * task.size :]))
+                out.append(TaskResult(task, overran=True))
         return out
 
     def next_expiry(self, limit: float) -> float | None:
@@ -216,9 +217,7 @@ class WorkerPool:
                     self._busy -= 1
                     task.finished = True
                     if not task.abandoned:  # else the caller has dealt with it already
-                        self._results.put(TaskResult(task, task.done,
-                                                     unstarted=task.messages[
-                                                         task.done * task.size :]))
+                        self._results.put(TaskResult(task))
         finally:
             for handler in handlers.values():
                 with contextlib.suppress(Exception):  # closing must not hide the outcome

@@ -170,8 +170,7 @@ class Reader:
 
     def _read(self, read: Callable[[], Any], what: str) -> dict[str, Batch]:
         """An XREADGROUP's entries by stream key (the keys with any)."""
-        reply, suspect = self._text(read, what)
-        return {key: _batch(entries, suspect) for key, entries in reply or () if entries}
+        return _batches(*self._text(read, what))
 
     def _text(self, read: Callable[[], Any], what: str) -> tuple[Any, bool]:
         """The reply of ``read`` (on the text client) and whether it held bytes that
@@ -242,6 +241,11 @@ class Reader:
         return [int(r[0]["times_delivered"]) if r else 1 for r in replies]
 
 
+def _batches(reply: Any, suspect: bool) -> dict[str, Batch]:
+    """An XREADGROUP reply's entries by stream key (the keys with any)."""
+    return {key: _batch(entries, suspect) for key, entries in reply or () if entries}
+
+
 def _batch(entries: Any, suspect: bool) -> Batch:
     """Entries as read (``(id, fields)``, fields None for one deleted meanwhile); split
     into text and poison when the read met invalid UTF-8."""
@@ -295,9 +299,7 @@ class Ahead:
         if not self.counts:
             self.node.connection_pool.release(self.conn)
             self.conn = None
-        suspect = surrogates_seen() != seen
-        read = {key: _batch(entries, suspect) for key, entries in reply or () if entries}
-        return read.get(self.key, Batch())
+        return _batches(reply, surrogates_seen() != seen).get(self.key, Batch())
 
     def drop(self) -> None:
         """Forget the reads outstanding: their replies may still come, so the connection

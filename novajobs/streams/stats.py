@@ -27,7 +27,6 @@ class DrainStats:
     counts: Counter[str] = field(default_factory=Counter)
     per_stream: dict[str, Counter[str]] = field(default_factory=dict)
     durations: list[float] = field(default_factory=list)  # seconds, one per handled message
-    _p95: tuple[int, float] = (0, 0.0)  # (len(durations) when computed, the p95)
 
     def add(self, stream: str, what: str, n: int = 1) -> None:
         if n:
@@ -47,16 +46,13 @@ class DrainStats:
         return round(1000 * sum(self.durations) / len(self.durations), 2) if self.durations else 0.0
 
     def p95_ms(self) -> float:
+        """Exact up to P95_EXACT messages; beyond, from every k-th of them (sorting all of
+        100k was 1% of a fast drain's work, and a run's record asks for it twice)."""
         if not self.durations:
             return 0.0
-        n = len(self.durations)
-        if self._p95[0] != n:  # asked for several times at the end of a run: once
-            # exact up to P95_EXACT messages, beyond from every k-th (sorting 100k
-            # floats was 2% of a fast drain's CPU)
-            sample = self.durations[:: -(-n // P95_EXACT)]
-            rank = min(len(sample) - 1, math.ceil(0.95 * len(sample)) - 1)
-            self._p95 = (n, round(1000 * sorted(sample)[rank], 2))
-        return self._p95[1]
+        sample = self.durations[:: -(-len(self.durations) // P95_EXACT)]
+        rank = min(len(sample) - 1, math.ceil(0.95 * len(sample)) - 1)
+        return round(1000 * sorted(sample)[rank], 2)
 
     def counters(self) -> dict[str, int]:
         """For the run record: every count (zeros too) plus the handling times in
